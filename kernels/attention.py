@@ -1,0 +1,563 @@
+"""Fused RoPE + non-causal multi-head attention (FlashAttention-2 style), forward and backward.
+
+``rope_attention(qkv, cos, sin) -> out`` replaces HRM's ``apply_rotary_pos_emb`` + attention:
+
+* ``qkv``: ``[B, S, 3H, D]``, the ``qkv_proj`` output viewed (q = heads ``[0, H)``,
+  k = ``[H, 2H)``, v = ``[2H, 3H)``); any strides with unit stride on D are read in place.
+* ``cos``, ``sin``: ``[S, D]`` fp32 from HRM's RotaryEmbedding (``rotate_half`` convention).
+* returns ``[B, S, H, D]`` contiguous in qkv's dtype; scale ``1/sqrt(D)``.
+
+RoPE is applied inside the kernels, in fp32 and rounded back to the input dtype exactly like
+HRM's ``apply_rotary_pos_emb``. Splitting D into halves ``x = [x1, x2]`` turns
+``x*cos + rotate_half(x)*sin`` into ``[x1*c1 - x2*s1, x2*c2 + x1*s2]`` and the scores into two
+dots of width D/2, so no in-register concatenation is needed.
+
+Backward (no atomics, deterministic): ``delta = rowsum(dO * O)``; a dk/dv kernel owns a K/V
+block and loops over every Q block; a dq kernel owns a Q block and loops over every K block.
+RoPE is recomputed on the fly and its transpose (``dx1 = dxe1*c1 + dxe2*s2``,
+``dx2 = dxe2*c2 - dxe1*s1``) applied before storing ``dqkv`` ``[B, S, 3H, D]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .aot import AotSpec
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rope_load(X, COS, SIN, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr):
+    """Load rows ``offs_s`` of one head and return the rotated halves in the input dtype."""
+    x_ptr = X + offs_s[:, None] * stride_s + offs_d[None, :]
+    c_ptr = offs_s[:, None] * stride_cs + offs_d[None, :]
+    m = row_mask[:, None]
+    x1 = tl.load(x_ptr, mask=m, other=0.0)
+    x2 = tl.load(x_ptr + HALF, mask=m, other=0.0)
+    c1 = tl.load(COS + c_ptr, mask=m, other=0.0)
+    c2 = tl.load(COS + c_ptr + HALF, mask=m, other=0.0)
+    s1 = tl.load(SIN + c_ptr, mask=m, other=0.0)
+    s2 = tl.load(SIN + c_ptr + HALF, mask=m, other=0.0)
+    # HRM: q.to(cos.dtype) * cos + rotate_half(q) * sin, then .to(orig dtype).
+    x1f = x1.to(tl.float32)
+    x2f = x2.to(tl.float32)
+    e1 = (x1f * c1 - x2f * s1).to(x1.dtype)
+    e2 = (x2f * c2 + x1f * s2).to(x1.dtype)
+    return e1, e2
+
+
+@triton.jit
+def _rope_store_grad(
+    DX, COS, SIN, de1, de2, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr
+):
+    """Transpose of the rotation: fp32 grads w.r.t. the rotated halves -> grads of x."""
+    c_ptr = offs_s[:, None] * stride_cs + offs_d[None, :]
+    m = row_mask[:, None]
+    c1 = tl.load(COS + c_ptr, mask=m, other=0.0)
+    c2 = tl.load(COS + c_ptr + HALF, mask=m, other=0.0)
+    s1 = tl.load(SIN + c_ptr, mask=m, other=0.0)
+    s2 = tl.load(SIN + c_ptr + HALF, mask=m, other=0.0)
+    dx1 = de1 * c1 + de2 * s2
+    dx2 = de2 * c2 - de1 * s1
+    ptr = DX + offs_s[:, None] * stride_s + offs_d[None, :]
+    tl.store(ptr, dx1.to(DX.dtype.element_ty), mask=m)
+    tl.store(ptr + HALF, dx2.to(DX.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    QKV, COS, SIN, OUT, LSE,
+    stride_qb, stride_qs, stride_qh, stride_cs,
+    stride_ob, stride_os, stride_oh,
+    S, H, sm_scale,
+    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    # int64 batch offsets: the paper preset's qkv has ~1e9 elements.
+    base = QKV + b.to(tl.int64) * stride_qb
+    Q = base + h * stride_qh
+    K = base + (H + h) * stride_qh
+    V = base + (2 * H + h) * stride_qh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_h = tl.arange(0, HALF)
+    offs_d = tl.arange(0, 2 * HALF)
+    mask_m = offs_m < S
+    q1, q2 = _rope_load(Q, COS, SIN, offs_m, offs_h, mask_m, stride_qs, stride_cs, HALF)
+
+    qk_scale = sm_scale * 1.4426950408889634  # work in base 2: exp2 is the native op
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
+    for start_n in range(0, S, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < S
+        k1, k2 = _rope_load(K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF)
+        qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
+        qk = tl.dot(q2, tl.trans(k2), qk, input_precision=DOT_PRECISION)
+        qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            V + offs_n[:, None] * stride_qs + offs_d[None, :], mask=mask_n[:, None], other=0.0
+        )
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + h * stride_oh
+    o_ptr += offs_m[:, None] * stride_os + offs_d[None, :]
+    tl.store(o_ptr, acc.to(OUT.dtype.element_ty), mask=mask_m[:, None])
+    # Natural-log LSE (the usual convention); the backward converts back to base 2.
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + pid_bh.to(tl.int64) * S + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    OUT, DO, DELTA,
+    stride_ob, stride_os, stride_oh,
+    stride_dob, stride_dos, stride_doh,
+    S, H,
+    D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    mask = (offs_m < S)[:, None]
+    o = tl.load(
+        OUT + b.to(tl.int64) * stride_ob + h * stride_oh
+        + offs_m[:, None] * stride_os + offs_d[None, :],
+        mask=mask, other=0.0,
+    )  # fmt: skip
+    do = tl.load(
+        DO + b.to(tl.int64) * stride_dob + h * stride_doh
+        + offs_m[:, None] * stride_dos + offs_d[None, :],
+        mask=mask, other=0.0,
+    )  # fmt: skip
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * S + offs_m, delta, mask=offs_m < S)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    QKV, COS, SIN, DO, LSE, DELTA, DQKV,
+    stride_qb, stride_qs, stride_qh, stride_cs,
+    stride_dob, stride_dos, stride_doh,
+    stride_gb, stride_gs, stride_gh,
+    S, H, sm_scale,
+    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program owns BLOCK_N keys of one (batch, head) and sweeps all queries."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = QKV + b.to(tl.int64) * stride_qb
+    Q = base + h * stride_qh
+    K = base + (H + h) * stride_qh
+    V = base + (2 * H + h) * stride_qh
+    DO_ = DO + b.to(tl.int64) * stride_dob + h * stride_doh
+    LSE_ = LSE + pid_bh.to(tl.int64) * S
+    DELTA_ = DELTA + pid_bh.to(tl.int64) * S
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_h = tl.arange(0, HALF)
+    offs_d = tl.arange(0, 2 * HALF)
+    mask_n = offs_n < S
+    k1, k2 = _rope_load(K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF)
+    v = tl.load(V + offs_n[:, None] * stride_qs + offs_d[None, :], mask=mask_n[:, None], other=0.0)
+
+    qk_scale = sm_scale * 1.4426950408889634
+    dk1 = tl.zeros([BLOCK_N, HALF], tl.float32)
+    dk2 = tl.zeros([BLOCK_N, HALF], tl.float32)
+    dv = tl.zeros([BLOCK_N, 2 * HALF], tl.float32)
+    for start_m in range(0, S, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < S
+        q1, q2 = _rope_load(Q, COS, SIN, offs_m, offs_h, mask_m, stride_qs, stride_cs, HALF)
+        do = tl.load(
+            DO_ + offs_m[:, None] * stride_dos + offs_d[None, :], mask=mask_m[:, None], other=0.0
+        )
+        # Padded query rows get lse = +inf, hence p = 0 and no contribution.
+        lse2 = tl.load(LSE_ + offs_m, mask=mask_m, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA_ + offs_m, mask=mask_m, other=0.0)
+        # Transposed scores [BLOCK_N, BLOCK_M] so every product below is a plain dot.
+        qkT = tl.dot(k1, tl.trans(q1), input_precision=DOT_PRECISION)
+        qkT = tl.dot(k2, tl.trans(q2), qkT, input_precision=DOT_PRECISION)
+        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = (pT * (dpT - delta[None, :])).to(q1.dtype)
+        dk1 = tl.dot(dsT, q1, dk1, input_precision=DOT_PRECISION)
+        dk2 = tl.dot(dsT, q2, dk2, input_precision=DOT_PRECISION)
+
+    G = DQKV + b.to(tl.int64) * stride_gb
+    DK = G + (H + h) * stride_gh
+    _rope_store_grad(
+        DK, COS, SIN, dk1 * sm_scale, dk2 * sm_scale, offs_n, offs_h, mask_n, stride_gs,
+        stride_cs, HALF,
+    )  # fmt: skip
+    DV = G + (2 * H + h) * stride_gh
+    tl.store(
+        DV + offs_n[:, None] * stride_gs + offs_d[None, :],
+        dv.to(DQKV.dtype.element_ty),
+        mask=mask_n[:, None],
+    )
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    QKV, COS, SIN, DO, LSE, DELTA, DQKV,
+    stride_qb, stride_qs, stride_qh, stride_cs,
+    stride_dob, stride_dos, stride_doh,
+    stride_gb, stride_gs, stride_gh,
+    S, H, sm_scale,
+    HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program owns BLOCK_M queries of one (batch, head) and sweeps all keys."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = QKV + b.to(tl.int64) * stride_qb
+    Q = base + h * stride_qh
+    K = base + (H + h) * stride_qh
+    V = base + (2 * H + h) * stride_qh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_h = tl.arange(0, HALF)
+    offs_d = tl.arange(0, 2 * HALF)
+    mask_m = offs_m < S
+    q1, q2 = _rope_load(Q, COS, SIN, offs_m, offs_h, mask_m, stride_qs, stride_cs, HALF)
+    do = tl.load(
+        DO + b.to(tl.int64) * stride_dob + h * stride_doh
+        + offs_m[:, None] * stride_dos + offs_d[None, :],
+        mask=mask_m[:, None], other=0.0,
+    )  # fmt: skip
+    lse2 = (
+        tl.load(LSE + pid_bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    )
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * S + offs_m, mask=mask_m, other=0.0)
+
+    qk_scale = sm_scale * 1.4426950408889634
+    dq1 = tl.zeros([BLOCK_M, HALF], tl.float32)
+    dq2 = tl.zeros([BLOCK_M, HALF], tl.float32)
+    for start_n in range(0, S, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < S
+        k1, k2 = _rope_load(K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF)
+        v = tl.load(
+            V + offs_n[:, None] * stride_qs + offs_d[None, :], mask=mask_n[:, None], other=0.0
+        )
+        qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
+        qk = tl.dot(q2, tl.trans(k2), qk, input_precision=DOT_PRECISION)
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = (p * (dp - delta[:, None])).to(k1.dtype)
+        dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)
+        dq2 = tl.dot(ds, k2, dq2, input_precision=DOT_PRECISION)
+
+    DQ = DQKV + b.to(tl.int64) * stride_gb + h * stride_gh
+    _rope_store_grad(
+        DQ, COS, SIN, dq1 * sm_scale, dq2 * sm_scale, offs_m, offs_h, mask_m, stride_gs,
+        stride_cs, HALF,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------
+
+# head dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages). Checked spill-free on sm_80/89/90 in
+# bf16 with triton.compile (see aot_specs); fwd holds a [BLOCK_M, D] fp32 accumulator, dk/dv
+# holds two [BLOCK_N, D] fp32 accumulators, hence the smaller loop tiles in the backward.
+_FWD_CFG = {32: (64, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 64, 8, 2)}
+_DKDV_CFG = {
+    32: (32, 64, 4, 2),
+    64: (32, 64, 4, 2),
+    128: (32, 64, 8, 2),
+}  # (BLOCK_M loop, BLOCK_N own)
+_DQ_CFG = {
+    32: (64, 32, 4, 2),
+    64: (64, 32, 4, 2),
+    128: (64, 32, 8, 2),
+}  # (BLOCK_M own, BLOCK_N loop)
+_PRE_BLOCK_M = 64
+if _INTERPRET:  # one config; fewer, larger tiles are faster in numpy and still cover masking
+    _FWD_CFG = {d: (64, 64, 4, 1) for d in _FWD_CFG}
+    _DKDV_CFG = {d: (64, 64, 4, 1) for d in _DKDV_CFG}
+    _DQ_CFG = {d: (64, 64, 4, 1) for d in _DQ_CFG}
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs (tests, debugging) get exact fp32 products; bf16/fp16 ignore this.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _launch(kernel, t: torch.Tensor):
+    # Inside the triton_op (CUDA or fake tensors) go through wrap_triton so torch.compile can
+    # trace the launch; direct CPU calls under the interpreter launch the kernel itself.
+    return torch.library.wrap_triton(kernel) if t.device.type != "cpu" else kernel
+
+
+def _check(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    B, S, H3, D = qkv.shape
+    assert H3 % 3 == 0, f"qkv must be [B, S, 3H, D], got {tuple(qkv.shape)}"
+    assert D in _FWD_CFG, f"head dim {D} not supported (32, 64, 128)"
+    assert cos.shape[0] >= S and cos.shape[1] == D and sin.shape == cos.shape
+    return B, S, H3 // 3, D
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # Kernels index the head dim with unit stride; qkv_proj views always satisfy this.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _attention_fwd(qkv, cos, sin, out=None, lse=None):
+    """Launch the forward kernel. Returns ``(out [B,S,H,D] qkv.dtype, lse [B,H,S] fp32)``."""
+    B, S, H, D = _check(qkv, cos, sin)
+    qkv = _unit_last(qkv)
+    cos = cos.to(torch.float32).contiguous()
+    sin = sin.to(torch.float32).contiguous()
+    if out is None:
+        out = torch.empty((B, S, H, D), device=qkv.device, dtype=qkv.dtype)
+    if lse is None:
+        lse = torch.empty((B, H, S), device=qkv.device, dtype=torch.float32)
+    assert out.stride(-1) == 1 and lse.is_contiguous()
+    bm, bn, warps, stages = _FWD_CFG[D]
+    grid = (triton.cdiv(S, bm), B * H)
+    _launch(_attn_fwd_kernel, qkv)[grid](
+        qkv, cos, sin, out, lse,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2), cos.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        S, H, 1.0 / math.sqrt(D),
+        HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_dot_precision(qkv.dtype),
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out, lse
+
+
+def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
+    """Launch preprocess + dk/dv + dq kernels. Returns ``dqkv`` ``[B, S, 3H, D]`` in qkv's dtype."""
+    B, S, H, D = _check(qkv, cos, sin)
+    qkv = _unit_last(qkv)
+    do = _unit_last(do)
+    out = _unit_last(out)
+    cos = cos.to(torch.float32).contiguous()
+    sin = sin.to(torch.float32).contiguous()
+    lse = lse.contiguous()
+    if dqkv is None:
+        dqkv = torch.empty((B, S, 3 * H, D), device=qkv.device, dtype=qkv.dtype)
+    assert dqkv.stride(-1) == 1
+    delta = torch.empty((B, H, S), device=qkv.device, dtype=torch.float32)
+    prec = _dot_precision(qkv.dtype)
+    scale = 1.0 / math.sqrt(D)
+
+    _launch(_attn_bwd_preprocess_kernel, qkv)[(triton.cdiv(S, _PRE_BLOCK_M), B * H)](
+        out, do, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        S, H, D=D, BLOCK_M=_PRE_BLOCK_M, num_warps=4,
+    )  # fmt: skip
+    args = (
+        qkv, cos, sin, do, lse, delta, dqkv,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2), cos.stride(0),
+        do.stride(0), do.stride(1), do.stride(2),
+        dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
+        S, H, scale,
+    )  # fmt: skip
+    bm, bn, warps, stages = _DKDV_CFG[D]
+    _launch(_attn_bwd_dkdv_kernel, qkv)[(triton.cdiv(S, bn), B * H)](
+        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    bm, bn, warps, stages = _DQ_CFG[D]
+    _launch(_attn_bwd_dq_kernel, qkv)[(triton.cdiv(S, bm), B * H)](
+        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return dqkv
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registration (CUDA path)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.triton_op("hrm_fast::rope_attention", mutates_args=())
+def _rope_attention_op(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Returns (out, lse): lse is an output so autograd can save it for the backward.
+    return _attention_fwd(qkv, cos, sin)
+
+
+@torch.library.triton_op("hrm_fast::rope_attention_bwd", mutates_args=())
+def _rope_attention_bwd_op(
+    do: torch.Tensor,
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+) -> torch.Tensor:
+    return _attention_bwd(do, qkv, cos, sin, out, lse)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, cos, sin = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(qkv, cos, sin, out, lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    qkv, cos, sin, out, lse = ctx.saved_tensors
+    dqkv = torch.ops.hrm_fast.rope_attention_bwd(grad_out, qkv, cos, sin, out, lse)
+    return dqkv, None, None
+
+
+torch.library.register_autograd("hrm_fast::rope_attention", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API and reference
+# --------------------------------------------------------------------------------------------
+
+
+def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE + non-causal attention: ``[B, S, 3H, D]`` -> ``[B, S, H, D]`` (see module doc)."""
+    if qkv.is_cuda:
+        return torch.ops.hrm_fast.rope_attention(qkv, cos, sin)[0]
+    return rope_attention_ref(qkv, cos, sin)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Eager reference: HRM's apply_rotary_pos_emb, then softmax(q k^T / sqrt(D)) v.
+
+    RoPE runs in fp32 (fp64 for fp64 inputs) and is rounded back to the input dtype, as HRM
+    does. Scores come from input-dtype matmuls; the softmax runs in fp32 (fp64) and the
+    probabilities are rounded to the input dtype before the PV product, like flash attention.
+    """
+    B, S, H3, D = qkv.shape
+    H = H3 // 3
+    dtype = qkv.dtype
+    acc = torch.promote_types(dtype, torch.float32)
+    cos = cos[:S].to(acc)[:, None, :]  # [S, 1, D] broadcasts over heads
+    sin = sin[:S].to(acc)[:, None, :]
+    q, k, v = qkv.split(H, dim=2)
+
+    def rope(x):
+        xf = x.to(acc)
+        return (xf * cos + _rotate_half(xf) * sin).to(dtype)
+
+    q, k, v = (t.transpose(1, 2) for t in (rope(q), rope(k), v))  # [B, H, S, D]
+    scores = torch.matmul(q, k.transpose(-1, -2)).to(acc) * (1.0 / math.sqrt(D))
+    p = torch.softmax(scores, dim=-1).to(dtype)
+    out = torch.matmul(p, v)  # [B, H, S, D]
+    return out.transpose(1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs
+# --------------------------------------------------------------------------------------------
+
+_PRESET_SHAPES = {"seed": (20, 901, 8, 32), "paper": (768, 901, 8, 64)}  # B, S, H, D (bf16)
+
+_SIG_FWD = {
+    "QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16", "LSE": "*fp32",
+    "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_cs": "i32",
+    "stride_ob": "i32", "stride_os": "i32", "stride_oh": "i32",
+    "S": "i32", "H": "i32", "sm_scale": "fp32",
+    "HALF": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+    "DOT_PRECISION": "constexpr",
+}  # fmt: skip
+_SIG_PRE = {
+    "OUT": "*bf16", "DO": "*bf16", "DELTA": "*fp32",
+    "stride_ob": "i32", "stride_os": "i32", "stride_oh": "i32",
+    "stride_dob": "i32", "stride_dos": "i32", "stride_doh": "i32",
+    "S": "i32", "H": "i32", "D": "constexpr", "BLOCK_M": "constexpr",
+}  # fmt: skip
+_SIG_BWD = {
+    "QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "DO": "*bf16", "LSE": "*fp32",
+    "DELTA": "*fp32", "DQKV": "*bf16",
+    "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_cs": "i32",
+    "stride_dob": "i32", "stride_dos": "i32", "stride_doh": "i32",
+    "stride_gb": "i32", "stride_gs": "i32", "stride_gh": "i32",
+    "S": "i32", "H": "i32", "sm_scale": "fp32",
+    "HALF": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+    "DOT_PRECISION": "constexpr",
+}  # fmt: skip
+
+
+def aot_specs(preset: str) -> list[AotSpec]:
+    """Launch configs of the four attention kernels at the preset's training shape (bf16)."""
+    B, S, H, D = _PRESET_SHAPES[preset]
+    note = f"B={B} S={S} H={H} D={D} bf16"
+    prec = "tf32"  # ignored for bf16 operands
+    specs = []
+    bm, bn, w, st = _FWD_CFG[D]
+    specs.append(
+        AotSpec(
+            "attention_fwd", _attn_fwd_kernel, dict(_SIG_FWD),
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            num_warps=w, num_stages=st, grid=(triton.cdiv(S, bm), B * H), note=note,
+            has_dot=True,
+        )
+    )  # fmt: skip
+    specs.append(
+        AotSpec(
+            "attention_bwd_preprocess", _attn_bwd_preprocess_kernel, dict(_SIG_PRE),
+            {"D": D, "BLOCK_M": _PRE_BLOCK_M}, num_warps=4, num_stages=2,
+            grid=(triton.cdiv(S, _PRE_BLOCK_M), B * H), note=note, has_dot=False,
+        )
+    )  # fmt: skip
+    bm, bn, w, st = _DKDV_CFG[D]
+    specs.append(
+        AotSpec(
+            "attention_bwd_dkdv", _attn_bwd_dkdv_kernel, dict(_SIG_BWD),
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            num_warps=w, num_stages=st, grid=(triton.cdiv(S, bn), B * H), note=note,
+            has_dot=True,
+        )
+    )  # fmt: skip
+    bm, bn, w, st = _DQ_CFG[D]
+    specs.append(
+        AotSpec(
+            "attention_bwd_dq", _attn_bwd_dq_kernel, dict(_SIG_BWD),
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            num_warps=w, num_stages=st, grid=(triton.cdiv(S, bm), B * H), note=note,
+            has_dot=True,
+        )
+    )  # fmt: skip
+    return specs
