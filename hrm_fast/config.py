@@ -136,7 +136,11 @@ def _paper() -> RunConfig:
     # HRM paper / sapientinc/HRM ARC-1 config: hidden 512, 4+4 layers, 16 ACT steps.
     return RunConfig(
         model=ModelConfig(
-            hidden_size=512, num_heads=8, H_layers=4, L_layers=4, halt_max_steps=16,
+            hidden_size=512,
+            num_heads=8,
+            H_layers=4,
+            L_layers=4,
+            halt_max_steps=16,
             puzzle_emb_ndim=512,
         ),
         data=DataConfig(n_aug=1000, include_eval_demos=True),
@@ -148,13 +152,26 @@ def _smoke() -> RunConfig:
     # Small enough that CPU training visibly learns within minutes (2 cores).
     return RunConfig(
         model=ModelConfig(
-            hidden_size=64, num_heads=2, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1,
-            expansion=2.0, halt_max_steps=2, puzzle_emb_ndim=64,
+            hidden_size=64,
+            num_heads=2,
+            H_layers=1,
+            L_layers=1,
+            H_cycles=1,
+            L_cycles=1,
+            expansion=2.0,
+            halt_max_steps=2,
+            puzzle_emb_ndim=64,
         ),
         data=DataConfig(n_aug=8, max_tasks=24, include_eval_demos=True),
         train=TrainConfig(
-            batch_size=8, steps=150, lr=1e-3, warmup_steps=10, checkpoint_every=50,
-            log_every=10, puzzle_emb_lr=1e-2, probe_pairs=8,
+            batch_size=8,
+            steps=150,
+            lr=1e-3,
+            warmup_steps=10,
+            checkpoint_every=50,
+            log_every=10,
+            puzzle_emb_lr=1e-2,
+            probe_pairs=8,
         ),
     )
 
@@ -163,12 +180,24 @@ def _debug() -> RunConfig:
     # Tiny model for unit tests (torchtitan-style debug config): small canvas, one layer each.
     return RunConfig(
         model=ModelConfig(
-            hidden_size=32, num_heads=1, H_layers=1, L_layers=1, H_cycles=2, L_cycles=2,
-            expansion=2.0, halt_max_steps=3, puzzle_emb_ndim=32,
+            hidden_size=32,
+            num_heads=1,
+            H_layers=1,
+            L_layers=1,
+            H_cycles=2,
+            L_cycles=2,
+            expansion=2.0,
+            halt_max_steps=3,
+            puzzle_emb_ndim=32,
         ),
         data=DataConfig(n_aug=4, canvas=8, include_eval_demos=True),
         train=TrainConfig(
-            batch_size=4, steps=6, lr=1e-3, warmup_steps=2, checkpoint_every=3, log_every=1,
+            batch_size=4,
+            steps=6,
+            lr=1e-3,
+            warmup_steps=2,
+            checkpoint_every=3,
+            log_every=1,
             probe_pairs=4,
         ),
     )
