@@ -1,0 +1,355 @@
+"""Augmentation kernels: build / invert a whole batch of ARC examples in one launch each.
+
+``augment_batch`` gathers every canvas cell of every example straight from the packed grid
+bank: each program owns one example x a block of cells and computes the source cell through
+the dihedral index map (``hrm_fast.augment`` docstring), then applies the colour map, the
+translation and the EOS / PAD encoding. ``invert_batch`` crops a prediction made at offset 0,
+applies the inverse dihedral and the inverse colour map. Both are bit-identical to
+``augment_batch_ref`` / ``invert_batch_ref`` (integer outputs, so there is no autograd).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from hrm_fast.augment import augment_batch_ref, invert_batch_ref
+
+from .aot import AotSpec
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+BLOCK = 256  # canvas cells per program: 4 programs per 30x30 example
+
+
+@triton.jit
+def _bits(tid):
+    # SWAP / FLIP_R / FLIP_C tables of hrm_fast.augment, as arithmetic on the id.
+    swap = (tid == 1) | (tid == 3) | (tid == 6) | (tid == 7)
+    flip_r = (tid == 2) | (tid == 3) | (tid == 5) | (tid == 7)
+    flip_c = (tid == 1) | (tid == 2) | (tid == 4) | (tid == 7)
+    return swap, flip_r, flip_c
+
+
+@triton.jit
+def _encode_side(
+    bank_ptr, cmap_ptr, pair, b, h, w, swap, flip_r, flip_c, i, j, CANVAS: tl.constexpr
+):
+    ht = tl.where(swap, w, h)
+    wt = tl.where(swap, h, w)
+    row_ok = (i >= 0) & (i < ht)
+    col_ok = (j >= 0) & (j < wt)
+    inside = row_ok & col_ok
+    eos = ((i == ht) & col_ok) | ((j == wt) & row_ok)
+    p = tl.where(swap, j, i)
+    q = tl.where(swap, i, j)
+    si = tl.where(flip_r, h - 1 - p, p)
+    sj = tl.where(flip_c, w - 1 - q, q)
+    src = tl.where(inside, si * CANVAS + sj, 0)  # in bounds even where masked
+    raw = tl.load(bank_ptr + pair * (CANVAS * CANVAS) + src, mask=inside, other=0).to(tl.int32)
+    colour = tl.load(cmap_ptr + b * 10 + raw, mask=inside, other=0).to(tl.int32)
+    return tl.where(inside, colour + 2, tl.where(eos, 1, 0))
+
+
+@triton.jit
+def _augment_kernel(
+    bank_in_ptr,
+    bank_out_ptr,
+    shapes_ptr,  # [P, 4] int32
+    pair_ptr,  # [B]
+    dihedral_ptr,  # [B]
+    cmap_ptr,  # [B, 10]
+    offset_ptr,  # [B, 2]
+    inputs_ptr,  # [B, S] int32
+    labels_ptr,  # [B, S] int32
+    CANVAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    in_canvas = s < CANVAS * CANVAS
+    pair = tl.load(pair_ptr + b).to(tl.int64)
+    tid = tl.load(dihedral_ptr + b).to(tl.int32)
+    r0 = tl.load(offset_ptr + 2 * b).to(tl.int32)
+    c0 = tl.load(offset_ptr + 2 * b + 1).to(tl.int32)
+    h_in = tl.load(shapes_ptr + 4 * pair).to(tl.int32)
+    w_in = tl.load(shapes_ptr + 4 * pair + 1).to(tl.int32)
+    h_out = tl.load(shapes_ptr + 4 * pair + 2).to(tl.int32)
+    w_out = tl.load(shapes_ptr + 4 * pair + 3).to(tl.int32)
+    swap, flip_r, flip_c = _bits(tid)
+    i = s // CANVAS - r0
+    j = s % CANVAS - c0
+    x = _encode_side(bank_in_ptr, cmap_ptr, pair, b, h_in, w_in, swap, flip_r, flip_c, i, j, CANVAS)
+    y = _encode_side(
+        bank_out_ptr, cmap_ptr, pair, b, h_out, w_out, swap, flip_r, flip_c, i, j, CANVAS
+    )
+    y = tl.where(y == 0, -100, y)
+    base = b.to(tl.int64) * (CANVAS * CANVAS)
+    tl.store(inputs_ptr + base + s, x, mask=in_canvas)
+    tl.store(labels_ptr + base + s, y, mask=in_canvas)
+
+
+@triton.jit
+def _invert_kernel(
+    pred_ptr,  # [B, S] integer tokens
+    dihedral_ptr,  # [B]
+    cmap_ptr,  # [B, 10]
+    grids_ptr,  # [B, CANVAS, CANVAS] uint8
+    shapes_ptr,  # [B, 2] int32
+    CANVAS: tl.constexpr,
+    SIDE: tl.constexpr,  # next power of two >= CANVAS
+    BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    blk = tl.program_id(1)
+    base = b.to(tl.int64) * (CANVAS * CANVAS)
+    # Crop: leading colour tokens of row 0 (width) and column 0 (height).
+    k = tl.arange(0, SIDE)
+    t_row = tl.load(pred_ptr + base + k, mask=k < CANVAS, other=0).to(tl.int32)
+    t_col = tl.load(pred_ptr + base + k * CANVAS, mask=k < CANVAS, other=0).to(tl.int32)
+    row_stop = (k >= CANVAS) | (t_row < 2) | (t_row > 11)
+    col_stop = (k >= CANVAS) | (t_col < 2) | (t_col > 11)
+    wp = tl.min(tl.where(row_stop, k, SIDE), axis=0)
+    hp = tl.min(tl.where(col_stop, k, SIDE), axis=0)
+    tid = tl.load(dihedral_ptr + b).to(tl.int32)
+    # The inverse swaps 1 <-> 3 and fixes every other element.
+    tinv = tl.where(tid == 1, 3, tl.where(tid == 3, 1, tid))
+    swap, flip_r, flip_c = _bits(tinv)
+    h = tl.where(swap, wp, hp)
+    w = tl.where(swap, hp, wp)
+    s = blk * BLOCK + tl.arange(0, BLOCK)
+    in_canvas = s < CANVAS * CANVAS
+    r = s // CANVAS
+    c = s % CANVAS
+    inside = (r < h) & (c < w) & in_canvas
+    p = tl.where(swap, c, r)
+    q = tl.where(swap, r, c)
+    si = tl.where(flip_r, hp - 1 - p, p)
+    sj = tl.where(flip_c, wp - 1 - q, q)
+    src = tl.where(inside, si * CANVAS + sj, 0)
+    tok = tl.load(pred_ptr + base + src, mask=inside, other=2).to(tl.int32)
+    colour = tl.minimum(tl.maximum(tok - 2, 0), 9)
+    # Inverse colour map by search: raw = k such that cmap[k] == colour.
+    kk = tl.arange(0, 16)
+    cmap = tl.load(cmap_ptr + b * 10 + kk, mask=kk < 10, other=255).to(tl.int32)
+    hit = cmap[None, :] == colour[:, None]
+    raw = tl.sum(tl.where(hit, kk[None, :], 0), axis=1)
+    out = tl.where(inside, raw, 0).to(tl.uint8)
+    tl.store(grids_ptr + base + s, out, mask=in_canvas)
+    if blk == 0:
+        tl.store(shapes_ptr + 2 * b, h)
+        tl.store(shapes_ptr + 2 * b + 1, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers (any device: CPU tensors run under TRITON_INTERPRET=1)
+# ---------------------------------------------------------------------------------------------
+
+
+def _launch_augment(
+    kernel,
+    bank_inputs,
+    bank_outputs,
+    shapes,
+    pair_idx,
+    dihedral,
+    colour_map,
+    offset,
+    canvas,
+    out,
+):
+    b = pair_idx.shape[0]
+    if out is None:
+        dev = bank_inputs.device
+        out = (
+            torch.empty(b, canvas * canvas, dtype=torch.int32, device=dev),
+            torch.empty(b, canvas * canvas, dtype=torch.int32, device=dev),
+        )
+    inputs, labels = out
+    grid = (b, triton.cdiv(canvas * canvas, BLOCK))
+    kernel[grid](
+        bank_inputs.contiguous(),
+        bank_outputs.contiguous(),
+        shapes.contiguous(),
+        pair_idx.contiguous(),
+        dihedral.contiguous(),
+        colour_map.contiguous(),
+        offset.contiguous(),
+        inputs,
+        labels,
+        CANVAS=canvas,
+        BLOCK=BLOCK,
+        num_warps=4,
+    )
+    return inputs, labels
+
+
+def _launch_invert(kernel, pred_tokens, dihedral, colour_map, canvas, out):
+    b = pred_tokens.shape[0]
+    if out is None:
+        dev = pred_tokens.device
+        out = (
+            torch.empty(b, canvas, canvas, dtype=torch.uint8, device=dev),
+            torch.empty(b, 2, dtype=torch.int32, device=dev),
+        )
+    grids, shapes = out
+    grid = (b, triton.cdiv(canvas * canvas, BLOCK))
+    kernel[grid](
+        pred_tokens.contiguous(),
+        dihedral.contiguous(),
+        colour_map.contiguous(),
+        grids,
+        shapes,
+        CANVAS=canvas,
+        SIDE=triton.next_power_of_2(canvas),
+        BLOCK=BLOCK,
+        num_warps=4,
+    )
+    return grids, shapes
+
+
+def _augment_fwd(
+    bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas, out=None
+):
+    """Launch ``_augment_kernel``; ``out`` = optional ``(inputs, labels)`` int32 buffers."""
+    return _launch_augment(
+        _augment_kernel,
+        bank_inputs,
+        bank_outputs,
+        shapes,
+        pair_idx,
+        dihedral,
+        colour_map,
+        offset,
+        canvas,
+        out,
+    )
+
+
+def _invert_fwd(pred_tokens, dihedral, colour_map, canvas, out=None):
+    """Launch ``_invert_kernel``; ``out`` = optional ``(grids uint8, shapes int32)`` buffers."""
+    return _launch_invert(_invert_kernel, pred_tokens, dihedral, colour_map, canvas, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library registration (integer outputs: no autograd)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.triton_op("hrm_fast::augment_batch", mutates_args=())
+def _augment_op(
+    bank_inputs: torch.Tensor,
+    bank_outputs: torch.Tensor,
+    shapes: torch.Tensor,
+    pair_idx: torch.Tensor,
+    dihedral: torch.Tensor,
+    colour_map: torch.Tensor,
+    offset: torch.Tensor,
+    canvas: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_augment(
+        torch.library.wrap_triton(_augment_kernel),
+        bank_inputs,
+        bank_outputs,
+        shapes,
+        pair_idx,
+        dihedral,
+        colour_map,
+        offset,
+        canvas,
+        None,
+    )
+
+
+@torch.library.triton_op("hrm_fast::invert_batch", mutates_args=())
+def _invert_op(
+    pred_tokens: torch.Tensor, dihedral: torch.Tensor, colour_map: torch.Tensor, canvas: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_invert(
+        torch.library.wrap_triton(_invert_kernel),
+        pred_tokens,
+        dihedral,
+        colour_map,
+        canvas,
+        None,
+    )
+
+
+def augment_batch(
+    bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
+):
+    """Same contract as ``hrm_fast.augment.augment_batch_ref``; Triton on CUDA."""
+    if bank_inputs.is_cuda:
+        return torch.ops.hrm_fast.augment_batch(
+            bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
+        )
+    return augment_batch_ref(
+        bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
+    )
+
+
+def invert_batch(pred_tokens, dihedral, colour_map, canvas):
+    """Same contract as ``hrm_fast.augment.invert_batch_ref``; Triton on CUDA."""
+    if pred_tokens.is_cuda:
+        return torch.ops.hrm_fast.invert_batch(pred_tokens, dihedral, colour_map, canvas)
+    return invert_batch_ref(pred_tokens, dihedral, colour_map, canvas)
+
+
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time compile specs
+# ---------------------------------------------------------------------------------------------
+
+
+def aot_specs(preset: str) -> list[AotSpec]:
+    """Launch configs of the trainer (sampler: int64 indices, uint8 colour maps) and evaluator."""
+    batch = {"seed": 20, "paper": 768}[preset]
+    canvas = 30
+    nblk = triton.cdiv(canvas * canvas, BLOCK)
+    aug_sig = {
+        "bank_in_ptr": "*u8",
+        "bank_out_ptr": "*u8",
+        "shapes_ptr": "*i32",
+        "pair_ptr": "*i64",
+        "dihedral_ptr": "*i64",
+        "cmap_ptr": "*u8",
+        "offset_ptr": "*i64",
+        "inputs_ptr": "*i32",
+        "labels_ptr": "*i32",
+        "CANVAS": "constexpr",
+        "BLOCK": "constexpr",
+    }
+    inv_sig = {
+        "pred_ptr": "*i32",
+        "dihedral_ptr": "*i64",
+        "cmap_ptr": "*u8",
+        "grids_ptr": "*u8",
+        "shapes_ptr": "*i32",
+        "CANVAS": "constexpr",
+        "SIDE": "constexpr",
+        "BLOCK": "constexpr",
+    }
+    note = f"B={batch} canvas={canvas} S={canvas * canvas}"
+    return [
+        AotSpec(
+            name="augment_batch",
+            fn=_augment_kernel,
+            signature=aug_sig,
+            constexprs={"CANVAS": canvas, "BLOCK": BLOCK},
+            num_warps=4,
+            num_stages=1,
+            grid=(batch, nblk),
+            note=note,
+        ),
+        AotSpec(
+            name="invert_batch",
+            fn=_invert_kernel,
+            signature=inv_sig,
+            constexprs={"CANVAS": canvas, "SIDE": 32, "BLOCK": BLOCK},
+            num_warps=4,
+            num_stages=1,
+            grid=(batch, nblk),
+            note=note,
+        ),
+    ]
