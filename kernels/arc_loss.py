@@ -1,0 +1,337 @@
+"""Fused ARC loss: one Triton pass over the logits for every per-example statistic.
+
+The loss (``hrm_fast.loss``) only needs, per example b, the CE sum, the valid count, the
+correct count and three [C] histograms (soft ``sum softmax``, labels, argmax). The forward
+kernel computes all of them in one read of ``logits[B, S, V]`` (V = 12 padded to a 16-wide
+tile); grid = (example, token block), each program writes its own partial row and torch sums
+the partials, so the result is deterministic (no atomics). The remaining [B] / [B, C] math is
+the reference's own ``arc_loss_from_stats``: its autograd hands the backward kernel
+``g_ce[b] = dL/dce_sum[b]`` and ``g_p[b, c] = dL/dp_sum[b, c]``, and one more pass writes
+
+    dlogits = g_ce[b] * dCE/dx + softmax * (g_p[b] - <g_p[b], softmax>)     (valid positions)
+
+in the logits' dtype (0 at ignored positions). No host sync anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from hrm_fast.kernels.aot import AotSpec
+
+from hrm_fast.config import LossConfig
+from hrm_fast.loss import (
+    IGNORE,
+    ArcStats,
+    arc_loss_from_stats,
+    arc_loss_stats_ref,
+    use_stablemax,
+)
+
+BLOCK_S = 64  # tokens per program: seed B=20, S=900 -> 300 programs
+NUM_WARPS = 4
+
+
+@triton.jit
+def _row_terms(x, lab, cols, V: tl.constexpr, STABLEMAX: tl.constexpr):
+    """Per-row softmax, CE and its gradient pieces for a [BLOCK_S, BLOCK_V] fp32 tile."""
+    cmask = cols[None, :] < V
+    x = tl.where(cmask, x, float("-inf"))
+    m = tl.max(x, 1)
+    e = tl.exp(x - m[:, None])  # padding columns -> 0
+    z = tl.sum(e, 1)
+    p = e / z[:, None]
+    onehot = cols[None, :] == lab[:, None]  # IGNORE never matches
+    x_y = tl.sum(tl.where(onehot, x, 0.0), 1)
+    if STABLEMAX:
+        # HRM: s(x) = 1 / (1 - x + 1e-30) for x < 0, x + 1 otherwise; CE = log sum s - log s_y.
+        sx = tl.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
+        sx = tl.where(cmask, sx, 0.0)
+        ssum = tl.sum(sx, 1)
+        s_y = tl.where(x_y < 0, 1.0 / (1.0 - x_y + 1e-30), x_y + 1.0)
+        ce = tl.log(ssum) - tl.log(s_y)
+    else:
+        ce = tl.log(z) + m - x_y
+    return x, p, onehot, ce
+
+
+@triton.jit
+def _arc_loss_stats_fwd_kernel(
+    logits_ptr,  # [B, S, V]
+    labels_ptr,  # [B, S] int32
+    ce_ptr,  # [B, NB] fp32 partial CE sums
+    cnt_ptr,  # [B, NB, 2] int32 partial (valid, correct)
+    p_ptr,  # [B, NB, V] fp32 partial soft histogram
+    y_ptr,  # [B, NB, V] int32 partial label histogram
+    a_ptr,  # [B, NB, V] int32 partial argmax histogram
+    S,
+    NB,
+    V: tl.constexpr,
+    STABLEMAX: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    b = tl.program_id(0)
+    blk = tl.program_id(1)
+    rows = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = tl.arange(0, BLOCK_V)
+    rmask = rows < S
+    tok = b.to(tl.int64) * S + rows
+    lab = tl.load(labels_ptr + tok, mask=rmask, other=-100)
+    valid = lab != -100
+    x = tl.load(
+        logits_ptr + tok[:, None] * V + cols[None, :],
+        mask=rmask[:, None] & (cols[None, :] < V),
+        other=0.0,
+    ).to(tl.float32)
+    x, p, onehot, ce = _row_terms(x, lab, cols, V, STABLEMAX)
+
+    am = tl.argmax(x, 1, tie_break_left=True)  # first maximum, as torch.argmax
+    vcol = valid[:, None]
+    ce_part = tl.sum(tl.where(valid, ce, 0.0), 0)
+    n_part = tl.sum(valid.to(tl.int32), 0)
+    c_part = tl.sum(((am == lab) & valid).to(tl.int32), 0)
+    p_part = tl.sum(tl.where(vcol, p, 0.0), 0)
+    y_part = tl.sum(onehot.to(tl.int32), 0)
+    a_part = tl.sum(((cols[None, :] == am[:, None]) & vcol).to(tl.int32), 0)
+
+    part = b.to(tl.int64) * NB + blk
+    cm = cols < V
+    tl.store(ce_ptr + part, ce_part)
+    tl.store(cnt_ptr + part * 2, n_part)
+    tl.store(cnt_ptr + part * 2 + 1, c_part)
+    tl.store(p_ptr + part * V + cols, p_part, mask=cm)
+    tl.store(y_ptr + part * V + cols, y_part, mask=cm)
+    tl.store(a_ptr + part * V + cols, a_part, mask=cm)
+
+
+@triton.jit
+def _arc_loss_stats_bwd_kernel(
+    logits_ptr,  # [B, S, V]
+    labels_ptr,  # [B, S] int32
+    gce_ptr,  # [B] fp32: dL/dce_sum
+    gp_ptr,  # [B, V] fp32: dL/dp_sum
+    dx_ptr,  # [B, S, V] out, logits' dtype
+    S,
+    V: tl.constexpr,
+    STABLEMAX: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    b = tl.program_id(0)
+    blk = tl.program_id(1)
+    rows = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+    cols = tl.arange(0, BLOCK_V)
+    rmask = rows < S
+    cm = cols < V
+    tok = b.to(tl.int64) * S + rows
+    lab = tl.load(labels_ptr + tok, mask=rmask, other=-100)
+    valid = lab != -100
+    offs = tok[:, None] * V + cols[None, :]
+    mask2 = rmask[:, None] & cm[None, :]
+    x = tl.load(logits_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
+    x, p, onehot, ce = _row_terms(x, lab, cols, V, STABLEMAX)
+    g_ce = tl.load(gce_ptr + b)
+    g_p = tl.load(gp_ptr + b * V + cols, mask=cm, other=0.0)
+
+    if STABLEMAX:
+        # d/dx_c [log sum s - log s_y] = s'(x_c) / sum s - [c = y] s'(x_y) / s(x_y),
+        # s'(x) = s(x)^2 for x < 0 (exactly, including the 1e-30), 1 otherwise.
+        sx = tl.where(x < 0, 1.0 / (1.0 - x + 1e-30), x + 1.0)
+        sx = tl.where(cm[None, :], sx, 0.0)
+        ds = tl.where(x < 0, sx * sx, 1.0)
+        ssum = tl.sum(sx, 1)
+        dce = ds / ssum[:, None] - tl.where(onehot, ds / tl.where(onehot, sx, 1.0), 0.0)
+    else:
+        dce = p - onehot.to(tl.float32)
+    dp = p * (g_p[None, :] - tl.sum(p * g_p[None, :], 1)[:, None])
+    dx = tl.where(valid[:, None] & cm[None, :], g_ce * dce + dp, 0.0)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask2)
+
+
+# --- launchers (any device: CPU tensors run under TRITON_INTERPRET=1) ----------------------
+
+
+def _num_blocks(S: int) -> int:
+    return triton.cdiv(S, BLOCK_S)
+
+
+def _alloc_stats_partials(B: int, S: int, V: int, device) -> tuple[torch.Tensor, ...]:
+    """Per-(example, token block) partial buffers the forward kernel fills completely."""
+    NB = _num_blocks(S)
+    f32, i32 = torch.float32, torch.int32
+    return (
+        torch.empty(B, NB, dtype=f32, device=device),
+        torch.empty(B, NB, 2, dtype=i32, device=device),
+        torch.empty(B, NB, V, dtype=f32, device=device),
+        torch.empty(B, NB, V, dtype=i32, device=device),
+        torch.empty(B, NB, V, dtype=i32, device=device),
+    )
+
+
+def _arc_loss_stats_fwd(
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, out=None
+) -> ArcStats:
+    """Per-example statistics (fp32 sums, int32 counts). ``out``: partial buffers to fill."""
+    B, S, V = logits.shape
+    assert labels.shape == (B, S) and labels.dtype == torch.int32
+    logits = logits.contiguous()
+    labels = labels.contiguous()
+    parts = _alloc_stats_partials(B, S, V, logits.device) if out is None else out
+    ce_p, cnt_p, p_p, y_p, a_p = parts
+    torch.library.wrap_triton(_arc_loss_stats_fwd_kernel)[(B, _num_blocks(S))](
+        logits, labels, ce_p, cnt_p, p_p, y_p, a_p, S, _num_blocks(S),
+        V=V, STABLEMAX=stablemax, BLOCK_S=BLOCK_S, BLOCK_V=triton.next_power_of_2(V),
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    # Fixed-order reductions over the (few) blocks: deterministic.
+    cnt = cnt_p.sum(1, dtype=torch.int32)
+    return ArcStats(
+        ce_p.sum(1),
+        cnt[:, 0].clone(),  # clones: op outputs must not alias each other
+        cnt[:, 1].clone(),
+        p_p.sum(1),
+        y_p.sum(1, dtype=torch.int32),
+        a_p.sum(1, dtype=torch.int32),
+    )
+
+
+def _arc_loss_stats_bwd(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    g_ce: torch.Tensor,
+    g_p: torch.Tensor,
+    stablemax: bool,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dL/dlogits from g_ce = dL/dce_sum [B] and g_p = dL/dp_sum [B, V]."""
+    B, S, V = logits.shape
+    logits = logits.contiguous()
+    labels = labels.contiguous()
+    g_ce = g_ce.to(torch.float32).contiguous()
+    g_p = g_p.to(torch.float32).contiguous()
+    dx = torch.empty_like(logits) if out is None else out
+    torch.library.wrap_triton(_arc_loss_stats_bwd_kernel)[(B, _num_blocks(S))](
+        logits, labels, g_ce, g_p, dx, S,
+        V=V, STABLEMAX=stablemax, BLOCK_S=BLOCK_S, BLOCK_V=triton.next_power_of_2(V),
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return dx
+
+
+# --- torch.library registration -----------------------------------------------------------
+
+
+@torch.library.triton_op("hrm_fast::arc_loss_stats", mutates_args=())
+def _arc_loss_stats_op(
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(_arc_loss_stats_fwd(logits, labels, stablemax))
+
+
+@torch.library.triton_op("hrm_fast::arc_loss_stats_bwd", mutates_args=())
+def _arc_loss_stats_bwd_op(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    g_ce: torch.Tensor,
+    g_p: torch.Tensor,
+    stablemax: bool,
+) -> torch.Tensor:
+    return _arc_loss_stats_bwd(logits, labels, g_ce, g_p, stablemax)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, labels, stablemax = inputs
+    ctx.save_for_backward(logits, labels)
+    ctx.stablemax = stablemax
+
+
+def _backward(ctx, g_ce, g_n, g_corr, g_p, g_y, g_a):
+    # Counts and integer histograms are piecewise constant: only ce_sum and p_sum carry grads.
+    logits, labels = ctx.saved_tensors
+    B, _, V = logits.shape
+    if g_ce is None:
+        g_ce = logits.new_zeros(B, dtype=torch.float32)
+    if g_p is None:
+        g_p = logits.new_zeros(B, V, dtype=torch.float32)
+    dx = torch.ops.hrm_fast.arc_loss_stats_bwd(logits, labels, g_ce, g_p, ctx.stablemax)
+    return dx, None, None
+
+
+torch.library.register_autograd("hrm_fast::arc_loss_stats", _backward, setup_context=_setup_context)
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+def arc_loss_stats(logits: torch.Tensor, labels: torch.Tensor, stablemax: bool) -> ArcStats:
+    if logits.is_cuda:
+        return ArcStats(*torch.ops.hrm_fast.arc_loss_stats(logits, labels, stablemax))
+    return arc_loss_stats_ref(logits, labels, stablemax)
+
+
+def arc_loss_fused(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    q_halt: torch.Tensor,
+    q_continue: torch.Tensor,
+    target_q_continue: torch.Tensor | None,
+    steps: torch.Tensor,
+    cfg: LossConfig,
+    halt_max_steps: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Same signature and outputs as ``hrm_fast.loss.arc_loss_ref``; one Triton pass on CUDA."""
+    stats = arc_loss_stats(logits, labels, use_stablemax(cfg))
+    return arc_loss_from_stats(
+        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps
+    )
+
+
+# --- AOT compile specs --------------------------------------------------------------------
+
+
+def aot_specs(preset: str) -> list[AotSpec]:
+    B = {"seed": 20, "paper": 768}[preset]
+    S, V = 900, 12
+    NB = _num_blocks(S)
+    fwd_sig = {
+        "logits_ptr": "*bf16", "labels_ptr": "*i32", "ce_ptr": "*fp32", "cnt_ptr": "*i32",
+        "p_ptr": "*fp32", "y_ptr": "*i32", "a_ptr": "*i32", "S": "i32", "NB": "i32",
+        "V": "constexpr", "STABLEMAX": "constexpr", "BLOCK_S": "constexpr", "BLOCK_V": "constexpr",
+    }  # fmt: skip
+    bwd_sig = {
+        "logits_ptr": "*bf16", "labels_ptr": "*i32", "gce_ptr": "*fp32", "gp_ptr": "*fp32",
+        "dx_ptr": "*bf16", "S": "i32",
+        "V": "constexpr", "STABLEMAX": "constexpr", "BLOCK_S": "constexpr", "BLOCK_V": "constexpr",
+    }  # fmt: skip
+    specs = []
+    note = f"B={B} S={S} V={V} bf16 logits"
+    for stablemax in (False, True):
+        tag = "stablemax" if stablemax else "softmax"
+        const = {"V": V, "STABLEMAX": stablemax, "BLOCK_S": BLOCK_S, "BLOCK_V": 16}
+        specs.append(
+            AotSpec(
+                name=f"arc_loss_stats_fwd_{tag}", fn=_arc_loss_stats_fwd_kernel,
+                signature=fwd_sig, constexprs=const, num_warps=NUM_WARPS, num_stages=1,
+                grid=(B, NB), note=note,
+            )
+        )  # fmt: skip
+        specs.append(
+            AotSpec(
+                name=f"arc_loss_stats_bwd_{tag}", fn=_arc_loss_stats_bwd_kernel,
+                signature=bwd_sig, constexprs=const, num_warps=NUM_WARPS, num_stages=1,
+                grid=(B, NB), note=note,
+            )
+        )  # fmt: skip
+    return specs
+
+
+__all__ = [
+    "IGNORE",
+    "aot_specs",
+    "arc_loss_fused",
+    "arc_loss_stats",
+    "_arc_loss_stats_fwd",
+    "_arc_loss_stats_bwd",
+]
