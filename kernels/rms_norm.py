@@ -41,8 +41,8 @@ MAX_N = 1024
 
 @triton.jit
 def _add_rms_norm_fwd_kernel(
-    X, R, Y, RSTD, M, N, eps,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    X, R, Y, RSTD, M, eps,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -64,8 +64,8 @@ def _add_rms_norm_fwd_kernel(
 
 @triton.jit
 def _add_rms_norm_bwd_kernel(
-    DY, Y, RSTD, DX, M, N,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY, Y, RSTD, DX, M,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -134,7 +134,7 @@ def _add_rms_norm_fwd(x, r, eps=1e-5, out=None, rstd=None, launch=None):
     block_m, block_n, warps = _norm_config(N)
     grid = (triton.cdiv(M, block_m),)
     k = launch(_add_rms_norm_fwd_kernel) if launch else _add_rms_norm_fwd_kernel
-    k[grid](x, r, out, rstd, M, N, eps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+    k[grid](x, r, out, rstd, M, eps, N=N, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return out, rstd
 
 
@@ -150,7 +150,7 @@ def _add_rms_norm_bwd(dy, y, rstd, dx=None, launch=None):
     block_m, block_n, warps = _norm_config(N)
     grid = (triton.cdiv(M, block_m),)
     k = launch(_add_rms_norm_bwd_kernel) if launch else _add_rms_norm_bwd_kernel
-    k[grid](dy, y, rstd, dx, M, N, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+    k[grid](dy, y, rstd, dx, M, N=N, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return dx
 
 
@@ -276,15 +276,15 @@ def aot_specs(preset: str) -> list[AotSpec]:
     else:
         raise KeyError(f"no AOT specs for preset {preset!r}")
     block_m, block_n, warps = _norm_config(N)
-    consts = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    consts = {"N": N, "BLOCK_M": block_m, "BLOCK_N": block_n}
     grid = (triton.cdiv(rows, block_m),)
     fwd_sig = {
         "X": "*bf16", "R": "*bf16", "Y": "*bf16", "RSTD": "*fp32",
-        "M": "i32", "N": "i32", "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+        "M": "i32", "eps": "fp32", "N": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
     }  # fmt: skip
     bwd_sig = {
         "DY": "*bf16", "Y": "*bf16", "RSTD": "*fp32", "DX": "*bf16",
-        "M": "i32", "N": "i32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+        "M": "i32", "N": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
     }  # fmt: skip
     add3_sig = {
         "A": "*bf16", "B": "*bf16", "C": "*bf16", "OUT": "*bf16", "numel": "i32",

@@ -30,8 +30,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _swiglu_fwd_kernel(
-    GU, OUT, M, I,
-    BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
+    GU, OUT, M,
+    I: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -47,8 +47,8 @@ def _swiglu_fwd_kernel(
 
 @triton.jit
 def _swiglu_bwd_kernel(
-    DY, GU, DGU, M, I,
-    BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
+    DY, GU, DGU, M,
+    I: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -97,7 +97,7 @@ def _swiglu_fwd(gate_up, out=None, launch=None):
     block_m, block_i, warps = _config(I)
     grid = (triton.cdiv(M, block_m), triton.cdiv(I, block_i))
     k = launch(_swiglu_fwd_kernel) if launch else _swiglu_fwd_kernel
-    k[grid](gate_up, out, M, I, BLOCK_M=block_m, BLOCK_I=block_i, num_warps=warps)
+    k[grid](gate_up, out, M, I=I, BLOCK_M=block_m, BLOCK_I=block_i, num_warps=warps)
     return out
 
 
@@ -114,7 +114,7 @@ def _swiglu_bwd(dy, gate_up, dgate_up=None, launch=None):
     block_m, block_i, warps = _config(I)
     grid = (triton.cdiv(M, block_m), triton.cdiv(I, block_i))
     k = launch(_swiglu_bwd_kernel) if launch else _swiglu_bwd_kernel
-    k[grid](dy, gate_up, dgate_up, M, I, BLOCK_M=block_m, BLOCK_I=block_i, num_warps=warps)
+    k[grid](dy, gate_up, dgate_up, M, I=I, BLOCK_M=block_m, BLOCK_I=block_i, num_warps=warps)
     return dgate_up
 
 
@@ -180,14 +180,14 @@ def aot_specs(preset: str) -> list[AotSpec]:
     else:
         raise KeyError(f"no AOT specs for preset {preset!r}")
     block_m, block_i, warps = _config(I)
-    consts = {"BLOCK_M": block_m, "BLOCK_I": block_i}
+    consts = {"I": I, "BLOCK_M": block_m, "BLOCK_I": block_i}
     grid = (triton.cdiv(rows, block_m), triton.cdiv(I, block_i))
     fwd_sig = {
-        "GU": "*bf16", "OUT": "*bf16", "M": "i32", "I": "i32",
+        "GU": "*bf16", "OUT": "*bf16", "M": "i32", "I": "constexpr",
         "BLOCK_M": "constexpr", "BLOCK_I": "constexpr",
     }  # fmt: skip
     bwd_sig = {
-        "DY": "*bf16", "GU": "*bf16", "DGU": "*bf16", "M": "i32", "I": "i32",
+        "DY": "*bf16", "GU": "*bf16", "DGU": "*bf16", "M": "i32", "I": "constexpr",
         "BLOCK_M": "constexpr", "BLOCK_I": "constexpr",
     }  # fmt: skip
     return [
