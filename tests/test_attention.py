@@ -1,0 +1,190 @@
+"""Parity tests for the fused RoPE attention kernels (kernels/attention.py).
+
+The launchers run under TRITON_INTERPRET=1 on CPU tensors (conftest.py). Everything is
+compared with the eager reference evaluated in float64. fp32 gets tight absolute bounds; for
+fp16 the kernel's error must be within 2x the error of the same eager reference run in fp16
+(fp16 RoPE rounding, fp16 matmul inputs, fp32 softmax, fp16 probabilities), i.e. the kernel
+may not be meaningfully less accurate than the PyTorch computation it replaces.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import assert_close, kernel_device, max_err
+from hrm_fast.kernels import attention as attn
+from hrm_fast.kernels.attention import (
+    _attention_bwd,
+    _attention_fwd,
+    rope_attention,
+    rope_attention_ref,
+)
+
+pytestmark = pytest.mark.interpret
+
+
+def rope_tables(S: int, D: int, base: float = 10000.0):
+    """cos, sin [S, D] fp32 exactly as HRM's RotaryEmbedding (emb = cat(freqs, freqs))."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    freqs = torch.outer(torch.arange(S, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def make_inputs(B, S, H, D, dtype, seed, strided=False):
+    g = torch.Generator().manual_seed(seed)
+    dev = kernel_device()
+    if strided:
+        # A qkv view with a padded head axis and batch-second storage: nothing contiguous.
+        base = torch.randn(S, B, 3 * H + 1, D, generator=g).to(dtype).to(dev)
+        qkv = base.transpose(0, 1)[:, :, : 3 * H]
+        assert not qkv.is_contiguous()
+    else:
+        qkv = torch.randn(B, S, 3 * H, D, generator=g).to(dtype).to(dev)
+    do = torch.randn(B, S, H, D, generator=g).to(dtype).to(dev)
+    cos, sin = rope_tables(S, D)
+    return qkv, do, cos.to(dev), sin.to(dev)
+
+
+def run_kernels(qkv, do, cos, sin):
+    """Forward + backward through the launchers with NaN-poisoned output buffers."""
+    B, S, H3, D = qkv.shape
+    out = torch.full((B, S, H3 // 3, D), float("nan"), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.full((B, H3 // 3, S), float("nan"), dtype=torch.float32, device=qkv.device)
+    dqkv = torch.full((B, S, H3, D), float("nan"), dtype=qkv.dtype, device=qkv.device)
+    out_r, lse_r = _attention_fwd(qkv, cos, sin, out=out, lse=lse)
+    assert out_r.data_ptr() == out.data_ptr() and lse_r.data_ptr() == lse.data_ptr()
+    dqkv_r = _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=dqkv)
+    assert dqkv_r.data_ptr() == dqkv.data_ptr()
+    return out, lse, dqkv
+
+
+def reference(qkv, do, cos, sin, dtype):
+    """Eager reference output, LSE and d(qkv) with autograd, evaluated in ``dtype`` on CPU."""
+    x = qkv.detach().cpu().to(dtype).requires_grad_(True)
+    out = rope_attention_ref(x, cos.cpu(), sin.cpu())
+    out.backward(do.detach().cpu().to(dtype))
+    return out.detach(), x.grad
+
+
+def lse_reference(qkv, cos, sin):
+    """float64 log-sum-exp of the scaled scores, [B, H, S]."""
+    B, S, H3, D = qkv.shape
+    H = H3 // 3
+    x = qkv.detach().cpu().double()
+    c, s = cos.cpu().double()[:, None], sin.cpu().double()[:, None]
+
+    def rope(t):
+        t1, t2 = t.chunk(2, -1)
+        return t * c + torch.cat((-t2, t1), -1) * s
+
+    q, k = rope(x[:, :, :H]).transpose(1, 2), rope(x[:, :, H : 2 * H]).transpose(1, 2)
+    return torch.logsumexp(q @ k.transpose(-1, -2) / math.sqrt(D), dim=-1)
+
+
+# (B, S, H, D, strided): odd lengths exercise the row/column masks; S=901 is the ARC length.
+FP32_CASES = [
+    (2, 37, 2, 32, False),
+    (1, 130, 1, 64, True),
+    (3, 37, 1, 128, False),
+    (1, 130, 2, 128, True),
+    (1, 901, 1, 32, False),
+]
+FP16_CASES = [
+    (2, 37, 2, 32, True),
+    (1, 130, 2, 64, False),
+    (2, 37, 1, 128, False),
+    (1, 901, 1, 64, False),
+]
+
+
+@pytest.mark.parametrize("B,S,H,D,strided", FP32_CASES)
+def test_fp32_matches_float64_reference(B, S, H, D, strided):
+    qkv, do, cos, sin = make_inputs(B, S, H, D, torch.float32, seed=1000 + S + D, strided=strided)
+    out, lse, dqkv = run_kernels(qkv, do, cos, sin)
+    ref_out, ref_dqkv = reference(qkv, do, cos, sin, torch.float64)
+    # Inputs are O(1); fp32 accumulation over <= 901 keys stays well inside 2e-5.
+    assert_close(out, ref_out, atol=2e-5, rtol=1e-5, name="out")
+    assert_close(lse, lse_reference(qkv, cos, sin), atol=2e-5, rtol=1e-5, name="lse")
+    assert_close(dqkv, ref_dqkv, atol=5e-5, rtol=1e-5, name="dqkv")
+
+
+@pytest.mark.parametrize("B,S,H,D,strided", FP16_CASES)
+def test_fp16_within_2x_eager_fp16_error(B, S, H, D, strided):
+    qkv, do, cos, sin = make_inputs(B, S, H, D, torch.float16, seed=2000 + S + D, strided=strided)
+    out, lse, dqkv = run_kernels(qkv, do, cos, sin)
+    ref_out, ref_dqkv = reference(qkv, do, cos, sin, torch.float64)
+    eager_out, eager_dqkv = reference(qkv, do, cos, sin, torch.float16)
+    assert torch.isfinite(out).all() and torch.isfinite(dqkv).all()
+    # Floor: half an fp16 ulp at 1.0 (4.9e-4), the rounding of any single stored O(1) value,
+    # so a lucky eager run cannot make the bound smaller than one output rounding.
+    floor = 2.0**-11
+    for name, got, eager, want in (
+        ("out", out, eager_out, ref_out),
+        ("dqkv", dqkv, eager_dqkv, ref_dqkv),
+    ):
+        err, bound = max_err(got, want), 2 * max_err(eager, want) + floor
+        assert err <= bound, f"{name}: kernel err {err:.3e} > 2x eager fp16 err + floor {bound:.3e}"
+    # LSE is fp32 over fp16-rounded rotated q, k: a loose absolute check catches layout bugs.
+    assert_close(lse, lse_reference(qkv, cos, sin), atol=2e-2, rtol=0, name="lse")
+
+
+def test_backward_is_deterministic():
+    qkv, do, cos, sin = make_inputs(2, 130, 1, 64, torch.float16, seed=3)
+    out, lse, dqkv1 = run_kernels(qkv, do, cos, sin)
+    dqkv2 = _attention_bwd(do, qkv, cos, sin, out, lse)
+    assert torch.equal(dqkv1, dqkv2)
+    out2, lse2 = _attention_fwd(qkv, cos, sin)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+def test_public_cpu_path_is_reference():
+    qkv, do, cos, sin = make_inputs(2, 37, 2, 32, torch.float32, seed=4)
+    qkv, cos, sin = qkv.cpu(), cos.cpu(), sin.cpu()
+    x = qkv.clone().requires_grad_(True)
+    out = rope_attention(x, cos, sin)
+    assert out.shape == (2, 37, 2, 32) and out.is_contiguous() and out.dtype == qkv.dtype
+    assert torch.equal(out, rope_attention_ref(qkv, cos, sin))
+    out.backward(do.cpu())
+    assert x.grad.shape == qkv.shape and torch.isfinite(x.grad).all()
+
+
+def test_reference_matches_hrm_rope_and_sdpa():
+    # Independent spelling of the reference: HRM's apply_rotary_pos_emb + torch SDPA, float64.
+    qkv, _, cos, sin = make_inputs(2, 37, 2, 64, torch.float64, seed=5)
+    qkv, cos, sin = qkv.cpu(), cos.cpu(), sin.cpu()
+
+    def rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    c, s = cos.double().unsqueeze(-2), sin.double().unsqueeze(-2)
+    q, k, v = qkv[:, :, :2], qkv[:, :, 2:4], qkv[:, :, 4:]
+    q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ).transpose(1, 2)
+    assert_close(rope_attention_ref(qkv, cos, sin), want, atol=1e-12, rtol=1e-12, name="ref")
+
+
+def test_triton_op_registered():
+    assert hasattr(torch.ops.hrm_fast, "rope_attention")
+    assert hasattr(torch.ops.hrm_fast, "rope_attention_bwd")
+    schema = str(torch.ops.hrm_fast.rope_attention.default._schema)
+    assert "Tensor qkv" in schema and "Tensor cos" in schema and "Tensor sin" in schema
+
+
+@pytest.mark.parametrize("preset", ["seed", "paper"])
+def test_aot_specs_match_kernel_signatures(preset):
+    specs = attn.aot_specs(preset)
+    assert {s.name for s in specs} == {
+        "attention_fwd",
+        "attention_bwd_preprocess",
+        "attention_bwd_dkdv",
+        "attention_bwd_dq",
+    }
+    for s in specs:
+        assert list(s.signature) == list(s.fn.arg_names), s.name
+        for k in s.constexprs:
+            assert s.signature[k] == "constexpr", (s.name, k)
+        assert s.has_dot == (s.name != "attention_bwd_preprocess")
