@@ -80,7 +80,9 @@ def _validate_grid(path, where: str, grid, canvas: int) -> Grid:
         arr = np.array(grid)
     except (ValueError, OverflowError):
         arr = np.zeros((0,), object)  # unconvertible cells: report them below
-    if arr.ndim != 2 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 9:
+    bad = arr.ndim != 2 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 9
+    # numpy turns True into 1: JSON booleans need an explicit look.
+    if bad or any(type(v) is bool for row in grid for v in row):
         # Slow path only on error: name the first offending cell.
         for r, row in enumerate(grid):
             for c, v in enumerate(row):
