@@ -1,0 +1,249 @@
+"""``hrm-fast`` command line: train, probe, eval, convert, params, kernels-report, bench.
+
+Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
+never a traceback. A failed input-sensitivity probe exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.errors import UserError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config overrides (any field of the preset)")
+    for section, f in iter_fields(RunConfig()):
+        g.add_argument(_flag(f.name), dest=f"cfg__{section}__{f.name}", metavar="V", default=None,
+                       help=f"{section}.{f.name}")  # fmt: skip
+
+
+def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    for key, text in vars(args).items():
+        if not key.startswith("cfg__") or text is None:
+            continue
+        _, section, name = key.split("__")
+        sub = getattr(cfg, section)
+        try:
+            setattr(sub, name, parse_value(text, getattr(sub, name)))
+        except ValueError as e:
+            raise UserError(f"{_flag(name)}: {e}") from None
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: RunConfig) -> None:
+    m, t, d = cfg.model, cfg.train, cfg.data
+    checks = [
+        (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
+        (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
+        (m.halt_max_steps >= 1, "--halt-max-steps must be >= 1"),
+        (m.H_cycles >= 1 and m.L_cycles >= 1, "--H-cycles and --L-cycles must be >= 1"),
+        (t.batch_size >= 1, "--batch-size must be >= 1"),
+        (t.steps >= 1, "--steps must be >= 1"),
+        (
+            t.checkpoint_every >= 1 and t.log_every >= 1,
+            "--checkpoint-every/--log-every must be >= 1",
+        ),
+        (d.n_aug >= 1, "--n-aug must be >= 1"),
+        (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
+        (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
+        (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
+        (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+def _config_for_train(args) -> RunConfig:
+    out = Path(args.out)
+    if args.resume and (out / "config.json").exists():
+        try:
+            cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise UserError(f"{out / 'config.json'}: unreadable run config ({e})") from None
+    else:
+        cfg = from_name(args.preset)
+    return _apply_overrides(cfg, args)
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def cmd_train(args) -> int:
+    from hrm_fast.train import train
+
+    cfg = _config_for_train(args)
+    return train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_probe(args) -> int:
+    import torch
+
+    from hrm_fast.checkpoint import model_from_checkpoint
+    from hrm_fast.probe import run_probe
+
+    model, cfg, payload = model_from_checkpoint(args.checkpoint, device=args.device)
+    t = cfg.train
+    k = args.pairs or t.probe_pairs
+    min_differ = t.probe_min_differ if args.min_differ is None else args.min_differ
+    min_tv = t.probe_min_tv if args.min_tv is None else args.min_tv
+    sampler = None
+    if not args.random_inputs:
+        from hrm_fast.data import ArcDataset, DeviceSampler
+
+        dataset = ArcDataset.build(cfg.data, seed=t.seed)
+        sampler = DeviceSampler(dataset, torch.device(args.device), "reference")
+    report = run_probe(model, sampler, k, min_differ, min_tv, torch.device(args.device),
+                       generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
+    report.step = int(payload.get("step", 0))
+    d = {"checkpoint": payload["path"], **report.to_dict()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(d, indent=2))
+    print(report.summary())
+    return 0 if report.passed else 3
+
+
+def cmd_eval(args) -> int:
+    from hrm_fast.evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def cmd_convert(args) -> int:
+    from hrm_fast.convert import convert_to_checkpoint
+
+    overrides = {k: v for k, v in (("num_heads", args.num_heads), ("H_cycles", args.H_cycles),
+                                   ("L_cycles", args.L_cycles),
+                                   ("halt_max_steps", args.halt_max_steps)) if v is not None}  # fmt: skip
+    path = convert_to_checkpoint(args.src, args.out, **overrides)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_params(args) -> int:
+    from hrm_fast.model import HRM, count_parameters
+
+    cfg = _apply_overrides(from_name(args.preset), args)
+    n_ids = args.puzzle_ids
+    if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
+        n_tasks = 400 + (400 if cfg.data.include_eval_demos else 0)
+        if cfg.data.max_tasks:
+            n_tasks = min(n_tasks, cfg.data.max_tasks * (2 if cfg.data.include_eval_demos else 1))
+        n_ids = 1 + n_tasks * (cfg.data.n_aug if cfg.data.puzzle_id_per == "augmentation" else 1)
+    m = HRM(cfg.model, cfg.seq_len, 1, 1)
+    c = count_parameters(m)
+    table = n_ids * cfg.model.puzzle_emb_ndim
+    print(f"preset {args.preset}: {c['network']:,} network parameters ({c['network'] / 1e6:.2f}M)")
+    print(f"  + puzzle-embedding table {n_ids:,} ids x {cfg.model.puzzle_emb_ndim} = {table:,}")
+    print(f"  = {c['network'] + table:,} in all ({(c['network'] + table) / 1e6:.2f}M)")
+    return 0
+
+
+def cmd_kernels_report(args) -> int:
+    from hrm_fast.kernels.report import main as report_main
+
+    return report_main(args.rest)
+
+
+def cmd_bench(args) -> int:
+    from hrm_fast.benchmark import main as bench_main
+
+    return bench_main(args)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hrm-fast", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train HRM on ARC (checkpoints, probe, metrics.jsonl)")
+    t.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--quiet", action="store_true")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("probe", help="input-sensitivity probe of a checkpoint")
+    pr.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    pr.add_argument("--pairs", type=int, default=None)
+    pr.add_argument("--min-differ", type=float, default=None)
+    pr.add_argument("--min-tv", type=float, default=None)
+    pr.add_argument("--random-inputs", action="store_true", help="random canvases, not ARC pairs")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", default=None, help="write the report here")
+    pr.set_defaults(func=cmd_probe)
+
+    e = sub.add_parser("eval", help="evaluate on held-out test pairs (pass@1/2, eval.json, PNG)")
+    e.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    e.add_argument("--out", default=None, help="where eval.json and the PNG go (default: run dir)")
+    e.add_argument("--n-aug", type=int, default=8, help="augmentations to vote over (K)")
+    e.add_argument("--max-tasks", type=int, default=0, help="evaluate only the first N tasks")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--render", type=int, default=4, help="tasks drawn in the PNG")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("convert", help="official hrm_act_v1 state dict -> hrm-fast checkpoint")
+    c.add_argument("src")
+    c.add_argument("--out", required=True)
+    c.add_argument("--num-heads", type=int, default=None)
+    c.add_argument("--H-cycles", dest="H_cycles", type=int, default=None)
+    c.add_argument("--L-cycles", dest="L_cycles", type=int, default=None)
+    c.add_argument("--halt-max-steps", type=int, default=None)
+    c.set_defaults(func=cmd_convert)
+
+    pa = sub.add_parser("params", help="parameter counts of a preset")
+    pa.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    pa.add_argument("--puzzle-ids", type=int, default=None)
+    _add_config_flags(pa)
+    pa.set_defaults(func=cmd_params)
+
+    k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
+                       add_help=False)  # fmt: skip
+    k.add_argument("rest", nargs=argparse.REMAINDER)
+    k.set_defaults(func=cmd_kernels_report)
+
+    b = sub.add_parser("bench", help="run the bench suite and print one table")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--json", default=None)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"hrm-fast: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hrm-fast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # data errors from the loader carry their own one-line message
+        from hrm_fast.data import DataError
+
+        if isinstance(e, DataError):
+            print(f"hrm-fast: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
