@@ -1,0 +1,284 @@
+"""Official ``hrm_act_v1`` checkpoints (sapientinc/HRM) in and out of hrm-fast.
+
+The official trainer saves ``torch.compile(ACTLossHead(model)).state_dict()``, so its keys read
+``_orig_mod.model.inner.H_level.layers.0.self_attn.qkv_proj.weight``. Our parameter and buffer
+names equal the official ones below ``inner.``, so conversion is: strip the wrapper prefixes,
+check every key and shape strictly, cast to fp32 master weights, load.
+
+Shapes give hidden size, layer counts, vocab, puzzle-embedding width and SwiGLU width; the head
+count, cycle counts and ACT depth leave no trace in the weights, so they come from overrides
+with the official ARC defaults (8 heads, 2 H and 2 L cycles, 16 ACT steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from hrm_fast.config import ModelConfig, RunConfig
+from hrm_fast.errors import UserError
+
+# Wrappers the official code puts around the model: torch.compile, ACTLossHead, DDP.
+_PREFIXES = ("_orig_mod.", "model.", "module.")
+# Not recoverable from shapes: the official ARC config (config/arch/hrm_v1.yaml).
+OFFICIAL_DEFAULTS = {"num_heads": 8, "H_cycles": 2, "L_cycles": 2, "halt_max_steps": 16}
+_LAYER_KEY = re.compile(r"^inner\.([HL])_level\.layers\.(\d+)\.")
+_LAYER_PARAMS = (
+    "self_attn.qkv_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_up_proj.weight",
+    "mlp.down_proj.weight",
+)
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
+def _read(sd_or_path) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict and a name for messages."""
+    if isinstance(sd_or_path, (str, Path)):
+        p = Path(sd_or_path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such file")
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{p}: not a readable state dict ({type(e).__name__}: {e})") from None
+        src = str(p)
+    else:
+        obj, src = sd_or_path, "state dict"
+    # Some tools wrap the weights once more; hrm-fast checkpoints keep them under "model".
+    if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for k in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(k), dict):
+                obj = obj[k]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise UserError(f"{src}: expected a non-empty dict of tensors (an hrm_act_v1 state dict)")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise UserError(f"{src}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        name = _strip(str(k))
+        if name in out:
+            raise UserError(
+                f"{src}: key {k!r} duplicates {name!r} once wrapper prefixes are removed"
+            )
+        out[name] = v
+    return out, src
+
+
+def _need(sd: dict, key: str, src: str, ndim: int) -> torch.Tensor:
+    if key not in sd:
+        raise UserError(f"{src}: missing key {key!r}")
+    t = sd[key]
+    if t.ndim != ndim:
+        raise UserError(f"{src}: key {key!r} has shape {tuple(t.shape)}, expected {ndim} dims")
+    return t
+
+
+def _num_layers(sd: dict, level: str) -> int:
+    ids = {int(m.group(2)) for k in sd if (m := _LAYER_KEY.match(k)) and m.group(1) == level}
+    return max(ids) + 1 if ids else 0
+
+
+def infer_model_config(state_dict, **overrides) -> ModelConfig:
+    """ModelConfig of an official state dict: shapes, then ``overrides`` (None = not given).
+
+    Overrides may name any ModelConfig field; one that contradicts a shape is an error.
+    """
+    sd, src = _read(state_dict)
+    emb = _need(sd, "inner.embed_tokens.embedding_weight", src, 2)
+    vocab, hidden = emb.shape
+    n_h, n_l = _num_layers(sd, "H"), _num_layers(sd, "L")
+    if n_h == 0 or n_l == 0:
+        level = "H" if n_h == 0 else "L"
+        raise UserError(
+            f"{src}: missing key 'inner.{level}_level.layers.0.self_attn.qkv_proj.weight'"
+        )
+    gate_up = _need(sd, "inner.H_level.layers.0.mlp.gate_up_proj.weight", src, 2)
+    inter = gate_up.shape[0] // 2
+    pe = sd.get("inner.puzzle_emb.weights")
+    pe_ndim = int(pe.shape[1]) if pe is not None and pe.ndim == 2 else 0
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise UserError(f"unknown model option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    inferred = {
+        "hidden_size": int(hidden),
+        "vocab_size": int(vocab),
+        "H_layers": n_h,
+        "L_layers": n_l,
+        "puzzle_emb_ndim": pe_ndim,
+    }
+    for k, v in inferred.items():
+        if k in given and given[k] != v:
+            raise UserError(
+                f"{src}: --{k.replace('_', '-')} {given[k]} contradicts the weights ({v})"
+            )
+    kwargs = {**OFFICIAL_DEFAULTS, **given, **inferred}
+
+    # expansion -> intermediate is many-to-one; keep a given/default value that reproduces the
+    # width, else the exact ratio (which always rounds back to it).
+    if "expansion" not in given:
+        kwargs["expansion"] = ModelConfig.expansion
+    cfg = ModelConfig(**kwargs)
+    if cfg.intermediate_size != inter:
+        if "expansion" in given:
+            raise UserError(
+                f"{src}: --expansion {given['expansion']} gives SwiGLU width "
+                f"{cfg.intermediate_size}, the weights have {inter}"
+            )
+        cfg.expansion = inter * 3 / (2 * hidden)
+        if cfg.intermediate_size != inter:
+            raise UserError(
+                f"{src}: SwiGLU width {inter} (key 'inner.H_level.layers.0.mlp.gate_up_proj."
+                f"weight') is not an HRM width for hidden size {hidden}"
+            )
+    if cfg.num_heads <= 0 or hidden % cfg.num_heads:
+        raise UserError(f"{src}: --num-heads {cfg.num_heads} does not divide hidden size {hidden}")
+    return cfg
+
+
+def _expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
+    h, v, i = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
+    shapes = {
+        "inner.H_init": (h,),
+        "inner.L_init": (h,),
+        "inner.embed_tokens.embedding_weight": (v, h),
+        "inner.lm_head.weight": (v, h),
+        "inner.q_head.weight": (2, h),
+        "inner.q_head.bias": (2,),
+    }
+    if cfg.puzzle_emb_ndim > 0:
+        shapes["inner.puzzle_emb.weights"] = (num_puzzle_ids, cfg.puzzle_emb_ndim)
+    for level, n in (("H", cfg.H_layers), ("L", cfg.L_layers)):
+        for j in range(n):
+            base = f"inner.{level}_level.layers.{j}."
+            shapes[base + "self_attn.qkv_proj.weight"] = (3 * h, h)
+            shapes[base + "self_attn.o_proj.weight"] = (h, h)
+            shapes[base + "mlp.gate_up_proj.weight"] = (2 * i, h)
+            shapes[base + "mlp.down_proj.weight"] = (h, i)
+    return shapes
+
+
+def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
+    pe = sd.get("inner.puzzle_emb.weights")
+    n_ids = int(pe.shape[0]) if pe is not None and pe.ndim == 2 else 1
+    want = _expected_shapes(cfg, n_ids)
+    for k in sd:
+        if k not in want:
+            raise UserError(f"{src}: unexpected key {k!r} for this model config")
+    out = {}
+    for k, shape in want.items():
+        if k not in sd:
+            raise UserError(f"{src}: missing key {k!r}")
+        t = sd[k]
+        if tuple(t.shape) != shape:
+            raise UserError(f"{src}: key {k!r} has shape {tuple(t.shape)}, expected {shape}")
+        if not t.is_floating_point():
+            raise UserError(f"{src}: key {k!r} has dtype {t.dtype}, expected a float tensor")
+        t = t.detach().to("cpu", torch.float32)
+        if not torch.isfinite(t).all():
+            raise UserError(f"{src}: key {k!r} holds NaN or inf values")
+        out[k] = t
+    return out, n_ids
+
+
+def load_official_state_dict(
+    sd_or_path,
+    model_cfg: ModelConfig | None = None,
+    seq_len: int = 900,
+    *,
+    batch_size: int = 1,
+    backend: str = "reference",
+    forward_dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """An ``HRM`` (CPU, fp32 master weights, eval mode) holding an official state dict.
+
+    ``model_cfg`` skips inference (its shapes are still checked); otherwise the config comes from
+    ``infer_model_config(sd, **overrides)``. ``batch_size`` sizes the puzzle-embedding scratch
+    rows used in training mode. Any missing, unexpected or mis-shaped key is a UserError.
+    """
+    from hrm_fast.model import HRM
+
+    sd, src = _read(sd_or_path)
+    if model_cfg is None:
+        model_cfg = infer_model_config(sd, **overrides)
+    elif any(v is not None for v in overrides.values()):
+        raise UserError("give either model_cfg or model overrides, not both")
+    weights, n_ids = _checked_fp32(sd, model_cfg, src)
+    model = HRM(model_cfg, seq_len, n_ids, batch_size, backend=backend, forward_dtype=forward_dtype)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith(("local_weights", "local_ids"))]
+    if missing or unexpected:  # the shape table and the model disagree: a bug, not bad input
+        raise RuntimeError(f"model/state mismatch: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def to_official_state_dict(
+    model, prefix: str = "_orig_mod.model.", init_dtype: torch.dtype | None = torch.bfloat16
+) -> dict[str, torch.Tensor]:
+    """Our model's state in official names, as the official trainer saves it.
+
+    The official model keeps ``H_init``/``L_init`` in its forward dtype (bf16) and its evaluate.py
+    loads with ``assign=True``, so they are cast to ``init_dtype`` (None keeps fp32); everything
+    else is fp32 as there. The bf16 cast rounds ours -> official, official -> ours is exact.
+    """
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(("local_weights", "local_ids")):
+            continue
+        v = v.detach().to("cpu", torch.float32).clone()
+        if init_dtype is not None and k in ("inner.H_init", "inner.L_init"):
+            v = v.to(init_dtype)
+        out[prefix + k] = v
+    return out
+
+
+def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrides) -> Path:
+    """Write an official state dict as an hrm-fast step-0 checkpoint in ``out_dir``.
+
+    ``seq_len`` (default 900) must be a square: the canvas side is stored in the run config.
+    Returns the checkpoint path (``out_dir/checkpoints/step_000000000.pt``).
+    """
+    from hrm_fast import checkpoint
+    from hrm_fast.checkpoint import VERSION
+
+    sd, name = _read(src)
+    cfg = RunConfig(model=infer_model_config(sd, **overrides))
+    if seq_len is not None:
+        canvas = math.isqrt(seq_len)
+        if canvas * canvas != seq_len or canvas <= 0:
+            raise UserError(f"--seq-len {seq_len} is not a square canvas (ARC uses 900 = 30x30)")
+        cfg.data.canvas = canvas
+    model = load_official_state_dict(sd, cfg.model, seq_len=cfg.seq_len)
+    n_ids = model.inner.puzzle_emb.weights.shape[0] if cfg.model.puzzle_emb_ndim > 0 else 1
+    payload = {
+        "version": VERSION,
+        "step": 0,
+        "config": cfg.to_dict(),
+        "model": {k: v for k, v in model.state_dict().items()},
+        "dataset": {"num_puzzle_ids": int(n_ids), "converted_from": name},
+        "optimizer": None,
+        "sparse": None,
+        "carry": None,
+        "rng": None,
+    }
+    path = checkpoint.checkpoint_path(Path(out_dir), 0)
+    checkpoint.atomic_save(payload, path)
+    return path
