@@ -49,3 +49,42 @@ def assert_close(actual, expected, atol, rtol, name="tensor"):
 
 def max_err(actual, expected) -> float:
     return (actual.detach().double().cpu() - expected.detach().double().cpu()).abs().max().item()
+
+
+def write_tiny_tasks(root, n_tasks: int = 3, seed: int = 0, max_side: int = 5):
+    """A directory of small ARC-format tasks (grids <= max_side), for fast end-to-end tests."""
+    import json
+    import pathlib
+    import random
+
+    rng = random.Random(seed)
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def grid():
+        h, w = rng.randint(1, max_side), rng.randint(1, max_side)
+        return [[rng.randint(0, 9) for _ in range(w)] for _ in range(h)]
+
+    for t in range(n_tasks):
+        pairs = []
+        for _ in range(3):
+            g = grid()
+            pairs.append({"input": g, "output": [row[::-1] for row in g]})  # mirror task
+        task = {"train": pairs[:2], "test": pairs[2:]}
+        (root / f"task{t:02d}.json").write_text(json.dumps(task))
+    return root
+
+
+@pytest.fixture
+def tiny_tasks(tmp_path):
+    return write_tiny_tasks(tmp_path / "tasks")
+
+
+@pytest.fixture
+def debug_cfg(tiny_tasks):
+    from hrm_fast.config import from_name
+
+    cfg = from_name("debug")
+    cfg.data.source = str(tiny_tasks)
+    cfg.data.canvas = 8
+    return cfg
