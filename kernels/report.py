@@ -262,7 +262,9 @@ def compile_spec(spec, arch: int) -> dict:
     smem_static = res.get("SHARED", 0)
     smem_dyn = int(kernel.metadata.shared)
     mma = detect_mma(sass)
-    spill = local
+    # ptxas puts register spills in the stack frame (cuobjdump STACK), not in LOCAL, so both
+    # count: Triton kernels have no local arrays or recursion, any local memory is a spill.
+    spill = local + res.get("STACK", 0)
     if ptxas is not None:
         spill = max(spill, ptxas["spill_stores"] + ptxas["spill_loads"])
     occ = occupancy(arch, regs, smem_static + smem_dyn, spec.num_warps)
@@ -449,7 +451,12 @@ def row_failures(row: dict) -> list[str]:
         return [f"{where}: compile failed: {row['error']}"]
     out = []
     if row["spill_bytes"] > 0:
-        out.append(f"{where}: spills {row['spill_bytes']} B of local memory (regs={row['regs']})")
+        p = row.get("ptxas")
+        detail = f"; ptxas: {p['spill_stores']} B stores, {p['spill_loads']} B loads" if p else ""
+        out.append(
+            f"{where}: spills to local memory: stack {row['stack_bytes']} B, "
+            f"local {row['local_bytes']} B per thread (regs={row['regs']}{detail})"
+        )
     if row["has_dot"] and not row["mma"]:
         out.append(f"{where}: has_dot=True but no MMA (HMMA/HGMMA) instructions in the SASS")
     if row["occupancy"]["active_blocks"] == 0:

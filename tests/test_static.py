@@ -1,0 +1,225 @@
+"""Static GPU checks: every kernel spec compiles ahead of time for sm_80/89/90 without spills,
+dot kernels use tensor cores, plus unit checks of the report's occupancy and MMA detection.
+
+No GPU needed: triton.compile targets the GPU with the ptxas shipped in the triton wheel.
+"""
+
+import pytest
+import triton
+import triton.language as tl
+from hrm_fast.kernels import report
+from hrm_fast.kernels.aot import AotSpec
+
+pytestmark = pytest.mark.static
+
+STATIC_ARCHS = (80, 89, 90)
+
+
+# --------------------------------------------------------------------------------------------
+# Every family, every preset, every arch (compiled once per session in worker processes)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aot_rows():
+    entries = report.collect_specs(report.PRESETS)
+    return report.compile_all(entries, STATIC_ARCHS)
+
+
+def _family_rows(rows, family):
+    return [r for r in rows if r["family"] == family]
+
+
+@pytest.mark.parametrize("family", report.FAMILIES)
+def test_family_has_specs_for_every_preset(aot_rows, family):
+    rows = _family_rows(aot_rows, family)
+    errors = [r["error"] for r in rows if "error" in r and r["arch"] is None]
+    assert not errors, f"{family}: aot_specs failed: {errors}"
+    for preset in report.PRESETS:
+        assert any(r["preset"] == preset for r in rows), f"{family}: no specs for {preset!r}"
+
+
+@pytest.mark.parametrize("arch", STATIC_ARCHS, ids=lambda a: f"sm_{a}")
+@pytest.mark.parametrize("family", report.FAMILIES)
+def test_family_compiles_without_spills(aot_rows, family, arch):
+    rows = [r for r in _family_rows(aot_rows, family) if r["arch"] == arch]
+    assert rows, f"{family}: nothing compiled for sm_{arch} (see the aot_specs test)"
+    failures = [msg for r in rows for msg in report.row_failures(r)]
+    assert not failures, "\n".join(failures)
+    for r in rows:
+        assert r["spill_bytes"] == 0 and r["local_bytes"] == 0 and r["stack_bytes"] == 0
+        assert 0 < r["regs"] <= 255
+        if r["has_dot"]:
+            assert r["mma"], f"{r['kernel']} [{r['preset']}] sm_{arch}: tl.dot without MMA"
+        assert r["occupancy"]["active_blocks"] >= 1
+
+
+def test_attention_specs_declare_dot(aot_rows):
+    # The MMA check only bites if the attention specs say they use tl.dot.
+    rows = [r for r in _family_rows(aot_rows, "attention") if "error" not in r]
+    assert any(r["has_dot"] for r in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Occupancy: hand-computed cases (CUDA occupancy rules, see report.occupancy)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch, regs, smem, warps, blocks, limited_by",
+    [
+        # regs/warp = roundup(71*32, 256) = 2304; 16384 // 2304 = 7 warps per sub-partition
+        # -> 28 warps -> 7 blocks; smem (16384 + 1024) -> 167936 // 17408 = 9 blocks
+        (80, 71, 16384, 4, 7, ["registers"]),
+        # 32 regs: 1024/warp -> 64 warps by regs; warps cap 48 // 4 = 12 blocks
+        (86, 32, 0, 4, 12, ["warps"]),
+        # 128 regs: 4096/warp -> 4 per sub-partition -> 16 warps -> 4 blocks of 4 warps
+        (80, 128, 0, 4, 4, ["registers"]),
+        # 255 regs -> 8192/warp -> 2 per sub-partition -> 8 warps -> 1 block of 8;
+        # smem roundup(100000 + 1024, 128) = 101120 -> 233472 // 101120 = 2
+        (90, 255, 100000, 8, 1, ["registers"]),
+        # 40 regs: 1280/warp -> 12 per sub-partition -> 48 warps -> 6 blocks (= warps cap 6);
+        # smem 61440 + 1024 -> 102400 // 62464 = 1
+        (89, 40, 60 * 1024, 8, 1, ["shared_memory"]),
+        # 16 regs, 1 warp: 32 resident blocks cap on sm_80 (warps would allow 64)
+        (80, 16, 0, 1, 32, ["blocks"]),
+        # 16 blocks cap on sm_86 vs 24 on sm_89 (warps would allow 48)
+        (86, 16, 0, 1, 16, ["blocks"]),
+        (89, 16, 0, 1, 24, ["blocks"]),
+        # Over the 99 KB per-block opt-in limit on sm_86: cannot launch.
+        (86, 32, 100 * 1024, 4, 0, ["shared_memory"]),
+        # Exactly the 227 KB limit on sm_90: one block (227 KB + 1 KB reserved = 228 KB).
+        (90, 32, 227 * 1024, 4, 1, ["shared_memory"]),
+        # 255 regs x 16 warps = 128K registers > 64K per block: cannot launch.
+        (80, 255, 0, 16, 0, ["registers"]),
+    ],
+)
+def test_occupancy_hand_computed(arch, regs, smem, warps, blocks, limited_by):
+    occ = report.occupancy(arch, regs, smem, warps)
+    assert occ["active_blocks"] == blocks, occ
+    assert occ["active_warps"] == blocks * warps
+    assert occ["occupancy"] == pytest.approx(blocks * warps / report.ARCH_LIMITS[arch].max_warps)
+    assert occ["limited_by"] == limited_by, occ
+
+
+def test_occupancy_fraction_example():
+    occ = report.occupancy(80, 71, 16384, 4)
+    assert (occ["active_warps"], occ["max_warps"]) == (28, 64)
+    assert occ["occupancy"] == pytest.approx(0.4375)
+
+
+# --------------------------------------------------------------------------------------------
+# MMA detection and resource parsing on toy kernels compiled in-process
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _toy_dot_kernel(a_ptr, b_ptr, c_ptr, BLOCK: tl.constexpr):
+    r = tl.arange(0, BLOCK)
+    offs = r[:, None] * BLOCK + r[None, :]
+    c = tl.dot(tl.load(a_ptr + offs), tl.load(b_ptr + offs))
+    tl.store(c_ptr + offs, c.to(tl.bfloat16))
+
+
+@triton.jit
+def _toy_scale_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask) * 2.0, mask=mask)
+
+
+TOY_DOT = AotSpec(
+    name="toy_dot",
+    fn=_toy_dot_kernel,
+    signature={"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "BLOCK": "constexpr"},
+    constexprs={"BLOCK": 64},
+    grid=(1,),
+    note="64x64x64 bf16",
+    has_dot=True,
+)
+TOY_SCALE = AotSpec(
+    name="toy_scale",
+    fn=_toy_scale_kernel,
+    signature={"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"},
+    constexprs={"BLOCK": 1024},
+    grid=(7,),
+)
+
+
+@pytest.mark.parametrize(
+    "arch, expected",
+    [(80, ["HMMA"]), (89, ["HMMA"]), (90, ["HGMMA"])],
+    ids=["sm_80", "sm_89", "sm_90"],
+)
+def test_mma_detected_in_toy_dot(arch, expected):
+    row = report.compile_spec(TOY_DOT, arch)
+    assert row["mma"] == expected, row["mma"]
+    assert row["spill_bytes"] == 0
+    assert row["smem_dynamic"] > 0  # operands are staged through shared memory
+    assert report.row_failures(row) == []
+
+
+@pytest.mark.parametrize("arch", STATIC_ARCHS, ids=lambda a: f"sm_{a}")
+def test_no_mma_in_toy_elementwise(arch):
+    row = report.compile_spec(TOY_SCALE, arch)
+    assert row["mma"] == []
+    assert 0 < row["regs"] <= 64
+    assert row["spill_bytes"] == 0
+    assert row["grid_blocks"] == 7
+    occ = report.occupancy(arch, row["regs"], row["smem_static"] + row["smem_dynamic"], 4)
+    assert row["occupancy"] == occ
+
+
+def test_detect_mma_on_sass_lines():
+    sass = """
+        /*0a90*/   HMMA.16816.F32.BF16 R12, R32.reuse, R16, RZ ;
+        /*0aa0*/   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4].tnspB, RZ, !UPT ;
+        /*0ab0*/   IMMA.16832.S8.S8 R4, R8, R12, R4 ;
+        /*0ac0*/   FFMA R1, R2, R3, R4 ;  // a comment mentioning HMMA_like names is no match
+    """
+    assert report.detect_mma(sass) == ["HGMMA", "HMMA", "IMMA"]
+    assert report.detect_mma("FFMA R1, R2, R3, R4 ;\nLDG.E R2, [R4] ;") == []
+
+
+def test_parse_resource_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function _attn_bwd_kernel:
+  REG:255 STACK:384 SHARED:1024 LOCAL:0 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    usage = report.parse_resource_usage(text)
+    assert usage == {"_attn_bwd_kernel": {"REG": 255, "STACK": 384, "SHARED": 1024, "LOCAL": 0}}
+
+
+def test_ptxas_log_and_spill_failure():
+    log = "    384 bytes stack frame, 400 bytes spill stores, 380 bytes spill loads\n"
+    assert report.parse_ptxas_log(log) == {
+        "stack_frame": 384,
+        "spill_stores": 400,
+        "spill_loads": 380,
+    }
+    assert report.parse_ptxas_log("ptxas info    : Used 12 registers") is None
+    row = report.compile_spec(TOY_SCALE, 80)
+    spilled = dict(row, family="toy", preset="seed", stack_bytes=384, spill_bytes=384)
+    (msg,) = report.row_failures(spilled)
+    assert "spills" in msg and "sm_80" in msg
+    no_mma = dict(row, family="toy", preset="seed", has_dot=True)
+    (msg,) = report.row_failures(no_mma)
+    assert "no MMA" in msg
+
+
+def test_missing_family_is_an_error_row():
+    entries = report.collect_specs(("seed",), families=("no_such_family",))
+    assert len(entries) == 1 and entries[0].error and entries[0].spec is None
+    (row,) = report.compile_all(entries, (80,))
+    assert "error" in row
+    (msg,) = report.row_failures(row)
+    assert "no_such_family" in msg
+
+
+def test_parse_arch():
+    assert [report.parse_arch(a) for a in ("sm_80", "86", "sm89", "sm_90a")] == [80, 86, 89, 90]
+    with pytest.raises(Exception, match="unsupported arch"):
+        report.parse_arch("sm_75")
