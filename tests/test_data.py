@@ -190,6 +190,13 @@ def test_arcagi_loads_400_400():
     assert a.dtype == np.uint8 and a.ndim == 2 and a.max() <= 9
 
 
+def test_arcagi_small_canvas_keeps_fitting_tasks():
+    # The debug preset (canvas 8) trains on the ARC tasks that fit; a directory would raise.
+    tasks = load_tasks("arcagi", "training", canvas=8)
+    assert 10 < len(tasks) < 400
+    assert max(max(g.shape) for t in tasks for p in t.train_pairs + t.test_pairs for g in p) <= 8
+
+
 # ---------------------------------------------------------------------------------------------
 # dataset: splits, pool, puzzle ids
 # ---------------------------------------------------------------------------------------------
