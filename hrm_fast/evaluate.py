@@ -1,0 +1,450 @@
+"""Held-out evaluation with augmentation voting (HRM's protocol): ``hrm-fast eval CKPT``.
+
+For every held-out test pair of every eval task, the model predicts under K augmentations from
+the task's pool (k = 0..K-1, k = 0 the identity, K capped by the pool size) at translation
+offset 0 with puzzle id ``puzzle_id(t, k)``, running all ``halt_max_steps`` ACT steps. Each
+prediction is cropped and mapped back to the original frame (``invert_batch``); identical grids
+(shape + cells) form a group; groups rank by count, ties by mean sigmoid(q_halt). pass@1: the
+top group equals the target exactly; pass@2: one of the top two does. A task counts as solved
+when all its test pairs are.
+
+An eval task with no trainable pairs (no puzzle id) is predicted with the blank id 0 and a
+seeded augmentation pool of its own: HRM learns tasks through their puzzle embedding, so it
+cannot know such a task, and its score is reported separately.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hrm_fast.errors import UserError
+
+TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
+BLANK_POOL_SEED_OFFSET = 7919  # pool for tasks without a puzzle id: seed + this
+
+
+# --------------------------------------------------------------------------- voting + scoring
+
+
+@dataclass
+class Group:
+    grid: np.ndarray  # uint8 [h, w]
+    count: int
+    mean_q: float  # mean sigmoid(q_halt) of its members
+    first: int  # index of its first member (last-resort tie-break, deterministic)
+
+
+def vote(grids: list[np.ndarray], q_halt_prob: list[float]) -> list[Group]:
+    """Group identical grids (shape + cells); rank by count, then mean sigmoid(q_halt)."""
+    groups: dict[tuple, list] = {}
+    for i, (g, q) in enumerate(zip(grids, q_halt_prob, strict=True)):
+        g = np.asarray(g, dtype=np.uint8)
+        key = (g.shape, g.tobytes())
+        if key not in groups:
+            groups[key] = [g, 0, 0.0, i]
+        groups[key][1] += 1
+        groups[key][2] += float(q)
+    out = [Group(g, n, s / n, i) for g, n, s, i in groups.values()]
+    out.sort(key=lambda gr: (-gr.count, -gr.mean_q, gr.first))
+    return out
+
+
+def exact(pred: np.ndarray, target: np.ndarray) -> bool:
+    pred, target = np.asarray(pred), np.asarray(target)
+    return pred.shape == target.shape and bool(np.array_equal(pred, target))
+
+
+def pixel_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Matching cells over the target's cell count; a shape mismatch compares the overlap."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if target.size == 0:
+        return float(pred.size == 0)
+    h = min(pred.shape[0], target.shape[0]) if pred.ndim == 2 else 0
+    w = min(pred.shape[1], target.shape[1]) if pred.ndim == 2 else 0
+    same = int((pred[:h, :w] == target[:h, :w]).sum()) if h and w else 0
+    return same / target.size
+
+
+@dataclass
+class PairScore:
+    pass1: bool
+    pass2: bool
+    pixel_accuracy: float
+    groups: list[Group] = field(repr=False)
+
+    @property
+    def top(self) -> np.ndarray:
+        return self.groups[0].grid
+
+
+def score_pair(groups: list[Group], target: np.ndarray) -> PairScore:
+    hits = [exact(g.grid, target) for g in groups[:2]]
+    p1 = bool(hits and hits[0])
+    top = groups[0].grid if groups else np.zeros((0, 0), np.uint8)
+    return PairScore(p1, p1 or any(hits), pixel_accuracy(top, target), groups)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class Item:
+    """One model input: eval task ``e``'s test pair ``pair`` (bank index) under augmentation k."""
+
+    e: int
+    pair: int
+    k: int
+    dihedral: int
+    colour_map: np.ndarray  # uint8 [10]
+    puzzle_id: int
+
+
+def build_items(dataset, n_aug: int, n_tasks: int, seed: int) -> list[Item]:
+    """All (test pair, augmentation) inputs of the first ``n_tasks`` eval tasks."""
+    from hrm_fast.augment import sample_pool
+
+    k_max = max(1, min(n_aug, dataset.n_aug))
+    blank_dih, blank_cmap = sample_pool(
+        len(dataset.eval_task_ids), dataset.n_aug, seed + BLANK_POOL_SEED_OFFSET
+    )
+    items = []
+    for e in range(n_tasks):
+        t = int(dataset.eval_task_puzzle[e])
+        for p in dataset.eval_pairs[e]:
+            for k in range(k_max):
+                if t >= 0:
+                    dih, cmap = dataset.dihedral[t, k], dataset.colour_map[t, k]
+                    pid = int(dataset.puzzle_id(t, k))
+                else:
+                    dih, cmap, pid = blank_dih[e, k], blank_cmap[e, k], 0
+                items.append(Item(e, int(p), k, int(dih), np.asarray(cmap, np.uint8), pid))
+    return items
+
+
+@torch.inference_mode()
+def predict(
+    model,
+    bank,
+    items: list[Item],
+    canvas: int,
+    halt_max_steps: int,
+    batch_size: int,
+    device,
+    progress=None,
+):
+    """Run the model on every item; returns (grids in the original frame, sigmoid(q_halt)).
+
+    Batches are padded to ``batch_size`` (static shapes: one compiled graph / kernel config).
+    """
+    from hrm_fast.kernels.augment import augment_batch, invert_batch
+
+    device = torch.device(device)
+    bank = bank.to(device)
+    grids: list[np.ndarray] = []
+    q_out: list[float] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        n = len(chunk)
+        padded = chunk + [chunk[0]] * (batch_size - n)
+        pair = torch.tensor([it.pair for it in padded], dtype=torch.long, device=device)
+        dih = torch.tensor([it.dihedral for it in padded], dtype=torch.long, device=device)
+        cmap = torch.from_numpy(np.stack([it.colour_map for it in padded])).to(device)
+        pid = torch.tensor([it.puzzle_id for it in padded], dtype=torch.int32, device=device)
+        offset = torch.zeros(batch_size, 2, dtype=torch.long, device=device)
+        inputs, labels = augment_batch(
+            bank.inputs, bank.outputs, bank.shapes, pair, dih, cmap, offset, canvas
+        )
+        batch = dict(inputs=inputs, labels=labels, puzzle_identifiers=pid)
+        carry = model.initial_carry(batch)
+        out = None
+        for _ in range(halt_max_steps):  # eval mode never halts early: all steps, every example
+            carry, out = model(carry, batch)
+        tokens = out["logits"].argmax(-1).to(torch.int32)
+        inv, shapes = invert_batch(tokens, dih, cmap, canvas)
+        q = torch.sigmoid(out["q_halt_logits"].float())
+        inv, shapes, q = inv[:n].cpu().numpy(), shapes[:n].cpu().numpy(), q[:n].cpu().numpy()
+        for b in range(n):
+            h, w = shapes[b]
+            grids.append(inv[b, :h, :w].copy())
+            q_out.append(float(q[b]))
+        if progress is not None:
+            progress(start + n)
+    return grids, q_out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class TaskResult:
+    e: int  # index among the dataset's eval tasks
+    task_id: str
+    has_puzzle_id: bool
+    pairs: list[PairScore]
+    n_aug: int
+
+    @property
+    def pass1(self) -> bool:
+        return all(p.pass1 for p in self.pairs)
+
+    @property
+    def pass2(self) -> bool:
+        return all(p.pass2 for p in self.pairs)
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return float(np.mean([p.pixel_accuracy for p in self.pairs]))
+
+    def to_dict(self) -> dict:
+        votes = []
+        for p in self.pairs:
+            gs = []
+            for rank, g in enumerate(p.groups[:TOP_GROUPS]):
+                d = {
+                    "count": g.count,
+                    "mean_q_halt": round(g.mean_q, 6),
+                    "shape": list(g.grid.shape),
+                }
+                if rank < 2:
+                    d["grid"] = g.grid.tolist()
+                gs.append(d)
+            votes.append(
+                {
+                    "pass1": p.pass1,
+                    "pass2": p.pass2,
+                    "pixel_accuracy": p.pixel_accuracy,
+                    "n_groups": len(p.groups),
+                    "groups": gs,
+                }
+            )
+        return {
+            "pass1": float(self.pass1),
+            "pass2": float(self.pass2),
+            "pixel_accuracy": self.pixel_accuracy,
+            "n_test_pairs": len(self.pairs),
+            "has_puzzle_id": self.has_puzzle_id,
+            "n_aug": self.n_aug,
+            "votes": votes,
+        }
+
+
+def score_tasks(dataset, items: list[Item], grids, q_prob) -> list[TaskResult]:
+    """Vote per (task, test pair) and score against the bank's targets."""
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for i, it in enumerate(items):
+        by_pair.setdefault((it.e, it.pair), []).append(i)
+    results: dict[int, TaskResult] = {}
+    for (e, p), idx in by_pair.items():
+        groups = vote([grids[i] for i in idx], [q_prob[i] for i in idx])
+        target = dataset.bank.pair(p)[1]
+        if e not in results:
+            results[e] = TaskResult(
+                e, dataset.eval_task_ids[e], bool(dataset.eval_task_puzzle[e] >= 0), [], len(idx)
+            )
+        results[e].pairs.append(score_pair(groups, target))
+    return [results[e] for e in sorted(results)]
+
+
+def summarise(results: list[TaskResult]) -> dict:
+    def mean(xs):
+        xs = list(xs)
+        return float(np.mean(xs)) if xs else float("nan")
+
+    pairs = [p for r in results for p in r.pairs]
+    known = [r for r in results if r.has_puzzle_id]
+    return {
+        "n_tasks": len(results),
+        "n_test_pairs": len(pairs),
+        "pass1": mean(r.pass1 for r in results),
+        "pass2": mean(r.pass2 for r in results),
+        "pixel_accuracy": mean(p.pixel_accuracy for p in pairs),
+        "pair_pass1": mean(p.pass1 for p in pairs),
+        "pair_pass2": mean(p.pass2 for p in pairs),
+        "n_tasks_without_puzzle_id": len(results) - len(known),
+        "pass1_with_puzzle_id": mean(r.pass1 for r in known),
+        "pass2_with_puzzle_id": mean(r.pass2 for r in known),
+    }
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available on this machine")
+    return torch.device(name)
+
+
+def default_out(ckpt_path: Path) -> Path:
+    """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
+    parent = ckpt_path.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def evaluate(
+    checkpoint,
+    out=None,
+    n_aug: int = 8,
+    max_tasks: int = 0,
+    batch_size: int = 32,
+    render: int = 4,
+    device="cpu",
+    eval_source: str | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Evaluate a checkpoint; writes ``eval.json`` (and ``eval.png``) into ``out``; returns
+    the eval.json dict."""
+    from hrm_fast import checkpoint as ckpt
+    from hrm_fast.data import ArcDataset
+    from hrm_fast.train import Progress
+
+    if n_aug < 1:
+        raise UserError(f"--n-aug must be >= 1, got {n_aug}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_tasks < 0:
+        raise UserError(f"--max-tasks must be >= 0, got {max_tasks}")
+    if render < 0:
+        raise UserError(f"--render must be >= 0, got {render}")
+    dev = _device(str(device))
+    path = ckpt.resolve(checkpoint)
+    # The training backend/dtype on CUDA (fused kernels, bf16); the fp32 reference on CPU.
+    backend, dtype = (
+        ("fused", torch.bfloat16) if dev.type == "cuda" else ("reference", torch.float32)
+    )
+    model, cfg, payload = ckpt.model_from_checkpoint(path, device=dev, backend=backend, dtype=dtype)
+    if eval_source:
+        if eval_source != "none" and not Path(eval_source).exists():
+            raise UserError(f"--eval-source: {eval_source}: no such file or directory")
+        cfg.data.eval_source = eval_source
+    dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
+    trained = list(payload.get("dataset", {}).get("task_ids", dataset.task_ids))
+    if trained != list(dataset.task_ids):
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(trained, dataset.task_ids, strict=False)) if a != b),
+            min(len(trained), len(dataset.task_ids)),
+        )
+        raise UserError(
+            f"{path}: the checkpoint's {len(trained)} puzzle tasks do not match the "
+            f"{len(dataset.task_ids)} rebuilt from its config (first difference at index {diff}); "
+            "is the task data (or --eval-source) the one it was trained with?"
+        )
+    n_tasks = len(dataset.eval_task_ids)
+    if max_tasks:
+        n_tasks = min(n_tasks, max_tasks)
+    if n_tasks == 0:
+        raise UserError(f"{path}: no held-out eval tasks (eval_source={cfg.data.eval_source!r})")
+
+    items = build_items(dataset, n_aug, n_tasks, cfg.train.seed)
+    k = max(1, min(n_aug, dataset.n_aug))
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    n_blank = int((dataset.eval_task_puzzle[:n_tasks] < 0).sum())
+    log(
+        f"hrm-fast eval: {path} | {n_tasks} tasks, {len(items)} canvases "
+        f"(K={k} augmentations, {cfg.model.halt_max_steps} ACT steps) | {dev.type} {backend}"
+    )
+    prog = Progress(len(items), 0, quiet=quiet, unit="canvases")
+    grids, q_prob = predict(
+        model,
+        dataset.bank,
+        items,
+        cfg.data.canvas,
+        cfg.model.halt_max_steps,
+        batch_size,
+        dev,
+        progress=prog.update,
+    )
+    prog.close()
+    results = score_tasks(dataset, items, grids, q_prob)
+    overall = summarise(results)
+
+    out_dir = Path(out) if out else default_out(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(path),
+        "step": int(payload.get("step", 0)),
+        "eval_source": cfg.data.eval_source or ("arcagi" if cfg.data.source == "arcagi" else ""),
+        "n_aug": int(k),
+        "halt_max_steps": cfg.model.halt_max_steps,
+        "overall": overall,
+        "tasks": {r.task_id: r.to_dict() for r in results},
+    }
+    (out_dir / "eval.json").write_text(json.dumps(_json_safe(report), indent=1))
+    png = None
+    if render:
+        rows = []
+        for r in results[:render]:
+            for p, ps in zip(dataset.eval_pairs[r.e], r.pairs, strict=True):
+                inp, tgt = dataset.bank.pair(int(p))
+                rows.append(
+                    dict(
+                        task_id=r.task_id,
+                        input=inp,
+                        target=tgt,
+                        prediction=ps.top,
+                        correct=ps.pass1,
+                    )
+                )
+        if rows:
+            from hrm_fast.render import render_tasks
+
+            png = render_tasks(rows, out_dir / "eval.png")
+    report["paths"] = {"json": str(out_dir / "eval.json"), "png": str(png) if png else None}
+
+    if not quiet:
+        print(summary(report, n_blank))
+    return report
+
+
+def summary(report: dict, n_blank: int | None = None) -> str:
+    o = report["overall"]
+    n_blank = o["n_tasks_without_puzzle_id"] if n_blank is None else n_blank
+    lines = [
+        f"eval step {report['step']}: {o['n_tasks']} tasks, {o['n_test_pairs']} test pairs, "
+        f"K={report['n_aug']} augmentations",
+        f"  pass@1 {o['pass1']:.3f}  pass@2 {o['pass2']:.3f}  (tasks; all test pairs exact)",
+        f"  test pairs: pass@1 {o['pair_pass1']:.3f}  pass@2 {o['pair_pass2']:.3f}  "
+        f"pixel accuracy {o['pixel_accuracy']:.3f}",
+    ]
+    if n_blank:
+        lines.append(
+            f"  {n_blank} task(s) had no puzzle id (no trainable pairs): predicted with the blank "
+            "id; HRM cannot know them"
+        )
+    paths = report.get("paths", {})
+    lines.append(
+        f"  wrote {paths.get('json')}" + (f" and {paths['png']}" if paths.get("png") else "")
+    )
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    evaluate(
+        args.checkpoint,
+        out=args.out,
+        n_aug=args.n_aug,
+        max_tasks=args.max_tasks,
+        batch_size=args.batch_size,
+        render=args.render,
+        device=args.device,
+        eval_source=args.eval_source,
+    )
+    return 0
