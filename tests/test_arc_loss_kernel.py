@@ -97,18 +97,28 @@ def test_fused_loss_and_dlogits(B, S, dtype, stablemax):
 
     loss64, m64, dx64 = ref(x.double())
     if dtype == torch.float32:
-        l_tol, g_tol = 2e-6, 1e-7
+        l_tol, g_tol = 2e-6, 1e-8
     else:
         loss_e, _, dx_e = ref(x)  # eager on the fp16 input itself (grad rounded to fp16)
         l_tol = 2 * max_err(loss_e, loss64) + 2e-6
         g_tol = 2 * max_err(dx_e, dx64) + 1e-7
     assert_close(loss, loss64, atol=l_tol, rtol=1e-6, name="loss")
-    assert_close(dx, dx64, atol=g_tol, rtol=1e-3, name="dlogits")
+    assert_close(dx, dx64, atol=g_tol, rtol=1e-4, name="dlogits")
     for k in ("accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy", "valid"):
         assert_close(metrics[k], m64[k], atol=1e-6, rtol=0, name=k)
     if B > 1:
         assert dx[-1].abs().max() == 0  # all-ignored example gets no gradient
     assert (dx[y == IGNORE] == 0).all()
+
+
+def test_argmax_ties_pick_first_class():
+    """Integer logits tie often: correct counts and argmax histogram use torch's first max."""
+    x, y, *_ = make_inputs(2, 130, torch.float32, seed=13)
+    x = x.clamp(-1, 1).round()
+    got = _arc_loss_stats_fwd(x, y, False, out=poisoned_partials(2, 130, x.device))
+    want = arc_loss_stats_ref(x.cpu().double(), y.cpu(), False)
+    assert torch.equal(got.a_sum.cpu(), want.a_sum)
+    assert torch.equal(got.correct.cpu(), want.correct)
 
 
 @pytest.mark.parametrize("stablemax", [False, True], ids=["softmax", "stablemax"])
