@@ -296,15 +296,15 @@ def _attn_bwd_dq_kernel(
 # head dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages). Checked spill-free on sm_80/89/90 in
 # bf16 with triton.compile (see aot_specs); fwd holds a [BLOCK_M, D] fp32 accumulator, dk/dv
 # holds two [BLOCK_N, D] fp32 accumulators, hence the smaller loop tiles in the backward.
-_FWD_CFG = {32: (64, 64, 4, 3), 64: (128, 64, 8, 3), 128: (128, 64, 8, 2)}
+_FWD_CFG = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (128, 64, 8, 2)}
 _DKDV_CFG = {
     32: (32, 64, 4, 2),
-    64: (32, 64, 4, 2),
+    64: (16, 64, 8, 2),
     128: (32, 64, 8, 2),
 }  # (BLOCK_M loop, BLOCK_N own)
 _DQ_CFG = {
     32: (64, 32, 4, 2),
-    64: (64, 32, 4, 2),
+    64: (64, 32, 8, 2),
     128: (64, 32, 8, 2),
 }  # (BLOCK_M own, BLOCK_N loop)
 _PRE_BLOCK_M = 64
@@ -522,7 +522,10 @@ _SIG_BWD = {
 
 def aot_specs(preset: str) -> list[AotSpec]:
     """Launch configs of the four attention kernels at the preset's training shape (bf16)."""
-    B, S, H, D = _PRESET_SHAPES[preset]
+    return _aot_specs_for(*_PRESET_SHAPES[preset])
+
+
+def _aot_specs_for(B: int, S: int, H: int, D: int) -> list[AotSpec]:
     note = f"B={B} S={S} H={H} D={D} bf16"
     prec = "tf32"  # ignored for bf16 operands
     specs = []

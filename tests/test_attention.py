@@ -31,7 +31,7 @@ def rope_tables(S: int, D: int, base: float = 10000.0):
     return emb.cos(), emb.sin()
 
 
-def make_inputs(B, S, H, D, dtype, seed, strided=False):
+def make_inputs(B, S, H, D, dtype, seed, strided=False, random_tables=False):
     g = torch.Generator().manual_seed(seed)
     dev = kernel_device()
     if strided:
@@ -43,6 +43,9 @@ def make_inputs(B, S, H, D, dtype, seed, strided=False):
         qkv = torch.randn(B, S, 3 * H, D, generator=g).to(dtype).to(dev)
     do = torch.randn(B, S, H, D, generator=g).to(dtype).to(dev)
     cos, sin = rope_tables(S, D)
+    if random_tables:
+        # HRM's tables have equal halves; unrelated halves check the half-split RoPE algebra.
+        cos, sin = torch.rand(S, D, generator=g) * 2 - 1, torch.rand(S, D, generator=g) * 2 - 1
     return qkv, do, cos.to(dev), sin.to(dev)
 
 
@@ -82,13 +85,15 @@ def lse_reference(qkv, cos, sin):
     return torch.logsumexp(q @ k.transpose(-1, -2) / math.sqrt(D), dim=-1)
 
 
-# (B, S, H, D, strided): odd lengths exercise the row/column masks; S=901 is the ARC length.
+# (B, S, H, D, strided, random_tables): odd lengths exercise the row/column masks; S=901 is
+# the ARC length.
 FP32_CASES = [
-    (2, 37, 2, 32, False),
-    (1, 130, 1, 64, True),
-    (3, 37, 1, 128, False),
-    (1, 130, 2, 128, True),
-    (1, 901, 1, 32, False),
+    (2, 37, 2, 32, False, False),
+    (2, 37, 1, 64, False, True),
+    (1, 130, 1, 64, True, False),
+    (3, 37, 1, 128, False, False),
+    (1, 130, 2, 128, True, False),
+    (1, 901, 1, 32, False, False),
 ]
 FP16_CASES = [
     (2, 37, 2, 32, True),
@@ -98,9 +103,11 @@ FP16_CASES = [
 ]
 
 
-@pytest.mark.parametrize("B,S,H,D,strided", FP32_CASES)
-def test_fp32_matches_float64_reference(B, S, H, D, strided):
-    qkv, do, cos, sin = make_inputs(B, S, H, D, torch.float32, seed=1000 + S + D, strided=strided)
+@pytest.mark.parametrize("B,S,H,D,strided,random_tables", FP32_CASES)
+def test_fp32_matches_float64_reference(B, S, H, D, strided, random_tables):
+    qkv, do, cos, sin = make_inputs(
+        B, S, H, D, torch.float32, seed=1000 + S + D, strided=strided, random_tables=random_tables
+    )
     out, lse, dqkv = run_kernels(qkv, do, cos, sin)
     ref_out, ref_dqkv = reference(qkv, do, cos, sin, torch.float64)
     # Inputs are O(1); fp32 accumulation over <= 901 keys stays well inside 2e-5.
