@@ -147,9 +147,19 @@ def augment_example_np(
 
 
 def _bits(tid: torch.Tensor):
-    table = torch.tensor([SWAP, FLIP_R, FLIP_C], dtype=torch.bool, device=tid.device)
+    # SWAP / FLIP_R / FLIP_C as comparisons, not a table lookup: building a table with
+    # torch.tensor(list, device=cuda) is a host->device copy, illegal under CUDA graph capture.
     t = tid.long()
-    return table[0][t], table[1][t], table[2][t]
+    swap = (t == 1) | (t == 3) | (t == 6) | (t == 7)
+    flip_r = (t == 2) | (t == 3) | (t == 5) | (t == 7)
+    flip_c = (t == 1) | (t == 2) | (t == 4) | (t == 7)
+    return swap, flip_r, flip_c
+
+
+def _inverse_id(tid: torch.Tensor) -> torch.Tensor:
+    # DIHEDRAL_INVERSE: rot90 <-> rot270, every other element is its own inverse.
+    t = tid.long()
+    return torch.where(t == 1, 3, torch.where(t == 3, 1, t))
 
 
 def _encode_side(
@@ -281,9 +291,7 @@ def invert_batch_ref(
     tok = pred_tokens.reshape(b, canvas * canvas).long()
     crop = crop_canvas(tok, canvas).long()
     hp, wp = crop[:, 0:1], crop[:, 1:2]  # predicted (transformed) shape
-    swap, flip_r, flip_c = (
-        x[:, None] for x in _bits(torch.tensor(DIHEDRAL_INVERSE, device=dev)[dihedral.long()])
-    )
+    swap, flip_r, flip_c = (x[:, None] for x in _bits(_inverse_id(dihedral)))
     h = torch.where(swap, wp, hp)  # original shape (the inverse swaps iff the forward does)
     w = torch.where(swap, hp, wp)
     s = torch.arange(canvas * canvas, device=dev)

@@ -203,3 +203,14 @@ def test_random_offsets_range_and_no_translate():
     assert off[sel, 0].min() == 0 and off[sel, 0].max() == canvas - 3
     assert off[sel, 1].max() == canvas - 5
     assert (random_offsets(shapes, dihedral, canvas, False) == 0).all()
+
+
+def test_index_bits_match_tables():
+    # The batched/kernels' index-map bits and inverse ids agree with the documented tables.
+    from hrm_fast.augment import FLIP_C, FLIP_R, SWAP, _bits, _inverse_id
+
+    t = torch.arange(8)
+    swap, flip_r, flip_c = _bits(t)
+    assert swap.long().tolist() == SWAP
+    assert flip_r.long().tolist() == FLIP_R and flip_c.long().tolist() == FLIP_C
+    assert _inverse_id(t).tolist() == DIHEDRAL_INVERSE
