@@ -1,0 +1,245 @@
+"""Input-sensitivity probe: does the model's answer depend on the puzzle it is shown?
+
+The run this project exists for trained for days on a model whose output ignored its input (see
+shared/seed.md): loss fell while every grid got the same answer. The probe feeds K pairs of
+*different* inputs through the full ACT unroll in eval mode and measures
+
+* ``frac_differ``: the fraction of pairs whose predicted grids (argmax per canvas cell) differ;
+* ``mean_tv``: the total-variation distance ``0.5 * ||p_a - p_b||_1`` between the two output
+  distributions, averaged over canvas cells, then over pairs.
+
+Both members of a pair get the SAME puzzle identifier (the first member's). HRM gives each
+(task, augmentation) its own learnt puzzle embedding, so a model can "solve" training examples
+from the identifier alone and ignore the grid; with distinct identifiers such a model would
+still pass. With a shared identifier only the tokens differ, so only token dependence counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from hrm_fast.errors import UserError
+
+PAD, EOS, COLOUR0 = 0, 1, 2
+
+
+@dataclass
+class ProbeReport:
+    step: int | None
+    pairs: int
+    frac_differ: float
+    mean_tv: float
+    min_differ: float
+    min_tv: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        at = f" at step {self.step}" if self.step is not None else ""
+        return (
+            f"input-sensitivity probe {verdict}{at}: {self.pairs} input pairs, "
+            f"predicted grids differ in {self.frac_differ:.0%} (need >= {self.min_differ:.0%}), "
+            f"mean TV distance {self.mean_tv:.4g} (need >= {self.min_tv:.4g})"
+        )
+
+
+def random_canvas_inputs(
+    k: int, canvas: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``k`` valid random ARC input canvases, int32 ``[k, canvas*canvas]`` on the CPU.
+
+    Each has a random h x w grid (1..canvas) of random colours at the top-left, EOS on the row
+    below it and the column right of it (where inside the canvas), PAD everywhere else, the
+    corner included: HRM's build_arc_dataset encoding.
+    """
+    g = generator
+    h = torch.randint(1, canvas + 1, (k, 1, 1), generator=g)
+    w = torch.randint(1, canvas + 1, (k, 1, 1), generator=g)
+    colours = torch.randint(0, 10, (k, canvas, canvas), generator=g)
+    r = torch.arange(canvas).view(1, -1, 1)
+    c = torch.arange(canvas).view(1, 1, -1)
+    inside = (r < h) & (c < w)
+    eos = ((r == h) & (c < w)) | ((c == w) & (r < h))
+    out = torch.where(inside, colours + COLOUR0, torch.where(eos, EOS, PAD))
+    return out.view(k, canvas * canvas).to(torch.int32)
+
+
+def _thresholds(cfg) -> tuple[float, float]:
+    t = getattr(cfg, "train", cfg)
+    if t is None:
+        from hrm_fast.config import TrainConfig
+
+        t = TrainConfig()
+    return float(t.probe_min_differ), float(t.probe_min_tv)
+
+
+@torch.no_grad()
+def _final_logits(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
+    """Logits after the full ACT unroll (eval mode never halts before halt_max_steps)."""
+    batch = {"inputs": inputs, "puzzle_identifiers": puzzle_ids}
+    carry = model.initial_carry(batch)
+    out = None
+    for _ in range(model.cfg.halt_max_steps):
+        carry, out = model(carry, batch)
+    return out["logits"].float()
+
+
+def probe_input_sensitivity(
+    model,
+    inputs_a: torch.Tensor,
+    inputs_b: torch.Tensor,
+    puzzle_ids: torch.Tensor | None,
+    cfg=None,
+    *,
+    min_differ: float | None = None,
+    min_tv: float | None = None,
+    step: int | None = None,
+    chunk_pairs: int = 32,
+) -> ProbeReport:
+    """Probe ``model`` on pairs ``(inputs_a[i], inputs_b[i])``, int32 ``[K, S]`` each.
+
+    ``puzzle_ids`` (int32 ``[K]``, None = all 0) is given to BOTH members of pair i.
+    Thresholds: ``min_differ``/``min_tv`` if given, else ``cfg`` (a RunConfig or TrainConfig;
+    None = TrainConfig defaults). The model runs in eval mode under no_grad; its previous
+    mode is restored.
+    """
+    if inputs_a.shape != inputs_b.shape or inputs_a.ndim != 2:
+        raise ValueError(
+            f"inputs must be two [K, S] tensors, got {inputs_a.shape}, {inputs_b.shape}"
+        )
+    k = inputs_a.shape[0]
+    if k == 0:
+        raise ValueError("the probe needs at least one input pair")
+    if bool((inputs_a.cpu() == inputs_b.cpu()).all(-1).any()):
+        raise ValueError("every probe pair must have two different inputs")
+    d_min, tv_min = _thresholds(cfg)
+    d_min = d_min if min_differ is None else float(min_differ)
+    tv_min = tv_min if min_tv is None else float(min_tv)
+
+    device = next(model.parameters()).device
+    if puzzle_ids is None:
+        puzzle_ids = torch.zeros(k, dtype=torch.int32)
+    was_training = model.training
+    model.eval()
+    differ, tv = [], []
+    try:
+        for s in range(0, k, chunk_pairs):  # a and b of a chunk in one batch
+            a, b = inputs_a[s : s + chunk_pairs], inputs_b[s : s + chunk_pairs]
+            ids = puzzle_ids[s : s + chunk_pairs].to(device, torch.int32)
+            n = a.shape[0]
+            x = torch.cat((a, b)).to(device, torch.int32)
+            logits = _final_logits(model, x, torch.cat((ids, ids)))
+            la, lb = logits[:n], logits[n:]
+            differ.append((la.argmax(-1) != lb.argmax(-1)).any(-1).cpu())
+            p_a, p_b = la.softmax(-1), lb.softmax(-1)
+            tv.append((0.5 * (p_a - p_b).abs().sum(-1)).mean(-1).cpu())
+    finally:
+        model.train(was_training)
+    frac_differ = torch.cat(differ).float().mean().item()
+    mean_tv = torch.cat(tv).double().mean().item()
+    passed = math.isfinite(mean_tv) and frac_differ >= d_min and mean_tv >= tv_min
+    return ProbeReport(step, k, frac_differ, mean_tv, d_min, tv_min, bool(passed))
+
+
+# --------------------------------------------------------------------------- pair sources
+
+
+def _as_draw(source, canvas: int, num_ids: int, g: torch.Generator) -> Callable[[int], tuple]:
+    """A function n -> (inputs [n, S] int32 CPU, puzzle_ids [n] int32 CPU)."""
+    if source is None:
+
+        def draw(n):
+            ids = torch.randint(0, max(num_ids, 1), (n,), generator=g, dtype=torch.int32)
+            return random_canvas_inputs(n, canvas, g), ids
+
+        return draw
+    if isinstance(source, dict):  # a fixed batch: every draw returns all of it
+        return lambda n: (source["inputs"], source["puzzle_identifiers"])
+    sample = getattr(source, "sample", None) or source
+    if not callable(sample):
+        raise TypeError(
+            f"probe source must be None, a batch dict, a sampler or a callable, got {source!r}"
+        )
+
+    def draw(n):
+        batch = sample(n)
+        return batch["inputs"], batch["puzzle_identifiers"]
+
+    return draw
+
+
+def _pairs(draw, k: int, attempts: int = 4):
+    """K pairs of different inputs; the second members come from a separate pool of draws."""
+    inputs, ids = draw(2 * k)
+    inputs, ids = inputs.cpu().to(torch.int32), ids.cpu().to(torch.int32).view(-1)
+    if inputs.shape[0] < 2:
+        raise UserError("the probe needs a source with at least two examples")
+    k_a = min(k, inputs.shape[0] - 1)
+    a, a_ids, pool = inputs[:k_a], ids[:k_a], inputs[k_a:]
+    b = torch.empty_like(a)
+    todo = list(range(k_a))
+    used: set[int] = set()
+    for _ in range(attempts):
+        same = (a[:, None, :] == pool[None, :, :]).all(-1)  # [k_a, pool]
+        left = []
+        for i in todo:  # greedy: the first unused pool entry that differs from a[i]
+            j = next((j for j in range(pool.shape[0]) if j not in used and not same[i, j]), None)
+            if j is None:
+                left.append(i)
+            else:
+                used.add(j)
+                b[i] = pool[j]
+        todo = left
+        if not todo:
+            return a, b, a_ids
+        more, _ = draw(2 * len(todo))
+        pool = torch.cat((pool, more.cpu().to(torch.int32)))
+    raise UserError(
+        f"input-sensitivity probe: could not find {k_a} pairs of different inputs "
+        f"({len(todo)} examples have no different partner); is the dataset degenerate?"
+    )
+
+
+def run_probe(
+    model,
+    source=None,
+    k_pairs: int = 16,
+    min_differ: float = 0.25,
+    min_tv: float = 0.01,
+    device=None,
+    generator_seed: int = 0,
+    *,
+    canvas: int | None = None,
+    step: int | None = None,
+) -> ProbeReport:
+    """Probe on ``k_pairs`` pairs of different inputs drawn from ``source``:
+
+    * None: random valid ARC canvases (``random_canvas_inputs``), random puzzle ids;
+    * a sampler with ``.sample(batch_size) -> {"inputs", "puzzle_identifiers", ...}``
+      (``hrm_fast.data.DeviceSampler``), or such a callable;
+    * a batch dict: pairs come from its rows (it needs more than one distinct row).
+
+    ``device`` moves the model's inputs only (the model must already be there); ``canvas``
+    defaults to sqrt of the model's sequence length; ``generator_seed`` seeds the random
+    canvases and ids (a sampler uses its own randomness).
+    """
+    del device  # inputs follow the model's parameters
+    seq_len = model.inner.seq_len
+    canvas = canvas or math.isqrt(seq_len)
+    if canvas * canvas != seq_len:
+        raise UserError(f"model sequence length {seq_len} is not canvas**2 (canvas {canvas})")
+    num_ids = model.inner.puzzle_emb.weights.shape[0] if model.cfg.puzzle_emb_ndim > 0 else 1
+    g = torch.Generator().manual_seed(int(generator_seed))
+    a, b, ids = _pairs(_as_draw(source, canvas, num_ids, g), int(k_pairs))
+    if a.shape[1] != seq_len:
+        raise UserError(f"probe inputs have length {a.shape[1]}, the model expects {seq_len}")
+    return probe_input_sensitivity(
+        model, a, b, ids, min_differ=min_differ, min_tv=min_tv, step=step
+    )
