@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,11 +358,21 @@ def evaluate(
     k = max(1, min(n_aug, dataset.n_aug))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     n_blank = int((dataset.eval_task_puzzle[:n_tasks] < 0).sum())
+    capped = f", --n-aug {n_aug} capped by the pool size" if k < n_aug else ""
     log(
         f"hrm-fast eval: {path} | {n_tasks} tasks, {len(items)} canvases "
-        f"(K={k} augmentations, {cfg.model.halt_max_steps} ACT steps) | {dev.type} {backend}"
+        f"(K={k} augmentations{capped}, {cfg.model.halt_max_steps} ACT steps) | "
+        f"{dev.type} {backend}"
     )
     prog = Progress(len(items), 0, quiet=quiet, unit="canvases")
+    last = {"t": 0.0}
+
+    def on_batch(done: int) -> None:  # redraw on a terminal; every few seconds in a log
+        now = time.perf_counter()
+        if prog.tty or done == len(items) or now - last["t"] >= 5.0:
+            last["t"] = now
+            prog.update(done)
+
     grids, q_prob = predict(
         model,
         dataset.bank,
@@ -370,7 +381,7 @@ def evaluate(
         cfg.model.halt_max_steps,
         batch_size,
         dev,
-        progress=prog.update,
+        progress=on_batch,
     )
     prog.close()
     results = score_tasks(dataset, items, grids, q_prob)
@@ -381,7 +392,8 @@ def evaluate(
     report = {
         "checkpoint": str(path),
         "step": int(payload.get("step", 0)),
-        "eval_source": cfg.data.eval_source or ("arcagi" if cfg.data.source == "arcagi" else ""),
+        "eval_source": cfg.data.eval_source
+        or ("arcagi" if cfg.data.source == "arcagi" else f"{cfg.data.source} (own test pairs)"),
         "n_aug": int(k),
         "halt_max_steps": cfg.model.halt_max_steps,
         "overall": overall,
