@@ -99,6 +99,10 @@ def infer_model_config(state_dict, **overrides) -> ModelConfig:
     Overrides may name any ModelConfig field; one that contradicts a shape is an error.
     """
     sd, src = _read(state_dict)
+    return _infer(sd, src, overrides)
+
+
+def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     emb = _need(sd, "inner.embed_tokens.embedding_weight", src, 2)
     vocab, hidden = emb.shape
     n_h, n_l = _num_layers(sd, "H"), _num_layers(sd, "L")
@@ -214,13 +218,18 @@ def load_official_state_dict(
     ``infer_model_config(sd, **overrides)``. ``batch_size`` sizes the puzzle-embedding scratch
     rows used in training mode. Any missing, unexpected or mis-shaped key is a UserError.
     """
-    from hrm_fast.model import HRM
-
     sd, src = _read(sd_or_path)
     if model_cfg is None:
-        model_cfg = infer_model_config(sd, **overrides)
+        model_cfg = _infer(sd, src, overrides)
     elif any(v is not None for v in overrides.values()):
         raise UserError("give either model_cfg or model overrides, not both")
+    return _build(sd, src, model_cfg, seq_len, batch_size, backend, forward_dtype)
+
+
+def _build(sd, src, model_cfg, seq_len, batch_size=1, backend="reference", forward_dtype=None):
+    from hrm_fast.model import HRM
+
+    forward_dtype = forward_dtype or torch.float32
     weights, n_ids = _checked_fp32(sd, model_cfg, src)
     model = HRM(model_cfg, seq_len, n_ids, batch_size, backend=backend, forward_dtype=forward_dtype)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -260,13 +269,13 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
     from hrm_fast.checkpoint import VERSION
 
     sd, name = _read(src)
-    cfg = RunConfig(model=infer_model_config(sd, **overrides))
+    cfg = RunConfig(model=_infer(sd, name, overrides))
     if seq_len is not None:
         canvas = math.isqrt(seq_len)
         if canvas * canvas != seq_len or canvas <= 0:
             raise UserError(f"--seq-len {seq_len} is not a square canvas (ARC uses 900 = 30x30)")
         cfg.data.canvas = canvas
-    model = load_official_state_dict(sd, cfg.model, seq_len=cfg.seq_len)
+    model = _build(sd, name, cfg.model, cfg.seq_len)
     n_ids = model.inner.puzzle_emb.weights.shape[0] if cfg.model.puzzle_emb_ndim > 0 else 1
     payload = {
         "version": VERSION,
