@@ -306,11 +306,15 @@ class Trainer:
         t = self.cfg.train
         was_training = self.model.training
         self.model.eval()
+        # The probe draws its own inputs; fork the RNG so training (and resume) never sees it.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            report = run_probe(
-                self.model, self.sampler, t.probe_pairs, t.probe_min_differ, t.probe_min_tv,
-                self.device, generator_seed=t.seed,
-            )  # fmt: skip
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(t.seed + self.step_count)
+                report = run_probe(
+                    self.model, self.sampler, t.probe_pairs, t.probe_min_differ, t.probe_min_tv,
+                    self.device, generator_seed=t.seed,
+                )  # fmt: skip
         finally:
             self.model.train(was_training)
         report.step = self.step_count

@@ -203,7 +203,20 @@ def _cli(*args, cwd=None):
         (["train", "--preset", "debug", "--out", "{tmp}/r", "--source", "{tmp}/nope"], "nope"),
         (["train", "--preset", "debug", "--out", "{tmp}/r", "--lr", "fast"], "--lr"),
         (["probe", "{tmp}/missing.pt"], "missing.pt"),
-        (["train", "--preset", "debug", "--out", "{tmp}/r", "--hidden-size", "30"], "--num-heads"),
+        (
+            [
+                "train",
+                "--preset",
+                "debug",
+                "--out",
+                "{tmp}/r",
+                "--hidden-size",
+                "30",
+                "--num-heads",
+                "4",
+            ],
+            "--num-heads",
+        ),
     ],
 )
 def test_cli_bad_input_one_line_no_traceback(tmp_path, args, needle):
@@ -218,7 +231,9 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, args, needle):
 def test_cli_bad_task_file_names_file(tmp_path):
     d = tmp_path / "tasks"
     d.mkdir()
-    (d / "broken.json").write_text('{"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": []}')
+    (d / "broken.json").write_text(
+        '{"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": []}'
+    )
     r = _cli("train", "--preset", "debug", "--out", str(tmp_path / "r"), "--source", str(d))
     assert r.returncode == 2
     assert "broken.json" in r.stderr and "Traceback" not in r.stderr
