@@ -185,7 +185,12 @@ def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
     want = _expected_shapes(cfg, n_ids)
     for k in sd:
         if k not in want:
-            raise UserError(f"{src}: unexpected key {k!r} for this model config")
+            hint = (
+                " (learned position encodings: hrm-fast supports RoPE only)"
+                if "embed_pos" in k
+                else ""
+            )
+            raise UserError(f"{src}: unexpected key {k!r} for this model config{hint}")
     out = {}
     for k, shape in want.items():
         if k not in sd:
