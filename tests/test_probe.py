@@ -153,3 +153,27 @@ def test_probe_input_sensitivity_direct(fresh):
     assert not r2.passed and r2.min_tv == 0.99 and r2.mean_tv == pytest.approx(r.mean_tv)
     with pytest.raises(ValueError, match="different"):
         probe_input_sensitivity(fresh, a, a.clone(), None, CFG)
+
+
+def test_full_act_unroll_and_chunking(fresh):
+    calls = []
+    orig = fresh.forward
+
+    def spy(carry, batch):
+        calls.append(batch["inputs"].shape[0])
+        return orig(carry, batch)
+
+    g = torch.Generator().manual_seed(5)
+    a, b = random_canvas_inputs(5, 8, g), random_canvas_inputs(5, 8, g)
+    ids = torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32)
+    whole = probe_input_sensitivity(fresh, a, b, ids, CFG)
+    fresh.forward = spy
+    try:
+        parts = probe_input_sensitivity(fresh, a, b, ids, CFG, chunk_pairs=2)
+    finally:
+        del fresh.forward
+    # 3 chunks (2 + 2 + 1 pairs, both members batched), each unrolled halt_max_steps times
+    n = CFG.model.halt_max_steps
+    assert calls == [4] * n + [4] * n + [2] * n
+    assert parts.frac_differ == whole.frac_differ
+    assert parts.mean_tv == pytest.approx(whole.mean_tv, abs=1e-6)
