@@ -1,0 +1,252 @@
+"""Roofline model of one training step: FLOPs, minimum bytes, and datasheet ceilings.
+
+Everything here is arithmetic on a ``RunConfig``; nothing is measured. A number derived from
+it is a *ceiling* (an upper bound on it/s) or a *prediction*, never a measurement.
+
+FLOPs (``step_flops``) count the tensor-core work only: every matmul (2*m*n*k) and the two
+attention matmuls (QK^T and PV: 4*B*H*S*S*D forward). Elementwise ops (RMSNorm, SwiGLU, RoPE,
+softmax, the loss, AdamW) are not counted as FLOPs; their cost is in the bytes. This is what
+``torch.utils.flop_counter.FlopCounterMode`` counts too (``tests/test_roofline.py`` checks it).
+
+One training step (``hrm_fast.train.Trainer.step``) is:
+
+* the ACT step's forward: ``H_cycles * L_cycles`` L-module and ``H_cycles`` H-module
+  evaluations, plus lm_head over all S positions and q_head on position 0. Only the last L and
+  the last H evaluation (and the heads) carry gradients (HRM's 1-step gradient);
+* the target-Q forward: a second full inner forward without gradient, only in training with
+  ``halt_max_steps > 1``;
+* the backward of the gradient-carrying part: 2x its forward FLOPs (grad input + grad weight
+  for each matmul; dQ, dK, dV, dP for attention). A flash-style backward also recomputes
+  QK^T; that is reported apart as ``attention_recompute`` and left out of ``total``;
+* the puzzle-embedding sign-SGD's ``[B, B] @ [B, ndim]`` row-sum matmul.
+
+Minimum bytes (``step_bytes``) is a LOWER BOUND on DRAM traffic under these assumptions:
+
+* fp32 master weights, fp32 gradients and fp32 AdamW moments: the forward reads the weights
+  once (they stay in cache across cycles: optimistic), the backward writes the gradient once,
+  one fused AdamW pass reads param/grad/m/v and writes param/m/v: 4 + 4 + 28 = 36 B/param;
+* activations in the forward dtype (2 B for bf16): each module evaluation reads its input
+  state(s) once and writes its output once, i.e. a whole module fused on chip (no real
+  implementation does this; every layer boundary adds traffic in practice);
+* the gradient-carrying modules: the input of each is saved and re-read in the backward
+  (recompute inside), and one activation gradient per module is written and read;
+* the carry (z_H, z_L) is read and written once, the logits are written once and read once by
+  the loss (fp32 logits grad written and read once), int32 inputs/labels read once;
+* the puzzle-embedding rows of the batch are read and written once (fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hrm_fast.config import RunConfig
+
+# --------------------------------------------------------------------------- datasheet peaks
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    name: str
+    bf16_tflops: float  # dense BF16 tensor-core TFLOP/s with FP32 accumulate, no sparsity
+    bandwidth_gbs: float  # DRAM bandwidth, GB/s (1e9 B/s)
+    note: str = ""
+
+    @property
+    def peak_flops(self) -> float:
+        return self.bf16_tflops * 1e12
+
+    @property
+    def peak_bytes(self) -> float:
+        return self.bandwidth_gbs * 1e9
+
+
+GPUS: dict[str, GpuPeak] = {
+    # RTX 4090 Laptop: NVIDIA publishes no dense-BF16 tensor figure for it. Derived from the Ada
+    # per-SM rate of the desktop 4090 (165.2e12 / (128 SM * 2.52 GHz) = 512 FLOP/clk/SM with
+    # FP32 accumulate, half the FP16-accumulate rate on GeForce) at 9728 CUDA cores = 76 SM and
+    # the ~2.04 GHz boost of the top TGP: 76 * 512 * 2.04e9 = 79.4 TFLOP/s. Lower-TGP laptops
+    # clock lower. 576 GB/s: 256-bit GDDR6 at 18 Gbps (NVIDIA laptop spec sheet).
+    "rtx4090-laptop": GpuPeak(
+        "RTX 4090 Laptop",
+        76 * 512 * 2.04e9 / 1e12,
+        576.0,
+        "derived: 76 SM x 512 FLOP/clk x 2.04 GHz boost (TGP dependent)",
+    ),  # fmt: skip
+    # RTX 4090: Ada whitepaper, "Peak BF16 Tensor TFLOPS with FP32 Accumulate" 165.2 (330.4
+    # sparse; the 330.3 FP16-accumulate figure does not apply to bf16 training). 1008 GB/s.
+    "rtx4090": GpuPeak("RTX 4090", 165.2, 1008.0, "Ada whitepaper"),
+    # A100 SXM 80GB: datasheet BF16 tensor 312 TFLOP/s dense (624 sparse), HBM2e 2039 GB/s.
+    "a100": GpuPeak("A100 SXM 80GB", 312.0, 2039.0, "A100 datasheet"),
+    # H100 SXM: datasheet BF16 tensor 1979 TFLOP/s *with sparsity* -> 989.4 dense; 3.35 TB/s.
+    "h100": GpuPeak("H100 SXM", 989.4, 3350.0, "H100 datasheet (dense = sparse / 2)"),
+}
+
+
+def gpu_peak(name: str) -> GpuPeak:
+    """Look up a GPU by key (``rtx4090-laptop``) or by a device name from CUDA/NVML."""
+    if name in GPUS:
+        return GPUS[name]
+    low = name.lower()
+    if "4090" in low:
+        return GPUS["rtx4090-laptop" if "laptop" in low else "rtx4090"]
+    if "a100" in low:
+        return GPUS["a100"]
+    if "h100" in low:
+        return GPUS["h100"]
+    raise KeyError(f"no datasheet peak for GPU {name!r}; known: {', '.join(GPUS)}")
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def _dims(cfg: RunConfig) -> dict:
+    m = cfg.model
+    return dict(
+        B=cfg.train.batch_size,
+        S=cfg.seq_len + m.puzzle_emb_len,  # puzzle-embedding tokens are prepended
+        d=m.hidden_size,
+        H=m.num_heads,
+        D=m.head_dim,
+        I=m.intermediate_size,
+        V=m.vocab_size,
+    )
+
+
+def layer_flops(cfg: RunConfig) -> dict[str, float]:
+    """Forward FLOPs of one transformer block: projections and attention."""
+    k = _dims(cfg)
+    B, S, d, H, D, I = k["B"], k["S"], k["d"], k["H"], k["D"], k["I"]
+    tokens = B * S
+    proj = 2 * tokens * (d * 3 * d + d * d + d * 2 * I + I * d)  # qkv, o, gate_up, down
+    attn = 4 * B * H * S * S * D  # QK^T and PV
+    return {"matmul": float(proj), "attention": float(attn)}
+
+
+def step_flops(cfg: RunConfig, training: bool = True) -> dict[str, float]:
+    """FLOPs of one training step, by part; ``total`` is their sum."""
+    m, k = cfg.model, _dims(cfg)
+    layer = sum(layer_flops(cfg).values())
+    L_eval, H_eval = m.L_layers * layer, m.H_layers * layer
+    heads = 2 * k["B"] * k["S"] * k["d"] * k["V"] + 2 * k["B"] * k["d"] * 2  # lm_head + q_head
+    inner = m.H_cycles * m.L_cycles * L_eval + m.H_cycles * H_eval + heads
+    grad_part = L_eval + H_eval + heads  # the last L and H evaluation and the heads
+    out = {
+        "forward": float(inner),
+        "target_q_forward": float(inner if training and m.halt_max_steps > 1 else 0),
+        "backward": float(2 * grad_part if training else 0),
+        "sparse_sgd": float(
+            2 * k["B"] * k["B"] * m.puzzle_emb_ndim if training and m.puzzle_emb_ndim else 0
+        ),
+    }
+    out["total"] = sum(out.values())
+    # Not in the total (model FLOPs): a flash-style attention backward recomputes S = QK^T
+    # (2*B*H*S*S*D per layer, +1/2 of the forward attention). Our Triton kernel and torch's
+    # SDPA backward do; FlopCounterMode's SDPA backward formula counts it (2.5x forward).
+    n_grad_layers = (m.L_layers + m.H_layers) if training else 0
+    out["attention_recompute"] = float(n_grad_layers * layer_flops(cfg)["attention"] / 2)
+    return out
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def network_params(cfg: RunConfig) -> int:
+    """Trainable network parameters (as ``count_parameters(model)['network']``)."""
+    m, k = cfg.model, _dims(cfg)
+    d, I, V = k["d"], k["I"], k["V"]
+    layer = d * 3 * d + d * d + d * 2 * I + I * d
+    return (m.H_layers + m.L_layers) * layer + V * d + V * d + 2 * d + 2
+
+
+def act_bytes(cfg: RunConfig) -> int:
+    """Bytes per element of activations: bf16 on CUDA (``dtype auto``), else as configured."""
+    return {"fp32": 4, "bf16": 2, "fp16": 2, "auto": 2}.get(cfg.train.dtype, 2)
+
+
+def step_bytes(cfg: RunConfig, training: bool = True) -> dict[str, float]:
+    """Lower bound on DRAM bytes of one training step, by part (assumptions: module docstring)."""
+    m, k = cfg.model, _dims(cfg)
+    e = act_bytes(cfg)
+    state = k["B"] * k["S"] * k["d"] * e  # one hidden-state tensor
+    n_params = network_params(cfg)
+    # Module evaluations in one inner forward: L reads (z_L, z_H, x), H reads (z_H, z_L).
+    n_L, n_H = m.H_cycles * m.L_cycles, m.H_cycles
+    inner_fwd = n_L * 4 * state + n_H * 3 * state
+    logits = k["B"] * cfg.seq_len * k["V"]
+    out = {
+        "params": float(4 * n_params),  # forward read of fp32 weights
+        "grads_optimizer": float((4 + 28) * n_params if training else 0),
+        "activations_forward": float(inner_fwd + logits * e),
+        "target_q_forward": float(inner_fwd if training and m.halt_max_steps > 1 else 0),
+        # Backward: re-read each grad module's inputs (L: 3, H: 2) + write/read 1 grad each.
+        "activations_backward": float((3 + 2 + 2 * 2) * state + logits * 4 * 2 if training else 0),
+        "carry_data": float(4 * state + 2 * k["B"] * cfg.seq_len * 4 + logits * e),
+        "puzzle_rows": float(2 * k["B"] * m.puzzle_emb_ndim * 4),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+# --------------------------------------------------------------------------- ceilings
+
+
+def ceiling_it_s(cfg: RunConfig, gpu: str | GpuPeak) -> float:
+    """CEILING on training it/s: 1 / max(FLOPs / peak FLOP/s, bytes / peak bandwidth)."""
+    g = gpu_peak(gpu) if isinstance(gpu, str) else gpu
+    t = max(step_flops(cfg)["total"] / g.peak_flops, step_bytes(cfg)["total"] / g.peak_bytes)
+    return 1.0 / t
+
+
+def mfu(measured_it_s: float, cfg: RunConfig, gpu: str | GpuPeak) -> float:
+    """Model FLOPs utilisation: measured it/s x FLOPs/step / datasheet peak (0..1)."""
+    g = gpu_peak(gpu) if isinstance(gpu, str) else gpu
+    return measured_it_s * step_flops(cfg)["total"] / g.peak_flops
+
+
+def ceiling_table(cfg: RunConfig, preset: str = "") -> list[dict]:
+    """One row per GPU: every number is a ceiling derived from datasheet peaks."""
+    f, b = step_flops(cfg)["total"], step_bytes(cfg)["total"]
+    rows = []
+    for key, g in GPUS.items():
+        t_c, t_m = f / g.peak_flops, b / g.peak_bytes
+        rows.append(
+            {
+                "gpu": g.name,
+                "key": key,
+                "preset": preset,
+                "batch_size": cfg.train.batch_size,
+                "flops_per_step": f,
+                "bytes_per_step": b,
+                "peak_bf16_tflops": g.bf16_tflops,
+                "peak_bandwidth_gbs": g.bandwidth_gbs,
+                "bound": "compute" if t_c >= t_m else "memory",
+                "ceiling_it_s": 1.0 / max(t_c, t_m),
+                "label": "ceiling (datasheet roofline, not measured)",
+            }
+        )
+    return rows
+
+
+def format_ceilings(cfg: RunConfig, preset: str = "") -> str:
+    rows = ceiling_table(cfg, preset)
+    f, b = rows[0]["flops_per_step"], rows[0]["bytes_per_step"]
+    lines = [
+        f"roofline for {preset or 'config'} (batch {cfg.train.batch_size}): "
+        f"{f / 1e12:.3f} TFLOP/step, >= {b / 1e6:.1f} MB/step (lower bound)",
+        f"{'GPU':<18}{'bf16 TFLOP/s':>14}{'GB/s':>8}{'bound':>9}{'ceiling it/s':>14}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['gpu']:<18}{r['peak_bf16_tflops']:>14.1f}{r['peak_bandwidth_gbs']:>8.0f}"
+            f"{r['bound']:>9}{r['ceiling_it_s']:>14.1f}"
+        )
+    lines.append("all it/s above are ceilings from datasheet peaks, not measurements")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from hrm_fast.config import from_name
+
+    for name in ("seed", "paper"):
+        print(format_ceilings(from_name(name), name))
+        print()
