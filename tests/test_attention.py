@@ -195,3 +195,9 @@ def test_aot_specs_match_kernel_signatures(preset):
         for k in s.constexprs:
             assert s.signature[k] == "constexpr", (s.name, k)
         assert s.has_dot == (s.name != "attention_bwd_preprocess")
+    # GPU launch configs even though this process runs the interpreter.
+    fwd = next(s for s in specs if s.name == "attention_fwd")
+    D = {"seed": 32, "paper": 64}[preset]
+    assert fwd.constexprs["HALF"] == D // 2
+    assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == attn._FWD_CFG[D][:2]
+    assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG[D][2:]
