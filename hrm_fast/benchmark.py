@@ -1,0 +1,178 @@
+"""``hrm-fast bench``: run the bench suite (``bench/``, pytest-benchmark) and print one table.
+
+Measured numbers come from pytest-benchmark; the end-to-end rows also show the roofline
+*ceiling* for the same config (``hrm_fast.roofline``, datasheet peaks: never a measurement) and,
+on a GPU with a known datasheet, the MFU. Results are kept as JSON under ``bench/results/``
+(named by date, device and a short host id) and at ``--json`` if given.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hrm_fast.errors import UserError
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+CPU_CEILING_GPU = "rtx4090-laptop"  # on CPU, show the user's target GPU's ceiling for reference
+
+
+def bench_dir() -> Path:
+    if not (BENCH_DIR / "conftest.py").is_file():
+        raise UserError(
+            f"{BENCH_DIR}: bench suite not found (it ships with the source tree, not the wheel; "
+            "run from a git checkout with `pip install -e .`)"
+        )
+    return BENCH_DIR
+
+
+def host_id() -> str:
+    return hashlib.sha1(platform.node().encode()).hexdigest()[:8]
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _fmt_bytes(b: int | None) -> str:
+    if b is None:
+        return "-"
+    return f"{b / 2**20:.0f} MiB"
+
+
+def _config_for(info: dict):
+    from hrm_fast.config import from_name
+
+    cfg = from_name(info.get("preset", "seed"))
+    if info.get("batch_size"):
+        cfg.train.batch_size = int(info["batch_size"])
+    return cfg
+
+
+def rows_from_json(data: dict) -> list[dict]:
+    """One row per benchmark from a pytest-benchmark JSON (measured values + ceilings)."""
+    from hrm_fast import roofline
+
+    rows = []
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {}) or {}
+        stats = b.get("stats") or {}
+        mean = stats.get("mean")
+        items = info.get("items_per_call", 1)
+        unit = info.get("unit", "it/s")
+        device = info.get("device", "?")
+        row = {
+            "benchmark": b.get("name", "?"),
+            "kind": info.get("kind", "?"),
+            "device": device,
+            "mean_s": mean,
+            "rounds": stats.get("rounds"),
+            "throughput": items / mean if mean else None,
+            "unit": unit,
+            "peak_mem_bytes": info.get("peak_mem_bytes"),
+            "peak_mem_label": info.get("peak_mem_label"),
+            "ceiling_it_s": None,
+            "ceiling_gpu": None,
+            "mfu": None,
+        }
+        if row["kind"] == "train":
+            cfg = _config_for(info)
+            gpu_name = ((info.get("env") or {}).get("gpu") or {}).get("name")
+            key = gpu_name if device == "cuda" and gpu_name else CPU_CEILING_GPU
+            try:
+                peak = roofline.gpu_peak(key)
+            except KeyError:
+                peak = None
+            if peak is not None:
+                row["ceiling_it_s"] = roofline.ceiling_it_s(cfg, peak)
+                row["ceiling_gpu"] = peak.name
+                if device == "cuda" and row["throughput"]:
+                    row["mfu"] = roofline.mfu(row["throughput"], cfg, peak)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["benchmark", "device", "mean time", "throughput (measured)", "peak memory",
+            "ceiling (roofline, not measured)", "MFU"]  # fmt: skip
+    body = []
+    for r in rows:
+        tp = "-" if r["throughput"] is None else f"{_fmt_rate(r['throughput'])} {r['unit']}"
+        ceil = "-"
+        if r["ceiling_it_s"] is not None:
+            ceil = f"{r['ceiling_it_s']:.1f} it/s ceiling @ {r['ceiling_gpu']}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mem = _fmt_bytes(r["peak_mem_bytes"])
+        if r["peak_mem_bytes"] is not None and r["device"] == "cpu":
+            mem += " (ru_maxrss)"
+        body.append([r["benchmark"], r["device"], _fmt_time(r["mean_s"]), tp, mem, ceil, mfu])
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+    out = [line(head), "  ".join("-" * w for w in widths)] + [line(c) for c in body]
+    out.append(
+        "throughput = items per call / mean time, measured here; 'ceiling' = 1 / max(FLOPs / "
+        "peak FLOP/s, min bytes / peak GB/s) from datasheet peaks (hrm_fast.roofline)"
+    )
+    return "\n".join(out)
+
+
+def run_suite(device: str, quick: bool, json_out: Path) -> int:
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir()), f"--device={device}",
+           f"--benchmark-json={json_out}", "-q", "-p", "no:cacheprovider"]  # fmt: skip
+    if quick:
+        cmd.append("--quick")
+    return subprocess.call(cmd, cwd=str(bench_dir().parent))
+
+
+def save_results(data: dict, device: str, extra: Path | None) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = bench_dir() / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{stamp}-{device}-{host_id()}.json"
+    text = json.dumps(data, indent=2)
+    path.write_text(text)
+    if extra is not None:
+        extra.parent.mkdir(parents=True, exist_ok=True)
+        extra.write_text(text)
+    return path
+
+
+def main(args) -> int:
+    device = getattr(args, "device", "cpu") or "cpu"
+    quick = bool(getattr(args, "quick", False))
+    extra = Path(args.json) if getattr(args, "json", None) else None
+    bench_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "bench.json"
+        code = run_suite(device, quick, raw)
+        if not raw.exists():
+            raise UserError(f"bench suite failed (pytest exit {code}) and wrote no results")
+        data = json.loads(raw.read_text())
+    rows = rows_from_json(data)
+    data["hrm_fast"] = {"device": device, "quick": quick, "pytest_exit": code, "table": rows}
+    path = save_results(data, device, extra)
+    print()
+    print(format_table(rows))
+    print()
+    from hrm_fast.config import from_name
+    from hrm_fast.roofline import format_ceilings
+
+    print(format_ceilings(from_name("seed"), "seed"))
+    print(f"\nresults: {path}" + (f" and {extra}" if extra else ""))
+    return 0 if code == 0 else 1
