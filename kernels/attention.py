@@ -30,7 +30,6 @@ import triton.language as tl
 from .aot import AotSpec
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_LOG2E = 1.4426950408889634
 
 
 # --------------------------------------------------------------------------------------------
