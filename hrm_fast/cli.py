@@ -122,9 +122,8 @@ def cmd_eval(args) -> int:
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
-    overrides = {k: v for k, v in (("num_heads", args.num_heads), ("H_cycles", args.H_cycles),
-                                   ("L_cycles", args.L_cycles),
-                                   ("halt_max_steps", args.halt_max_steps)) if v is not None}  # fmt: skip
+    names = ("num_heads", "H_cycles", "L_cycles", "halt_max_steps")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     path = convert_to_checkpoint(args.src, args.out, **overrides)
     print(f"wrote {path}")
     return 0
