@@ -375,7 +375,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     counts = count_parameters(trainer.model)
     log(
         f"hrm-fast: {trainer.device.type} backend={trainer.backend} dtype={str(trainer.dtype)[6:]}"
-        f" | {counts['network'] / 1e6:.2f}M network params + {counts['puzzle_embedding'] / 1e6:.2f}M"
+        f" | {counts['network'] / 1e6:.2f}M network params"
+        f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids"
     )
     (out / "config.json").write_text(cfg.to_json())

@@ -16,7 +16,8 @@ from typing import Any
 class AotSpec:
     name: str  # e.g. "attention_fwd"
     fn: Any  # a triton.JITFunction
-    signature: dict[str, str]  # every argument -> "*bf16", "*fp32", "*i32", "i32", "fp32", "constexpr"
+    # every argument -> "*bf16", "*fp32", "*i32", "i32", "fp32" or "constexpr"
+    signature: dict[str, str]
     constexprs: dict[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 2

@@ -43,7 +43,8 @@ def assert_close(actual, expected, atol, rtol, name="tensor"):
         raise AssertionError(
             f"{name}: {n}/{actual.numel()} elements mismatch (atol={atol}, rtol={rtol}); "
             f"first at {where}; max abs err {err.max().item():.3e} at flat index {worst} "
-            f"(got {actual.flatten()[worst].item():.6g}, want {expected.flatten()[worst].item():.6g})"
+            f"(got {actual.flatten()[worst].item():.6g}, "
+            f"want {expected.flatten()[worst].item():.6g})"
         )
 
 
