@@ -133,8 +133,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_suite(device: str, quick: bool, json_out: Path) -> int:
+    # --benchmark-quiet: pytest-benchmark's own tables are left out; we print one table.
     cmd = [sys.executable, "-m", "pytest", str(bench_dir()), f"--device={device}",
-           f"--benchmark-json={json_out}", "-q", "-p", "no:cacheprovider"]  # fmt: skip
+           f"--benchmark-json={json_out}", "--benchmark-quiet", "-q",
+           "-p", "no:cacheprovider"]  # fmt: skip
     if quick:
         cmd.append("--quick")
     return subprocess.call(cmd, cwd=str(bench_dir().parent))
