@@ -222,6 +222,9 @@ class Trainer:
         """
         tensors = self._state_tensors()
         snapshot = [t.detach().clone() for t in tensors]
+        # Replays read the generator's host-side offset, so rewinding it makes the first
+        # replay draw the same batch and exploration numbers as the eager step would.
+        rng = torch.cuda.get_rng_state(self.device)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -238,6 +241,7 @@ class Trainer:
                 t.copy_(v)
             for t in fresh[len(tensors) :]:
                 t.zero_()
+        torch.cuda.set_rng_state(rng, self.device)
 
     def step(self) -> None:
         """One training iteration (no host sync)."""

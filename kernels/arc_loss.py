@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 from hrm_fast.kernels.aot import AotSpec
+from hrm_fast.kernels.dispatch import use_triton
 
 from hrm_fast.config import LossConfig
 from hrm_fast.loss import (
@@ -266,7 +267,7 @@ torch.library.register_autograd("hrm_fast::arc_loss_stats", _backward, setup_con
 
 
 def arc_loss_stats(logits: torch.Tensor, labels: torch.Tensor, stablemax: bool) -> ArcStats:
-    if logits.is_cuda:
+    if use_triton(logits):
         return ArcStats(*torch.ops.hrm_fast.arc_loss_stats(logits, labels, stablemax))
     return arc_loss_stats_ref(logits, labels, stablemax)
 

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .aot import AotSpec
+from .dispatch import use_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -461,7 +462,7 @@ torch.library.register_autograd("hrm_fast::rope_attention", _backward, setup_con
 
 def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE + non-causal attention: ``[B, S, 3H, D]`` -> ``[B, S, H, D]`` (see module doc)."""
-    if qkv.is_cuda:
+    if use_triton(qkv):
         return torch.ops.hrm_fast.rope_attention(qkv, cos, sin)[0]
     return rope_attention_ref(qkv, cos, sin)
 

@@ -19,6 +19,7 @@ import triton.language as tl
 from hrm_fast.augment import augment_batch_ref, invert_batch_ref
 
 from .aot import AotSpec
+from .dispatch import use_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK = 256  # canvas cells per program: 4 programs per 30x30 example
@@ -281,7 +282,7 @@ def augment_batch(
     bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
 ):
     """Same contract as ``hrm_fast.augment.augment_batch_ref``; Triton on CUDA."""
-    if bank_inputs.is_cuda:
+    if use_triton(bank_inputs):
         return torch.ops.hrm_fast.augment_batch(
             bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
         )
@@ -292,7 +293,7 @@ def augment_batch(
 
 def invert_batch(pred_tokens, dihedral, colour_map, canvas):
     """Same contract as ``hrm_fast.augment.invert_batch_ref``; Triton on CUDA."""
-    if pred_tokens.is_cuda:
+    if use_triton(pred_tokens):
         return torch.ops.hrm_fast.invert_batch(pred_tokens, dihedral, colour_map, canvas)
     return invert_batch_ref(pred_tokens, dihedral, colour_map, canvas)
 

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .aot import AotSpec
+from .dispatch import use_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_N = 1024
@@ -250,14 +251,14 @@ def add3_ref(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) ->
 
 def add_rms_norm(x: torch.Tensor, r: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """rms_norm(x + r) (weightless, fp32 statistics, output in x's dtype)."""
-    if x.is_cuda:
+    if use_triton(x):
         return torch.ops.hrm_fast.add_rms_norm(x, r, eps)[0]
     return add_rms_norm_ref(x, r, eps)
 
 
 def add3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
     """a + b (+ c) in one pass: the input-injection add at the start of a reasoning module."""
-    if a.is_cuda:
+    if use_triton(a):
         return torch.ops.hrm_fast.add3(a, b, c)
     return add3_ref(a, b, c)
 

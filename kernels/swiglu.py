@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .aot import AotSpec
+from .dispatch import use_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -161,7 +162,7 @@ def swiglu_ref(gate_up: torch.Tensor) -> torch.Tensor:
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up with gate, up = gate_up.chunk(2, -1)."""
-    if gate_up.is_cuda:
+    if use_triton(gate_up):
         return torch.ops.hrm_fast.swiglu(gate_up)
     return swiglu_ref(gate_up)
 

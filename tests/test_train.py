@@ -1,6 +1,7 @@
 """The training step and loop: determinism, compile parity, resume equality, checkpoints,
 Ctrl-C, the probe's exit code, and the CLI end to end on the debug preset."""
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,8 @@ import sys
 
 import pytest
 import torch
+from conftest import INTERPRET, assert_close, kernel_device
+from hrm_fast.kernels.dispatch import triton_on_cpu
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
@@ -55,13 +58,103 @@ def test_compiled_step_matches_reference(debug_cfg, monkeypatch):
             assert c[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), k
 
 
-def test_fused_backend_on_cpu_matches_reference(debug_cfg):
-    """On CPU tensors the fused ops fall back to their eager references; same numbers."""
-    _, ref = _losses(debug_cfg, 2)
+LOSS_KEYS = ("loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution")
+
+
+@pytest.mark.interpret
+def test_fused_step_through_triton_matches_reference(debug_cfg):
+    """The whole fused step in Triton: on-device augmentation, every block kernel and its
+    registered backward, and the fused loss, against the eager reference step.
+
+    Under the interpreter this runs the same triton_ops on CPU tensors; with
+    TRITON_INTERPRET=0 on a GPU it runs them on CUDA. fp32 in both, so the steps agree to
+    fp32 tolerance and the weights stay within rounding of each other after three updates.
+    """
+    device = kernel_device()
+    debug_cfg.train.device, debug_cfg.train.dtype = device, "fp32"
+    debug_cfg.train.backend = "reference"
+    ref_trainer, ref = _losses(debug_cfg, 3)
     debug_cfg.train.backend = "fused"
-    _, fused = _losses(debug_cfg, 2)
-    for r, f in zip(ref, fused, strict=True):
-        assert f["loss"] == pytest.approx(r["loss"], rel=1e-4, abs=1e-5)
+    with triton_on_cpu() if device == "cpu" else contextlib.nullcontext():
+        fused_trainer, fused = _losses(debug_cfg, 3)
+    for step, (r, f) in enumerate(zip(ref, fused, strict=True)):
+        for k in LOSS_KEYS:
+            assert f[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), (step, k)
+    ref_params = dict(ref_trainer.model.named_parameters())
+    for name, p in fused_trainer.model.named_parameters():
+        assert_close(p, ref_params[name], atol=1e-5, rtol=1e-4, name=name)
+    assert_close(
+        fused_trainer.model.inner.puzzle_emb.weights,
+        ref_trainer.model.inner.puzzle_emb.weights,
+        atol=1e-5,
+        rtol=1e-4,
+        name="puzzle_emb",
+    )
+
+
+# Each CUDA variant against the eager reference step on the same GPU. fp32 variants share the
+# fp32 tolerance; bf16 ones are held to bf16's (the reference runs bf16 too).
+CUDA_VARIANTS = {
+    "fused": dict(backend="fused"),
+    "fused+graphs": dict(backend="fused", cuda_graphs=True),
+    "fused+compile": dict(backend="fused", compile=True),
+    "fused+compile+graphs": dict(backend="fused", compile=True, cuda_graphs=True),
+    "reference+compile": dict(backend="reference", compile=True),
+    "reference+graphs": dict(backend="reference", cuda_graphs=True),
+}
+DTYPE_TOL = {"fp32": dict(rel=1e-4, abs=1e-5), "bf16": dict(rel=3e-2, abs=3e-2)}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("variant", list(CUDA_VARIANTS))
+def test_cuda_step_variants_match_reference(debug_cfg, monkeypatch, variant, dtype):
+    """On a GPU (TRITON_INTERPRET=0): every fast-path combination gives the reference losses.
+
+    Skipped on machines without one; ``scripts/gpu-check.sh`` runs it.
+    """
+    if INTERPRET or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    debug_cfg.train.device, debug_cfg.train.dtype = "cuda", dtype
+    debug_cfg.train.backend = "reference"
+    _, ref = _losses(debug_cfg, 4)
+    for k, v in CUDA_VARIANTS[variant].items():
+        setattr(debug_cfg.train, k, v)
+    _, fast = _losses(debug_cfg, 4)
+    for step, (r, f) in enumerate(zip(ref, fast, strict=True)):
+        for k in LOSS_KEYS:
+            assert f[k] == pytest.approx(r[k], **DTYPE_TOL[dtype]), (step, k)
+
+
+def test_triton_on_cpu_routes_cpu_tensors_to_the_kernels(monkeypatch):
+    """Without the switch CPU tensors take the reference; with it, the triton_op."""
+    from hrm_fast.kernels import swiglu as swiglu_mod
+
+    calls = []
+    monkeypatch.setattr(swiglu_mod, "swiglu_ref", lambda x: calls.append("ref") or x)
+    x = torch.randn(2, 3, 8)
+    swiglu_mod.swiglu(x)
+    assert calls == ["ref"]
+    if INTERPRET:
+        with triton_on_cpu():
+            out = swiglu_mod.swiglu(x)
+        assert calls == ["ref"] and out.shape == (2, 3, 4)
+
+
+def test_step_is_one_graph_without_data_dependent_ops(debug_cfg):
+    """Sampling, augmentation, the ACT forward and the loss trace as one graph, and so does
+    the puzzle-embedding update: no ``.item()``, no ``nonzero``/``unique``, no branch on data.
+    Any of those would be a graph break here and a host sync (or a capture error) on CUDA.
+    """
+    trainer = Trainer(debug_cfg, quiet=True)
+    forward_loss = torch.compile(trainer._forward_loss, fullgraph=True, backend="eager")
+    _, loss, metrics = forward_loss(trainer.carry)
+    assert torch.isfinite(loss) and set(metrics) >= {"lm_loss", "diversity", "distribution"}
+    loss.backward()
+    torch.compile(trainer.sparse.step, fullgraph=True, backend="eager")()
 
 
 def test_step_updates_weights_and_puzzle_embeddings(debug_cfg):

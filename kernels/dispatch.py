@@ -1,0 +1,34 @@
+"""Which path a public kernel entry point takes: Triton for CUDA tensors, the eager
+reference for CPU tensors.
+
+``triton_on_cpu()`` sends CPU tensors through the same ``triton_op``s and their registered
+autograd instead, run by Triton's interpreter. It exists so that a whole fused training step
+(every kernel, its launcher and its backward wiring) can be checked against the reference
+on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+_triton_on_cpu = False
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda or _triton_on_cpu
+
+
+@contextmanager
+def triton_on_cpu():
+    """Run the Triton kernels on CPU tensors (needs ``TRITON_INTERPRET=1`` before import)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("triton_on_cpu() needs TRITON_INTERPRET=1 set before triton is imported")
+    global _triton_on_cpu
+    previous, _triton_on_cpu = _triton_on_cpu, True
+    try:
+        yield
+    finally:
+        _triton_on_cpu = previous
