@@ -42,13 +42,9 @@ def test_batched_augment(record, benchmark, device, quick, dataset, impl, data_b
 
     else:  # the augment op alone, on fixed draws
         d = sampler.draw(batch)
-        b = sampler.bank
-        fn = sampler._augment
-        args = (b.inputs, b.outputs, b.shapes, d["pair"], d["dihedral"], d["colour_map"],
-                d["offset"], sampler.canvas)  # fmt: skip
 
         def call():
-            fn(*args)
+            sampler.augment(d)
 
     rounds, warmup = _rounds(device, quick)
     record(call, rounds, warmup, kind="data", impl=impl, unit="examples/s",

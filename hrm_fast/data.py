@@ -408,11 +408,9 @@ class DeviceSampler:
             puzzle=puzzle,
         )
 
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """``inputs int32 [B, S]``, ``labels int32 [B, S]`` (PAD -> -100),
-        ``puzzle_identifiers int32 [B]``; S = canvas²."""
-        d = self.draw(batch_size)
-        inputs, labels = self._augment(
+    def augment(self, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The canvases of drawn examples: ``inputs``, ``labels`` int32 ``[B, S]``."""
+        return self._augment(
             self.bank.inputs,
             self.bank.outputs,
             self.bank.shapes,
@@ -422,4 +420,10 @@ class DeviceSampler:
             d["offset"],
             self.canvas,
         )
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """``inputs int32 [B, S]``, ``labels int32 [B, S]`` (PAD -> -100),
+        ``puzzle_identifiers int32 [B]``; S = canvas²."""
+        d = self.draw(batch_size)
+        inputs, labels = self.augment(d)
         return dict(inputs=inputs, labels=labels, puzzle_identifiers=d["puzzle"].to(torch.int32))

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command: kernel parity on CUDA, the fused step and every
+# fast-path variant (compile, CUDA graphs, bf16) against the reference step, then the bench.
+# Extra arguments go to `hrm-fast bench` (e.g. --quick, --json my_gpu.json).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$root/scripts/setup-env.sh"
+cd "$root"
+if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu-check: torch sees no CUDA GPU (torch $(python -c 'import torch; print(torch.__version__)'))" >&2
+  exit 2
+fi
+export TRITON_INTERPRET=0
+echo "== parity on $(python -c 'import torch; print(torch.cuda.get_device_name())')" >&2
+python -m pytest -q tests -m "interpret or cuda"
+echo "== bench" >&2
+hrm-fast bench --device cuda "$@"
