@@ -92,6 +92,27 @@ def test_fused_step_through_triton_matches_reference(debug_cfg):
     )
 
 
+@pytest.mark.interpret
+def test_fused_step_fp16_error_within_twice_eager(debug_cfg):
+    """fp16 through the fused kernels vs fp16 eager, both against the fp32 reference step:
+    per loss term, the fused step's error over three steps is at most 2x eager fp16's own.
+    (The interpreter cannot run bf16 dots; bf16 is checked on a GPU by the CUDA variants.)
+    """
+    device = kernel_device()
+    debug_cfg.train.device, debug_cfg.train.backend = device, "reference"
+    debug_cfg.train.dtype = "fp32"
+    _, ref32 = _losses(debug_cfg, 3)
+    debug_cfg.train.dtype = "fp16"
+    _, eager16 = _losses(debug_cfg, 3)
+    debug_cfg.train.backend = "fused"
+    with triton_on_cpu() if device == "cpu" else contextlib.nullcontext():
+        _, fused16 = _losses(debug_cfg, 3)
+    for k in LOSS_KEYS:
+        eager_err = max(abs(e[k] - r[k]) for e, r in zip(eager16, ref32, strict=True))
+        fused_err = max(abs(f[k] - r[k]) for f, r in zip(fused16, ref32, strict=True))
+        assert fused_err <= 2 * eager_err + 1e-5, (k, fused_err, eager_err)
+
+
 # Each CUDA variant against the eager reference step on the same GPU. fp32 variants share the
 # fp32 tolerance; bf16 ones are held to bf16's (the reference runs bf16 too).
 CUDA_VARIANTS = {
