@@ -113,6 +113,18 @@ def test_fused_step_fp16_error_within_twice_eager(debug_cfg):
         assert fused_err <= 2 * eager_err + 1e-5, (k, fused_err, eager_err)
 
 
+def test_bf16_step_close_to_fp32(debug_cfg):
+    """The bf16 forward (HRM's CastedLinear casting, what CUDA runs by default) on the
+    reference path stays within bf16 tolerance of the fp32 step."""
+    debug_cfg.train.dtype = "fp32"
+    _, ref32 = _losses(debug_cfg, 3)
+    debug_cfg.train.dtype = "bf16"
+    _, ref16 = _losses(debug_cfg, 3)
+    for step, (r, b) in enumerate(zip(ref32, ref16, strict=True)):
+        for k in LOSS_KEYS:
+            assert b[k] == pytest.approx(r[k], **DTYPE_TOL["bf16"]), (step, k)
+
+
 # Each CUDA variant against the eager reference step on the same GPU. fp32 variants share the
 # fp32 tolerance; bf16 ones are held to bf16's (the reference runs bf16 too).
 CUDA_VARIANTS = {
