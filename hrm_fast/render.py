@@ -1,8 +1,9 @@
 """Dependency-free PNG rendering of ARC predictions (numpy + zlib + struct).
 
 ``render_tasks(rows, path)`` draws one row per test pair: input | target | prediction, in the
-standard ARC palette, with thin grid lines, a gap between panels, the task id in a tiny bitmap
-font on the left, and a green (correct) / red (incorrect) bar under the prediction.
+standard ARC palette, with thin grid lines, a gap between panels, column captions on top, the
+task id in a tiny bitmap font on the left, and a green (correct) / red (incorrect) bar under
+the prediction.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ ROW_GAP = 18  # between rows
 BAR = 5  # correct/incorrect bar height
 MARGIN = 10
 GLYPH = 2  # bitmap-font pixel size
+CAPTIONS = ("input", "target", "prediction")
+HEADER = 5 * GLYPH + 8  # caption row above the panels
 
-# 3x5 bitmap font: enough for ARC task ids (hex), "#" separators and a few labels.
+# 3x5 bitmap font: enough for ARC task ids (hex), "#" separators and the column captions.
 _FONT = {
     "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
     "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
@@ -50,6 +53,10 @@ _FONT = {
     "c": "011100100100011", "d": "110101101101110", "e": "111100110100111",
     "f": "111100110100100", "#": "101111101111101", "-": "000000111000000",
     "_": "000000000000111", ".": "000000000000010", " ": "000000000000000",
+    "g": "011100101101011", "i": "111010010010111", "k": "101101110101101",
+    "n": "110101101101101", "o": "010101101101010", "p": "110101110100100",
+    "r": "110101110101101", "s": "011100010001110", "t": "111010010010010",
+    "u": "101101101101111",
 }  # fmt: skip
 _UNKNOWN = "111101101101111"
 
@@ -157,13 +164,18 @@ def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) ->
     for r in rows:
         panels = [grid_panel(r[k], cell) for k in ("input", "target", "prediction")]
         drawn.append(panels)
-    panel_w = [max(p[i].shape[1] for p in drawn) for i in range(3)]
+    captions = [text_image(c) for c in CAPTIONS]
+    panel_w = [max([p[i].shape[1] for p in drawn] + [captions[i].shape[1]]) for i in range(3)]
     width = MARGIN * 2 + label_w + sum(panel_w) + 2 * GAP
     heights = [max(p.shape[0] for p in panels) + 2 + BAR for panels in drawn]
-    height = MARGIN * 2 + sum(heights) + ROW_GAP * (len(rows) - 1)
+    height = MARGIN * 2 + HEADER + sum(heights) + ROW_GAP * (len(rows) - 1)
     img = np.empty((height, width, 3), np.uint8)
     img[:] = BACKGROUND
-    y = MARGIN
+    x = MARGIN + label_w
+    for caption, w in zip(captions, panel_w, strict=True):
+        img[MARGIN : MARGIN + caption.shape[0], x : x + caption.shape[1]][caption] = TEXT
+        x += w + GAP
+    y = MARGIN + HEADER
     for r, panels, label, rh in zip(rows, drawn, labels, heights, strict=True):
         img[y : y + label.shape[0], MARGIN : MARGIN + label.shape[1]][label] = TEXT
         x = MARGIN + label_w

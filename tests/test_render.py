@@ -80,17 +80,20 @@ def test_render_tasks_layout_and_colours(tmp_path):
     img = decode_png(path.read_bytes())
     label_w = max(render.text_image(r["task_id"]).shape[1] for r in rows) + render.GAP
     step = cell + 1
-    panel_w = [max(grid_panel(r[k], cell).shape[1] for r in rows)
-               for k in ("input", "target", "prediction")]  # fmt: skip
+    keys = ("input", "target", "prediction")
+    panel_w = [
+        max([grid_panel(r[k], cell).shape[1] for r in rows] + [render.text_image(c).shape[1]])
+        for k, c in zip(keys, render.CAPTIONS, strict=True)
+    ]
     row0_h = 2 * step + 1 + 2 + render.BAR
     row1_h = 3 * step + 1 + 2 + render.BAR
     assert img.shape[1] == 2 * render.MARGIN + label_w + sum(panel_w) + 2 * render.GAP
-    assert img.shape[0] == 2 * render.MARGIN + row0_h + row1_h + render.ROW_GAP
+    assert img.shape[0] == 2 * render.MARGIN + render.HEADER + row0_h + row1_h + render.ROW_GAP
 
     def cell_colour(y0, x0, r, c):  # centre pixel of cell (r, c) of a panel at (y0, x0)
         return tuple(img[y0 + 1 + r * step + cell // 2, x0 + 1 + c * step + cell // 2])
 
-    y0, x_in = render.MARGIN, render.MARGIN + label_w
+    y0, x_in = render.MARGIN + render.HEADER, render.MARGIN + label_w
     x_tg = x_in + panel_w[0] + render.GAP
     x_pr = x_tg + panel_w[1] + render.GAP
     for r, c, colour in [(0, 0, 1), (0, 1, 2), (1, 0, 3), (1, 1, 4)]:
@@ -110,6 +113,13 @@ def test_render_tasks_layout_and_colours(tmp_path):
     assert tuple(img[0, 0]) == render.BACKGROUND
     # The label is drawn in the text colour somewhere left of the panels.
     assert (img[y0 : y0 + 12, render.MARGIN : x_in] == render.TEXT).all(-1).any()
+    # Each column's caption is drawn above it, and the caption row holds nothing else.
+    header = img[render.MARGIN : y0]
+    for x0, caption in zip((x_in, x_tg, x_pr), render.CAPTIONS, strict=True):
+        mask = render.text_image(caption)
+        drawn = (header[: mask.shape[0], x0 : x0 + mask.shape[1]] == render.TEXT).all(-1)
+        assert (drawn == mask).all(), caption
+    assert (header[:, :x_in] == render.BACKGROUND).all()
 
 
 def test_render_rejects_no_rows(tmp_path):
