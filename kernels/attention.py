@@ -328,12 +328,6 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch(kernel, t: torch.Tensor):
-    # Inside the triton_op (CUDA or fake tensors) go through wrap_triton so torch.compile can
-    # trace the launch; direct CPU calls under the interpreter launch the kernel itself.
-    return torch.library.wrap_triton(kernel) if t.device.type != "cpu" else kernel
-
-
 def _check(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     B, S, H3, D = qkv.shape
     assert H3 % 3 == 0, f"qkv must be [B, S, 3H, D], got {tuple(qkv.shape)}"
@@ -360,7 +354,7 @@ def _attention_fwd(qkv, cos, sin, out=None, lse=None):
     assert out.stride(-1) == 1 and lse.is_contiguous()
     bm, bn, warps, stages = _cfg(_FWD_CFG, D)
     grid = (triton.cdiv(S, bm), B * H)
-    _launch(_attn_fwd_kernel, qkv)[grid](
+    torch.library.wrap_triton(_attn_fwd_kernel)[grid](
         qkv, cos, sin, out, lse,
         qkv.stride(0), qkv.stride(1), qkv.stride(2), cos.stride(0),
         out.stride(0), out.stride(1), out.stride(2),
@@ -388,7 +382,7 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
     scale = 1.0 / math.sqrt(D)
 
     pre_bm = _pre_block_m(D)
-    _launch(_attn_bwd_preprocess_kernel, qkv)[(triton.cdiv(S, pre_bm), B * H)](
+    torch.library.wrap_triton(_attn_bwd_preprocess_kernel)[(triton.cdiv(S, pre_bm), B * H)](
         out, do, delta,
         out.stride(0), out.stride(1), out.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
@@ -402,12 +396,12 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
         S, H, scale,
     )  # fmt: skip
     bm, bn, warps, stages = _cfg(_DKDV_CFG, D)
-    _launch(_attn_bwd_dkdv_kernel, qkv)[(triton.cdiv(S, bn), B * H)](
+    torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(S, bn), B * H)](
         *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     bm, bn, warps, stages = _cfg(_DQ_CFG, D)
-    _launch(_attn_bwd_dq_kernel, qkv)[(triton.cdiv(S, bm), B * H)](
+    torch.library.wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(S, bm), B * H)](
         *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -190,6 +190,57 @@ def test_step_is_one_graph_without_data_dependent_ops(debug_cfg):
     torch.compile(trainer.sparse.step, fullgraph=True, backend="eager")()
 
 
+def test_fused_step_compiles_to_one_graph_of_triton_kernels(tiny_tasks):
+    """torch.compile(fullgraph=True) of the fused forward + loss: one dynamo graph, and
+    aot_autograd lowers every triton_op to its Triton launches, forward and backward.
+
+    This is the trace a CUDA run compiles; here it runs without a GPU in a subprocess that
+    gives Triton a stand-in driver for the sm_89 target (see tests/trace_fused_step.py).
+    The counts follow from the config: HRM's 1-step gradient means only the last L and H
+    module evaluations have a backward, and the target-Q forward doubles the forward.
+    """
+    model = dict(H_cycles=2, L_cycles=3, H_layers=1, L_layers=2)
+    script = os.path.join(os.path.dirname(__file__), "trace_fused_step.py")
+    proc = subprocess.run(
+        [sys.executable, script, str(tiny_tasks), json.dumps(model)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    graphs = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    l_evals = model["H_cycles"] * model["L_cycles"]
+    h_evals = model["H_cycles"]
+    blocks = 2 * (l_evals * model["L_layers"] + h_evals * model["H_layers"])  # x2: target Q
+    modules = 2 * (l_evals + h_evals)
+    assert graphs["dynamo"] == {
+        "hrm_fast.augment_batch": 1,
+        "hrm_fast.add3": modules,
+        "hrm_fast.rope_attention": blocks,
+        "hrm_fast.add_rms_norm": 2 * blocks,
+        "hrm_fast.swiglu": blocks,
+        "hrm_fast.arc_loss_stats": 1,
+    }
+    assert graphs["forward"] == {
+        "_augment_kernel": 1,
+        "_add3_kernel": modules,
+        "_attn_fwd_kernel": blocks,
+        "_add_rms_norm_fwd_kernel": 2 * blocks,
+        "_swiglu_fwd_kernel": blocks,
+        "_arc_loss_stats_fwd_kernel": 1,
+    }
+    grad_blocks = model["L_layers"] + model["H_layers"]
+    assert graphs["backward"] == {
+        "_arc_loss_stats_bwd_kernel": 1,
+        "_add_rms_norm_bwd_kernel": 2 * grad_blocks,
+        "_swiglu_bwd_kernel": grad_blocks,
+        "_attn_bwd_preprocess_kernel": grad_blocks,
+        "_attn_bwd_dkdv_kernel": grad_blocks,
+        "_attn_bwd_dq_kernel": grad_blocks,
+    }
+
+
 def test_step_updates_weights_and_puzzle_embeddings(debug_cfg):
     trainer = Trainer(debug_cfg, quiet=True)
     w0 = trainer.model.inner.lm_head.weight.detach().clone()
