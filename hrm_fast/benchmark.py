@@ -159,6 +159,11 @@ def main(args) -> int:
     device = getattr(args, "device", "cpu") or "cpu"
     quick = bool(getattr(args, "quick", False))
     extra = Path(args.json) if getattr(args, "json", None) else None
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available on this machine")
     bench_dir()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.json"

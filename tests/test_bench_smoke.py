@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hrm_fast import benchmark, roofline
 from hrm_fast.config import from_name
@@ -114,6 +115,7 @@ def test_main_saves_results(tmp_path, monkeypatch, capsys):
         return 0
 
     monkeypatch.setattr(benchmark, "run_suite", fake_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # results are fabricated
     out = tmp_path / "out" / "b.json"
     args = argparse.Namespace(device="cuda", quick=True, json=str(out))
     assert benchmark.main(args) == 0
@@ -129,3 +131,12 @@ def test_missing_bench_dir_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "BENCH_DIR", tmp_path / "nope")
     with pytest.raises(UserError, match="bench suite not found"):
         benchmark.main(argparse.Namespace(device="cpu", quick=True, json=None))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_bench_cuda_without_gpu_is_one_line(capsys):
+    from hrm_fast.cli import main as cli_main
+
+    assert cli_main(["bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hrm-fast: --device cuda: no CUDA GPU is available on this machine"
