@@ -159,11 +159,9 @@ def main(args) -> int:
     device = getattr(args, "device", "cpu") or "cpu"
     quick = bool(getattr(args, "quick", False))
     extra = Path(args.json) if getattr(args, "json", None) else None
-    if device == "cuda":
-        import torch
+    from hrm_fast.device import resolve_device
 
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available on this machine")
+    resolve_device(device)  # a clear error now, not a pytest failure later
     bench_dir()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.json"

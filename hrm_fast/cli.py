@@ -87,12 +87,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    import torch
 
     from hrm_fast.checkpoint import model_from_checkpoint
+    from hrm_fast.device import resolve_device
     from hrm_fast.probe import run_probe
 
-    model, cfg, payload = model_from_checkpoint(args.checkpoint, device=args.device)
+    device = resolve_device(args.device)
+    model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
     t = cfg.train
     k = args.pairs or t.probe_pairs
     min_differ = t.probe_min_differ if args.min_differ is None else args.min_differ
@@ -102,8 +103,8 @@ def cmd_probe(args) -> int:
         from hrm_fast.data import ArcDataset, DeviceSampler
 
         dataset = ArcDataset.build(cfg.data, seed=t.seed)
-        sampler = DeviceSampler(dataset, torch.device(args.device), "reference")
-    report = run_probe(model, sampler, k, min_differ, min_tv, torch.device(args.device),
+        sampler = DeviceSampler(dataset, device, "reference")
+    report = run_probe(model, sampler, k, min_differ, min_tv, device,
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))
     d = {"checkpoint": payload["path"], **report.to_dict()}
@@ -163,9 +164,16 @@ def cmd_bench(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hrm-fast", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="hrm-fast", description=__doc__.splitlines()[0].replace("``", ""))
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train HRM on ARC (checkpoints, probe, metrics.jsonl)")
     t.add_argument("--preset", default="seed", choices=sorted(PRESETS))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
@@ -284,16 +285,6 @@ def _json_safe(x):
     return x
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available on this machine")
-    return torch.device(name)
-
-
 def default_out(ckpt_path: Path) -> Path:
     """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
     parent = ckpt_path.parent
@@ -325,7 +316,7 @@ def evaluate(
         raise UserError(f"--max-tasks must be >= 0, got {max_tasks}")
     if render < 0:
         raise UserError(f"--render must be >= 0, got {render}")
-    dev = _device(str(device))
+    dev = resolve_device(device)
     path = ckpt.resolve(checkpoint)
     # The training backend/dtype on CUDA (fused kernels, bf16); the fp32 reference on CPU.
     backend, dtype = (

@@ -21,6 +21,7 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
+from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
 from hrm_fast.model import HRM, Carry, count_parameters
 
@@ -32,14 +33,7 @@ EXIT_PROBE_FAILED = 3
 
 def resolve_runtime(cfg: RunConfig) -> tuple[torch.device, str, torch.dtype]:
     t = cfg.train
-    if t.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        if t.device not in ("cpu", "cuda") and not t.device.startswith("cuda:"):
-            raise UserError(f"--device: expected auto, cpu or cuda, got {t.device!r}")
-        device = torch.device(t.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available on this machine")
+    device = resolve_device(t.device)
     backend = t.backend
     if backend == "auto":
         backend = "fused" if device.type == "cuda" else "reference"

@@ -380,6 +380,9 @@ def _cli(*args, cwd=None):
         (["train", "--preset", "debug", "--out", "{tmp}/r", "--source", "{tmp}/nope"], "nope"),
         (["train", "--preset", "debug", "--out", "{tmp}/r", "--lr", "fast"], "--lr"),
         (["probe", "{tmp}/missing.pt"], "missing.pt"),
+        (["probe", "{tmp}/missing.pt", "--device", "tpu"], "--device"),
+        (["eval", "{tmp}/missing.pt", "--device", "tpu"], "--device"),
+        (["bench", "--device", "tpu"], "--device"),
         (
             [
                 "train",
@@ -402,7 +405,7 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, args, needle):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert lines[0].startswith("hrm-fast: ") and needle in lines[0]
+    assert lines[0].startswith("hrm-fast") and needle in lines[0]
 
 
 def test_cli_bad_task_file_names_file(tmp_path):
