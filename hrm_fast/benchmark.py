@@ -156,11 +156,11 @@ def save_results(data: dict, device: str, extra: Path | None) -> Path:
 
 
 def main(args) -> int:
+    from hrm_fast.device import resolve_device  # torch only when the command runs
+
     device = getattr(args, "device", "cpu") or "cpu"
     quick = bool(getattr(args, "quick", False))
     extra = Path(args.json) if getattr(args, "json", None) else None
-    from hrm_fast.device import resolve_device
-
     resolve_device(device)  # a clear error now, not a pytest failure later
     bench_dir()
     with tempfile.TemporaryDirectory() as tmp:

@@ -87,7 +87,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_probe(args) -> int:
-
     from hrm_fast.checkpoint import model_from_checkpoint
     from hrm_fast.device import resolve_device
     from hrm_fast.probe import run_probe
