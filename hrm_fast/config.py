@@ -91,6 +91,9 @@ class TrainConfig:
     probe_pairs: int = 16
     probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
     probe_min_tv: float = 0.01  # mean total-variation distance between output distributions
+    # Trackers (rank 0 only, from the values the loop already reads; see hrm_fast/trackers.py).
+    tensorboard: bool = False  # scalars, probe numbers and prediction grids to RUN/tb/
+    wandb: str = ""  # Weights & Biases project name; "" = off (offline without a network)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from hrm_fast.config import RunConfig
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
 from hrm_fast.model import HRM, Carry, count_parameters
+from hrm_fast.trackers import open_trackers
 
 EXIT_PROBE_FAILED = 3
 
@@ -358,6 +359,20 @@ def fmt_time(s: float) -> str:
     )
 
 
+def _open_metrics(path: Path):
+    """``metrics.jsonl`` for appending; a last line cut off by a killed run is ended first,
+    so the resumed run's first record starts on a line of its own."""
+    cut = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            cut = f.read(1) != b"\n"
+    f = open(path, "a")
+    if cut:
+        f.write("\n")
+    return f
+
+
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
     """Run training; returns the process exit code (0, or 3 when the probe fails)."""
     out = Path(out_dir)
@@ -378,11 +393,15 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids"
     )
     (out / "config.json").write_text(cfg.to_json())
-    metrics_f = open(out / "metrics.jsonl", "a")
+    # Trackers live where metrics.jsonl is written: one process writes both.
+    start = int(payload["step"]) if payload is not None else 0
+    trackers = open_trackers(cfg, out, trainer, start_step=start, log=log)
+    metrics_f = _open_metrics(out / "metrics.jsonl")
 
     def emit(record: dict) -> None:
         metrics_f.write(json.dumps(record) + "\n")
         metrics_f.flush()
+        trackers.record(record)
 
     if payload is not None:
         trainer.load_state(payload)
@@ -394,6 +413,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         if not report.passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
             metrics_f.close()
+            trackers.close()
             return EXIT_PROBE_FAILED
 
     interrupted = {"flag": False}
@@ -407,6 +427,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     t = cfg.train
     progress = Progress(t.steps, trainer.step_count, quiet)
     code = 0
+    tick = (time.perf_counter(), trainer.step_count)  # it/s leaves out checkpoints and probes
     try:
         while trainer.step_count < t.steps and not interrupted["flag"]:
             trainer.step()
@@ -414,6 +435,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
             if step % t.log_every == 0 or step == t.steps:
                 m = trainer.read_metrics()
                 m["lr"] = lr_at(step - 1, t.lr, t.warmup_steps, t.steps, t.lr_min_ratio)
+                now = time.perf_counter()
+                m["it_s"] = (step - tick[1]) / max(now - tick[0], 1e-9)
+                tick = (now, step)
                 emit({"event": "train", "step": step, **m})
                 progress.update(
                     step,
@@ -436,6 +460,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                     )
                     code = EXIT_PROBE_FAILED
                     break
+                tick = (time.perf_counter(), step)
         if interrupted["flag"]:
             progress.close()
             path = trainer.save()
@@ -443,5 +468,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     finally:
         signal.signal(signal.SIGINT, old_handler)
         metrics_f.close()
+        trackers.close()
     progress.close()
     return code

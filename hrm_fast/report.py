@@ -1,0 +1,440 @@
+"""``hrm-fast report RUN [RUN ...]``: one PNG dashboard of a run's ``metrics.jsonl``.
+
+It reads what is there, so it works on a run that is still training. A resumed run re-logs
+the steps a killed run had written past its last checkpoint; for each step the last record
+wins, which is what the resumed weights produced, and the curve stays one line. Lines that do
+not parse (a run killed mid-write) and keys this version does not know are skipped and named in
+a note under the plot. ``eval.json`` from ``hrm-fast eval`` adds the held-out scores.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hrm_fast.errors import UserError
+
+TRAIN_KEYS = (
+    "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
+    "accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy", "grad_norm", "act_steps",
+    "lr", "it_s",
+)  # fmt: skip
+PROBE_KEYS = ("pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed", "checkpoint")
+LOSS_PARTS = ("lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt")
+RUN_STYLES = ("-", "--", ":", "-.")
+MIN_POINTS_TO_SMOOTH = 10
+FAILED = "#d62728"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class RunData:
+    path: Path
+    name: str
+    steps: np.ndarray  # int, ascending, unique
+    train: dict[str, np.ndarray]  # TRAIN_KEYS -> float values at ``steps`` (NaN where absent)
+    probes: list[dict]  # one per step, ascending
+    config: dict | None = None
+    eval: dict | None = None
+    eval_png: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    logged: set[str] = field(default_factory=set)  # TRAIN_KEYS present in some record
+
+    def config_get(self, section: str, key: str, default=None):
+        return ((self.config or {}).get(section) or {}).get(key, default)
+
+
+def _parse_line(line: str) -> dict | None:
+    """One JSON record, or None. A line that a killed run cut off and the resumed run then
+    continued reads as ``<partial>{"event": ...}``: the complete record at its end is kept."""
+    for start in (0, line.rfind('{"event"')):
+        if start < 0:
+            continue
+        try:
+            rec = json.loads(line[start:])
+        except ValueError:
+            continue
+        return rec if isinstance(rec, dict) else None
+    return None
+
+
+def _number(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return math.nan
+    return float(v)
+
+
+def _step(rec: dict) -> int | None:
+    s = rec.get("step")
+    if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+        return None
+    return int(s)
+
+
+def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str]]:
+    """Train and probe records by step (the last one for a step wins), and notes."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    lines = text.split("\n")
+    cut_last = bool(lines[-1].strip())  # no newline at the end: cut off, or being written
+    train: dict[int, dict] = {}
+    probes: dict[int, dict] = {}
+    bad: list[int] = []
+    unknown_keys: set[str] = set()
+    unknown_events: set[str] = set()
+    replayed = 0
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        rec = _parse_line(line)
+        step = _step(rec) if rec is not None else None
+        if step is None:
+            bad.append(i)
+            continue
+        event = rec.get("event")
+        if event == "train":
+            replayed += step in train
+            train[step] = rec
+            unknown_keys |= set(rec) - {"event", "step", *TRAIN_KEYS}
+        elif event == "probe":
+            probes[step] = rec
+            unknown_keys |= set(rec) - {"event", "step", *PROBE_KEYS}
+        else:
+            unknown_events.add(str(event))
+    notes = []
+    if bad == [len(lines)] and cut_last:
+        notes.append("skipped 1 unreadable line (the last, cut off mid-write)")
+    elif bad:
+        more = ", ..." if len(bad) > 5 else ""
+        listed = ", ".join(map(str, bad[:5])) + more
+        notes.append(f"skipped {len(bad)} unreadable line{'s' if len(bad) > 1 else ''} ({listed})")
+    if replayed:
+        notes.append(f"resumed: {replayed} step(s) logged twice, the later record kept")
+    if unknown_keys:
+        notes.append(f"ignored keys this version does not know: {', '.join(sorted(unknown_keys))}")
+    if unknown_events:
+        notes.append(f"ignored events: {', '.join(sorted(unknown_events))}")
+    return train, probes, notes
+
+
+def _read_json(path: Path, notes: list[str]) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        notes.append(f"{path.name} unreadable ({e.__class__.__name__}); left out")
+        return None
+    if not isinstance(d, dict):
+        notes.append(f"{path.name} is not a JSON object; left out")
+        return None
+    return d
+
+
+def load_run(run: str | Path) -> RunData:
+    run = Path(run)
+    if not run.exists():
+        raise UserError(f"{run}: no such directory")
+    if not run.is_dir():
+        raise UserError(f"{run}: not a run directory (give the --out of hrm-fast train)")
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (training writes it from its first step)")
+    train, probes, notes = read_metrics(path)
+    if not train and not probes:
+        raise UserError(f"{path}: no readable records ({notes[0]})" if notes else
+                        f"{path}: no metrics records yet")  # fmt: skip
+    steps = np.array(sorted(train), dtype=np.int64)
+    values = {k: np.array([_number(train[s].get(k)) for s in steps]) for k in TRAIN_KEYS}
+    data = RunData(run, str(run), steps, values, [probes[s] for s in sorted(probes)], notes=notes)
+    data.logged = {k for rec in train.values() for k in rec if k in TRAIN_KEYS}
+    data.config = _read_json(run / "config.json", notes)
+    data.eval = _read_json(run / "eval.json", notes)
+    if data.eval is not None and not isinstance(data.eval.get("overall"), dict):
+        notes.append("eval.json has no 'overall' scores; left out")
+        data.eval = None
+    if (run / "eval.png").is_file():
+        data.eval_png = run / "eval.png"
+    if not train:
+        notes.append("no train records yet: only the probe is drawn")
+    return data
+
+
+def config_summary(run: RunData) -> str:
+    c = run.config
+    if not c:
+        return "no config.json"
+    m, d, t = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    parts = [
+        f"hidden {m.get('hidden_size')}, {m.get('num_heads')} heads",
+        f"H {m.get('H_layers')} / L {m.get('L_layers')} layers, "
+        f"{m.get('H_cycles')}x{m.get('L_cycles')} cycles, ACT <= {m.get('halt_max_steps')}",
+        f"batch {t.get('batch_size')}, lr {t.get('lr')}",
+        f"data {d.get('source')}"
+        + (f" ({d.get('max_tasks')} tasks)" if d.get("max_tasks") else "")
+        + f" x {d.get('n_aug')} aug",
+        f"backend {t.get('backend')}, {t.get('dtype')}",
+    ]
+    return " | ".join(parts)
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def ema(y: np.ndarray, span: float) -> np.ndarray:
+    """Exponential moving average that starts at the first finite value and steps over NaN."""
+    a = 2.0 / (span + 1.0)
+    out = np.full(len(y), np.nan)
+    s = math.nan
+    for i, v in enumerate(y):
+        if math.isfinite(v):
+            s = v if not math.isfinite(s) else s + a * (v - s)
+        out[i] = s
+    return out
+
+
+def _plot_series(ax, x, y, colour, style, label, smooth: bool) -> bool:
+    finite = np.isfinite(y)
+    if not finite.any():
+        return False
+    if smooth and finite.sum() >= MIN_POINTS_TO_SMOOTH:
+        ax.plot(x, y, color=colour, linestyle=style, alpha=0.25, linewidth=0.8)
+        span = max(2.0, finite.sum() / 20)
+        ax.plot(x, ema(y, span), color=colour, linestyle=style, linewidth=1.6, label=label)
+    else:
+        marker = "o" if finite.sum() <= 3 else None
+        ax.plot(x, y, color=colour, linestyle=style, linewidth=1.4, marker=marker, label=label)
+    return True
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.45",
+            fontsize=9, wrap=True)  # fmt: skip
+
+
+def _train_panel(ax, runs, title, series, smooth=True, log=False, hline=None) -> None:
+    """``series``: [(key, label)]. One run: a colour per series. Several runs: a colour per
+    run (one series) or a colour per series and a line style per run."""
+    ax.set_title(title)
+    drawn = False
+    for r, run in enumerate(runs):
+        for j, (key, label) in enumerate(series):
+            many = len(series) > 1
+            colour = f"C{j}" if many else f"C{r}"
+            style = RUN_STYLES[r % len(RUN_STYLES)] if many and len(runs) > 1 else "-"
+            name = label if not (many and len(runs) > 1) else f"{label} ({_short(run)})"
+            lab = name if many else (_short(run) if len(runs) > 1 else None)
+            y = run.train[key]
+            if log:
+                y = np.where(y > 0, y, np.nan)
+            drawn |= _plot_series(ax, run.steps, y, colour, style, lab, smooth)
+    if not drawn:
+        keys = [k for k, _ in series]
+        logged = any(run.logged & set(keys) for run in runs)
+        why = "logged, but NaN so far" if logged else "not in metrics.jsonl"
+        _no_data(ax, f"{', '.join(keys)}: {why}")
+        return
+    if hline is not None:
+        value, text = hline
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="0.35", linestyle=":", linewidth=1)
+            ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), ha="right",
+                        va="bottom", fontsize=7, color="0.35")  # fmt: skip
+    if log:
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(series) > 3 else 1)
+
+
+def _probe_panel(ax, runs, key, title, threshold_key, log=False) -> None:
+    ax.set_title(title)
+    drawn = False
+    for r, run in enumerate(runs):
+        pr = [p for p in run.probes if math.isfinite(_number(p.get(key)))]
+        if not pr:
+            continue
+        x = np.array([_step(p) for p in pr])
+        y = np.array([_number(p[key]) for p in pr])
+        if log:
+            y = np.where(y > 0, y, np.nan)
+        label = _short(run) if len(runs) > 1 else None
+        ax.plot(x, y, color=f"C{r}", marker="o", markersize=4, linewidth=1.2, label=label)
+        failed = np.array([p.get("passed") is False for p in pr])
+        if failed.any():
+            ax.plot(x[failed], y[failed], linestyle="none", marker="X", markersize=10,
+                    color=FAILED, label="FAILED" if r == 0 else None)  # fmt: skip
+        thr = _number(pr[-1].get(threshold_key))
+        if not math.isfinite(thr):
+            thr = _number(run.config_get("train", f"probe_{threshold_key}"))
+        if math.isfinite(thr) and (not log or thr > 0):
+            ax.axhline(thr, color=FAILED, linestyle="--", linewidth=1, alpha=0.8)
+            ax.annotate(f"threshold {thr:g}", (1, thr), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=7, color=FAILED)  # fmt: skip
+        drawn = True
+    if not drawn:
+        _no_data(ax, "no probe records yet")
+        return
+    if log:
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+EVAL_SCORES = (
+    ("pass1", "pass@1"), ("pass2", "pass@2"), ("pair_pass1", "pair\npass@1"),
+    ("pixel_accuracy", "pixel\nacc."),
+)  # fmt: skip
+
+
+def _eval_panel(ax, runs) -> None:
+    ax.set_title("held-out eval (hrm-fast eval)")
+    with_eval = [(r, run) for r, run in enumerate(runs) if run.eval is not None]
+    if not with_eval:
+        _no_data(ax, "no eval.json yet:\nrun `hrm-fast eval RUN`")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    width = 0.8 / len(with_eval)
+    x = np.arange(len(EVAL_SCORES))
+    for i, (r, run) in enumerate(with_eval):
+        o = run.eval["overall"]
+        vals = np.array([_number(o.get(k)) for k, _ in EVAL_SCORES])
+        pos = x + (i - (len(with_eval) - 1) / 2) * width
+        step = run.eval.get("step")
+        label = f"step {step}" + (f" ({_short(run)})" if len(runs) > 1 else "")
+        bars = ax.bar(pos, np.nan_to_num(vals), width, color=f"C{r}", label=label)
+        for b, v in zip(bars, vals, strict=True):
+            ax.annotate(f"{v:.2f}" if math.isfinite(v) else "n/a", (b.get_x() + b.get_width() / 2,
+                        b.get_height()), ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.set_xticks(x, [lab for _, lab in EVAL_SCORES], fontsize=8)
+    ax.set_ylim(0, 1.12)
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def _short(run: RunData, width: int = 28) -> str:
+    name = run.name.rstrip("/")
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def _title(runs: list[RunData]) -> str:
+    lines = []
+    for r, run in enumerate(runs):
+        last = int(run.steps[-1]) if len(run.steps) else 0
+        total = run.config_get("train", "steps")
+        progress = f"step {last:,}" + (f" of {total:,}" if isinstance(total, int) else "")
+        prefix = f"[{RUN_STYLES[r % len(RUN_STYLES)]} C{r}] " if len(runs) > 1 else ""
+        lines.append(f"{prefix}{run.name}: {progress}\n{config_summary(run)}")
+    return "\n".join(lines)
+
+
+def build_figure(runs: list[RunData]):
+    """The dashboard as a matplotlib Figure (Agg canvas, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    notes = [f"{_short(run)}: {n}" if len(runs) > 1 else n for run in runs for n in run.notes]
+    fig = Figure(figsize=(15, 12.5 + 0.45 * len(runs)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(4, 3).ravel()
+    cfg = runs[0]
+    max_act = _number(cfg.config_get("model", "halt_max_steps"))
+    clip = _number(cfg.config_get("train", "grad_clip"))
+    _train_panel(axes[0], runs, "total loss", [("loss", "loss")])
+    parts = [(k, k.replace("_loss", "").replace("_", "-")) for k in LOSS_PARTS]
+    _train_panel(axes[1], runs, "loss parts (log scale)", parts, log=True)
+    _train_panel(axes[2], runs, "training accuracy",
+                 [("accuracy", "pixel"), ("exact_accuracy", "exact")])  # fmt: skip
+    for r, run in enumerate(runs):  # the held-out score where eval ran
+        o = (run.eval or {}).get("overall", {})
+        v, step = _number(o.get("pixel_accuracy")), _step(run.eval or {})
+        if math.isfinite(v) and step is not None:
+            axes[2].plot([step], [v], marker="*", markersize=13, color=f"C{r + 2}",
+                         linestyle="none", label="eval pixel acc.")  # fmt: skip
+            axes[2].legend(fontsize=7, loc="best")
+    _train_panel(axes[3], runs, "unique predicted classes", [("unique_classes", "unique")])
+    _train_panel(axes[4], runs, "mean ACT steps (halted examples)", [("act_steps", "ACT")],
+                 hline=(max_act, "halt_max_steps"))  # fmt: skip
+    _train_panel(axes[5], runs, "q-halt accuracy", [("q_halt_accuracy", "q-halt")])
+    _train_panel(axes[6], runs, "gradient norm (before clipping)", [("grad_norm", "norm")],
+                 log=True, hline=(clip, "clip"))  # fmt: skip
+    _train_panel(axes[7], runs, "learning rate", [("lr", "lr")], smooth=False)
+    _train_panel(axes[8], runs, "throughput (it/s)", [("it_s", "it/s")])
+    _probe_panel(axes[9], runs, "frac_differ", "probe: pairs whose predictions differ",
+                 "min_differ")  # fmt: skip
+    _probe_panel(axes[10], runs, "mean_tv", "probe: mean TV distance", "min_tv", log=True)
+    _eval_panel(axes[11], runs)
+    for ax in axes[:11]:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.25)
+    fig.suptitle(_title(runs), fontsize=10)
+    if notes:
+        fig.supxlabel("notes: " + "; ".join(notes), fontsize=8, color="#8a4b00", wrap=True)
+    return fig
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _html(runs: list[RunData], png: Path) -> str:
+    def img(path: Path, alt: str) -> str:
+        b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>hrm-fast report</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1600px}"
+        "img{max-width:100%}td,th{padding:2px 10px;text-align:right}</style></head><body>",
+        "<h1>hrm-fast report</h1>",
+        img(png, "training dashboard"),
+    ]
+    for run in runs:
+        parts.append(f"<h2>{html.escape(run.name)}</h2><p>{html.escape(config_summary(run))}</p>")
+        if run.notes:
+            items = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
+            parts.append(f"<p>Notes:</p><ul>{items}</ul>")
+        if run.eval is not None:
+            o = run.eval["overall"]
+            head = "".join(f"<th>{html.escape(lab)}</th>" for _, lab in EVAL_SCORES)
+            row = "".join(f"<td>{_number(o.get(k)):.3f}</td>" for k, _ in EVAL_SCORES)
+            parts.append(
+                f"<p>Held-out eval at step {html.escape(str(run.eval.get('step')))}:</p>"
+                f"<table><tr>{head}</tr><tr>{row}</tr></table>"
+            )
+        if run.eval_png is not None:
+            parts.append(img(run.eval_png, "eval predictions: input | target | prediction"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(runs: list[str | Path], out: str | Path | None = None, as_html=False) -> Path:
+    """Draw the dashboard for ``runs``; returns the PNG's path (the HTML goes next to it)."""
+    data = [load_run(r) for r in runs]
+    out = Path(out) if out else data[0].path / "report.png"
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out: {out}: the dashboard is a PNG; give a path ending in .png")
+    fig = build_figure(data)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        if as_html:
+            out.with_suffix(".html").write_text(_html(data, out))
+    except OSError as e:
+        raise UserError(f"--out: {out}: {e.strerror or e}") from None
+    return out
+
+
+def main(args) -> int:
+    png = write_report(args.runs, args.out, as_html=args.html)
+    print(f"wrote {png}" + (f" and {png.with_suffix('.html')}" if args.html else ""))
+    return 0
