@@ -30,6 +30,7 @@ LOSS_PARTS = ("lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distrib
 RUN_STYLES = ("-", "--", ":", "-.")
 MIN_POINTS_TO_SMOOTH = 10
 FAILED = "#d62728"
+FRACTION = (-0.03, 1.05)  # y range of panels that show a fraction
 
 
 # --------------------------------------------------------------------------- reading
@@ -183,7 +184,7 @@ def config_summary(run: RunData) -> str:
         f"data {d.get('source')}"
         + (f" ({d.get('max_tasks')} tasks)" if d.get("max_tasks") else "")
         + f" x {d.get('n_aug')} aug",
-        f"backend {t.get('backend')}, {t.get('dtype')}",
+        f"backend {t.get('backend')}, dtype {t.get('dtype')}",
     ]
     return " | ".join(parts)
 
@@ -222,7 +223,20 @@ def _no_data(ax, text: str) -> None:
             fontsize=9, wrap=True)  # fmt: skip
 
 
-def _train_panel(ax, runs, title, series, smooth=True, log=False, hline=None) -> None:
+def _log_scale(ax) -> None:
+    """Log y axis with plain tick labels ("0.02", "6"), not "6x10^0"."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class Plain(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):  # keep matplotlib's choice of which ticks get a label
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Plain())
+    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))
+
+
+def _train_panel(ax, runs, title, series, smooth=True, log=False, hline=None, ylim=None) -> None:
     """``series``: [(key, label)]. One run: a colour per series. Several runs: a colour per
     run (one series) or a colour per series and a line style per run."""
     ax.set_title(title)
@@ -248,15 +262,17 @@ def _train_panel(ax, runs, title, series, smooth=True, log=False, hline=None) ->
         value, text = hline
         if value is not None and math.isfinite(value):
             ax.axhline(value, color="0.35", linestyle=":", linewidth=1)
-            ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), ha="right",
+            ax.annotate(text, (0.99, value), xycoords=("axes fraction", "data"), ha="right",
                         va="bottom", fontsize=7, color="0.35")  # fmt: skip
     if log:
-        ax.set_yscale("log")
+        _log_scale(ax)
+    if ylim is not None:
+        ax.set_ylim(*ylim)  # None: that end stays automatic
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best", ncol=2 if len(series) > 3 else 1)
 
 
-def _probe_panel(ax, runs, key, title, threshold_key, log=False) -> None:
+def _probe_panel(ax, runs, key, title, threshold_key, log=False, ylim=None) -> None:
     ax.set_title(title)
     drawn = False
     for r, run in enumerate(runs):
@@ -278,14 +294,16 @@ def _probe_panel(ax, runs, key, title, threshold_key, log=False) -> None:
             thr = _number(run.config_get("train", f"probe_{threshold_key}"))
         if math.isfinite(thr) and (not log or thr > 0):
             ax.axhline(thr, color=FAILED, linestyle="--", linewidth=1, alpha=0.8)
-            ax.annotate(f"threshold {thr:g}", (1, thr), xycoords=("axes fraction", "data"),
+            ax.annotate(f"threshold {thr:g}", (0.99, thr), xycoords=("axes fraction", "data"),
                         ha="right", va="bottom", fontsize=7, color=FAILED)  # fmt: skip
         drawn = True
     if not drawn:
         _no_data(ax, "no probe records yet")
         return
     if log:
-        ax.set_yscale("log")
+        _log_scale(ax)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
 
@@ -353,7 +371,7 @@ def build_figure(runs: list[RunData]):
     parts = [(k, k.replace("_loss", "").replace("_", "-")) for k in LOSS_PARTS]
     _train_panel(axes[1], runs, "loss parts (log scale)", parts, log=True)
     _train_panel(axes[2], runs, "training accuracy",
-                 [("accuracy", "pixel"), ("exact_accuracy", "exact")])  # fmt: skip
+                 [("accuracy", "pixel"), ("exact_accuracy", "exact")], ylim=FRACTION)  # fmt: skip
     for r, run in enumerate(runs):  # the held-out score where eval ran
         o = (run.eval or {}).get("overall", {})
         v, step = _number(o.get("pixel_accuracy")), _step(run.eval or {})
@@ -363,19 +381,21 @@ def build_figure(runs: list[RunData]):
             axes[2].legend(fontsize=7, loc="best")
     _train_panel(axes[3], runs, "unique predicted classes", [("unique_classes", "unique")])
     _train_panel(axes[4], runs, "mean ACT steps (halted examples)", [("act_steps", "ACT")],
-                 hline=(max_act, "halt_max_steps"))  # fmt: skip
-    _train_panel(axes[5], runs, "q-halt accuracy", [("q_halt_accuracy", "q-halt")])
+                 hline=(max_act, "halt_max_steps"),
+                 ylim=(0, None))  # fmt: skip
+    _train_panel(axes[5], runs, "q-halt accuracy", [("q_halt_accuracy", "q-halt")],
+                 ylim=FRACTION)  # fmt: skip
     _train_panel(axes[6], runs, "gradient norm (before clipping)", [("grad_norm", "norm")],
                  log=True, hline=(clip, "clip"))  # fmt: skip
     _train_panel(axes[7], runs, "learning rate", [("lr", "lr")], smooth=False)
     _train_panel(axes[8], runs, "throughput (it/s)", [("it_s", "it/s")])
     _probe_panel(axes[9], runs, "frac_differ", "probe: pairs whose predictions differ",
-                 "min_differ")  # fmt: skip
+                 "min_differ", ylim=FRACTION)  # fmt: skip
     _probe_panel(axes[10], runs, "mean_tv", "probe: mean TV distance", "min_tv", log=True)
     _eval_panel(axes[11], runs)
     for ax in axes[:11]:
         ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(which="both", labelsize=8)
         ax.grid(alpha=0.25)
     fig.suptitle(_title(runs), fontsize=10)
     if notes:

@@ -67,6 +67,7 @@ def _check_png(png, fig, max_bytes=400_000):
     only the black frame, grey grid and text): read back, region by region."""
     assert 20_000 < png.stat().st_size < max_bytes
     img = mpimg.imread(png)[..., :3]
+    fig.canvas.draw()  # lays the panels out as savefig did
     w, h = fig.canvas.get_width_height()
     assert img.shape[:2] == (h, w)
     chroma = img.max(-1) - img.min(-1)
@@ -213,9 +214,15 @@ def test_report_after_eval_adds_scores_and_eval_png(real_run, tmp_path, capsys):
     assert cli_main(["report", str(run_dir), "--out", str(out), "--html"]) == 0
     page = (tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "pass@1" in page
-    fig = build_figure([load_run(run_dir)])
-    assert _has_data(fig.axes[11])
-    assert [t.get_text() for t in fig.axes[11].get_xticklabels()][0] == "pass@1"
+    run = load_run(run_dir)
+    assert run.eval["step"] == 6 and run.eval_png == run_dir / "eval.png"
+    fig = build_figure([run])
+    eval_ax = fig.axes[11]
+    assert eval_ax.get_xticklabels()[0].get_text() == "pass@1"
+    pixel = run.eval["overall"]["pixel_accuracy"]
+    assert [b.get_height() for b in eval_ax.patches][3] == pytest.approx(pixel)
+    stars = [ln for ln in fig.axes[2].get_lines() if ln.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [6]
 
 
 def test_tensorboard_events_hold_tags_and_steps(real_run):
@@ -317,5 +324,6 @@ def test_wandb_offline_logs_scalars_and_images(monkeypatch, tmp_path):
     losses = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
     assert losses == [(1, 3.0), (2, 2.5), (2, 2.4), (3, 2.0)]
     assert [(r["step"], r["probe/passed"]) for r in rows if "probe/passed" in r] == [(3, 1.0)]
-    assert any("predictions" in r for r in rows)
+    images = [r for r in rows if r.get("predictions/_type") == "image-file"]
+    assert len(images) == 1 and images[0]["step"] == 3 and images[0]["predictions/width"] == 8
     assert (tmp_path / "wandb-run-id").read_text().strip() in wfile.name
