@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from hrm_fast.errors import UserError
 
+# train.METRIC_KEYS and what the loop adds (not imported: the report needs no torch).
 TRAIN_KEYS = (
     "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
     "accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy", "grad_norm", "act_steps",
@@ -28,8 +30,13 @@ TRAIN_KEYS = (
 PROBE_KEYS = ("pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed", "checkpoint")
 LOSS_PARTS = ("lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt")
 RUN_STYLES = ("-", "--", ":", "-.")
+STYLE_NAMES = ("solid", "dashed", "dotted", "dash-dot")
+COLOUR_NAMES = (  # matplotlib's C0..C9
+    "blue", "orange", "green", "red", "purple", "brown", "pink", "grey", "olive", "cyan",
+)  # fmt: skip
 MIN_POINTS_TO_SMOOTH = 10
 FAILED = "#d62728"
+MAX_NOTES = 6  # lines of notes under the plot
 FRACTION = (-0.03, 1.05)  # y range of panels that show a fraction
 
 
@@ -48,9 +55,14 @@ class RunData:
     eval_png: Path | None = None
     notes: list[str] = field(default_factory=list)
     logged: set[str] = field(default_factory=set)  # TRAIN_KEYS present in some record
+    label: str = ""  # in legends: the shortest path tail that tells the runs apart
+
+    def section(self, name: str) -> dict:
+        s = (self.config or {}).get(name)
+        return s if isinstance(s, dict) else {}
 
     def config_get(self, section: str, key: str, default=None):
-        return ((self.config or {}).get(section) or {}).get(key, default)
+        return self.section(section).get(key, default)
 
 
 def _parse_line(line: str) -> dict | None:
@@ -175,7 +187,7 @@ def config_summary(run: RunData) -> str:
     c = run.config
     if not c:
         return "no config.json"
-    m, d, t = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    m, d, t = run.section("model"), run.section("data"), run.section("train")
     parts = [
         f"hidden {m.get('hidden_size')}, {m.get('num_heads')} heads",
         f"H {m.get('H_layers')} / L {m.get('L_layers')} layers, "
@@ -246,12 +258,14 @@ def _train_panel(ax, runs, title, series, smooth=True, log=False, hline=None, yl
             many = len(series) > 1
             colour = f"C{j}" if many else f"C{r}"
             style = RUN_STYLES[r % len(RUN_STYLES)] if many and len(runs) > 1 else "-"
-            name = label if not (many and len(runs) > 1) else f"{label} ({_short(run)})"
-            lab = name if many else (_short(run) if len(runs) > 1 else None)
+            # Several runs and series: the legend lists series (colours) and runs (styles).
+            lab = (label if r == 0 else None) if many else (run.label if len(runs) > 1 else None)
             y = run.train[key]
             if log:
                 y = np.where(y > 0, y, np.nan)
             drawn |= _plot_series(ax, run.steps, y, colour, style, lab, smooth)
+        if len(series) > 1 and len(runs) > 1:
+            ax.plot([], [], color="0.3", linestyle=RUN_STYLES[r % len(RUN_STYLES)], label=run.label)
     if not drawn:
         keys = [k for k, _ in series]
         logged = any(run.logged & set(keys) for run in runs)
@@ -283,7 +297,7 @@ def _probe_panel(ax, runs, key, title, threshold_key, log=False, ylim=None) -> N
         y = np.array([_number(p[key]) for p in pr])
         if log:
             y = np.where(y > 0, y, np.nan)
-        label = _short(run) if len(runs) > 1 else None
+        label = run.label if len(runs) > 1 else None
         ax.plot(x, y, color=f"C{r}", marker="o", markersize=4, linewidth=1.2, label=label)
         failed = np.array([p.get("passed") is False for p in pr])
         if failed.any():
@@ -329,7 +343,7 @@ def _eval_panel(ax, runs) -> None:
         vals = np.array([_number(o.get(k)) for k, _ in EVAL_SCORES])
         pos = x + (i - (len(with_eval) - 1) / 2) * width
         step = run.eval.get("step")
-        label = f"step {step}" + (f" ({_short(run)})" if len(runs) > 1 else "")
+        label = f"at step {step}" + (f" ({run.label})" if len(runs) > 1 else "")
         bars = ax.bar(pos, np.nan_to_num(vals), width, color=f"C{r}", label=label)
         for b, v in zip(bars, vals, strict=True):
             ax.annotate(f"{v:.2f}" if math.isfinite(v) else "n/a", (b.get_x() + b.get_width() / 2,
@@ -339,9 +353,15 @@ def _eval_panel(ax, runs) -> None:
     ax.legend(fontsize=7, loc="upper left")
 
 
-def _short(run: RunData, width: int = 28) -> str:
-    name = run.name.rstrip("/")
-    return name if len(name) <= width else "..." + name[-(width - 3) :]
+def _label_runs(runs: list[RunData]) -> None:
+    """Each run's label: its directory name, or as many trailing path parts as tell it apart."""
+    parts = [run.path.resolve().parts for run in runs]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        tails = ["/".join(p[-n:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            break
+    for run, tail in zip(runs, tails, strict=True):
+        run.label = tail
 
 
 def _title(runs: list[RunData]) -> str:
@@ -350,7 +370,8 @@ def _title(runs: list[RunData]) -> str:
         last = int(run.steps[-1]) if len(run.steps) else 0
         total = run.config_get("train", "steps")
         progress = f"step {last:,}" + (f" of {total:,}" if isinstance(total, int) else "")
-        prefix = f"[{RUN_STYLES[r % len(RUN_STYLES)]} C{r}] " if len(runs) > 1 else ""
+        colour, style = COLOUR_NAMES[r % 10], STYLE_NAMES[r % len(RUN_STYLES)]
+        prefix = f"[{colour} / {style}] " if len(runs) > 1 else ""
         lines.append(f"{prefix}{run.name}: {progress}\n{config_summary(run)}")
     return "\n".join(lines)
 
@@ -360,8 +381,11 @@ def build_figure(runs: list[RunData]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    notes = [f"{_short(run)}: {n}" if len(runs) > 1 else n for run in runs for n in run.notes]
-    fig = Figure(figsize=(15, 12.5 + 0.45 * len(runs)), dpi=100, layout="constrained")
+    _label_runs(runs)
+    notes = [f"{run.label}: {n}" if len(runs) > 1 else n for run in runs for n in run.notes]
+    n_notes = min(len(notes), MAX_NOTES + 1)
+    height = 12.5 + 0.45 * len(runs) + 0.15 * n_notes
+    fig = Figure(figsize=(15, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(4, 3).ravel()
     cfg = runs[0]
@@ -372,17 +396,20 @@ def build_figure(runs: list[RunData]):
     _train_panel(axes[1], runs, "loss parts (log scale)", parts, log=True)
     _train_panel(axes[2], runs, "training accuracy",
                  [("accuracy", "pixel"), ("exact_accuracy", "exact")], ylim=FRACTION)  # fmt: skip
-    for r, run in enumerate(runs):  # the held-out score where eval ran
+    for run in runs:  # the held-out score where eval ran
         o = (run.eval or {}).get("overall", {})
         v, step = _number(o.get("pixel_accuracy")), _step(run.eval or {})
         if math.isfinite(v) and step is not None:
-            axes[2].plot([step], [v], marker="*", markersize=13, color=f"C{r + 2}",
-                         linestyle="none", label="eval pixel acc.")  # fmt: skip
+            suffix = f" ({run.label})" if len(runs) > 1 else ""
+            axes[2].plot([step], [v], marker="*", markersize=13, color="0.15",
+                         linestyle="none", label="eval pixel acc." + suffix)  # fmt: skip
             axes[2].legend(fontsize=7, loc="best")
     _train_panel(axes[3], runs, "unique predicted classes", [("unique_classes", "unique")])
     _train_panel(axes[4], runs, "mean ACT steps (halted examples)", [("act_steps", "ACT")],
                  hline=(max_act, "halt_max_steps"),
                  ylim=(0, None))  # fmt: skip
+    if math.isfinite(max_act):  # room above the max for its label
+        axes[4].set_ylim(top=max(axes[4].get_ylim()[1], max_act * 1.15))
     _train_panel(axes[5], runs, "q-halt accuracy", [("q_halt_accuracy", "q-halt")],
                  ylim=FRACTION)  # fmt: skip
     _train_panel(axes[6], runs, "gradient norm (before clipping)", [("grad_norm", "norm")],
@@ -399,7 +426,11 @@ def build_figure(runs: list[RunData]):
         ax.grid(alpha=0.25)
     fig.suptitle(_title(runs), fontsize=10)
     if notes:
-        fig.supxlabel("notes: " + "; ".join(notes), fontsize=8, color="#8a4b00", wrap=True)
+        shown = notes[:MAX_NOTES] + (
+            [f"... {len(notes) - MAX_NOTES} more"] if len(notes) > MAX_NOTES else []
+        )
+        text = "\n".join(textwrap.shorten(n, 220, placeholder=" ...") for n in shown)
+        fig.supxlabel("notes:\n" + text, fontsize=8, color="#8a4b00")
     return fig
 
 
