@@ -120,6 +120,21 @@ def test_several_runs_and_a_run_still_starting(synthetic_run, tmp_path, capsys):
     _check_png(out, fig)
 
 
+def test_a_glued_line_keeps_its_complete_record_and_runs_get_distinct_labels(tmp_path):
+    from hrm_fast.report import _label_runs, _parse_line
+
+    rec = _probe_rec(50, 0.5, 0.1, True)
+    assert _parse_line('{"event": "train", "st' + json.dumps(rec)) == rec
+    assert _parse_line('{"event": "train", "st') is None and _parse_line("[1, 2]") is None
+    runs = []
+    for parent in ("a", "b"):
+        (tmp_path / parent / "run").mkdir(parents=True)
+        (tmp_path / parent / "run" / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+        runs.append(load_run(tmp_path / parent / "run"))
+    _label_runs(runs)
+    assert [r.label for r in runs] == ["a/run", "b/run"]
+
+
 def _write(path, text):
     path.write_text(text)
     return path
@@ -194,6 +209,10 @@ def test_report_of_a_real_resumed_run(real_run):
     # The resumed run (and the tracker's prediction draws) give the straight run's losses.
     assert _losses(run) == _losses(plain)
     assert np.isfinite(run.train["it_s"]).all() and (run.train["it_s"] > 0).all()
+    # The resumed run ended the half-written line before appending its own records.
+    assert '{"event": "train", "step": 5, "loss": 2.' in (
+        run_dir / "metrics.jsonl"
+    ).read_text().split("\n")
     notes = " ".join(run.notes)
     assert "resumed: 2 step(s)" in notes and "skipped 1 unreadable line (8)" in notes
     fig = build_figure([run])
