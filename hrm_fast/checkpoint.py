@@ -40,7 +40,34 @@ def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file, fsync, rename: OSError on failure, old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(obj, f))
+
+    def write(f) -> None:
+        sink = _KeepsWriteError(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch's zip writer reports a full disk as a bare
+                raise sink.error from None  # RuntimeError ("unexpected pos"): give the OS error
+            raise
+
+    atomic_write(path, write)
+
+
+class _KeepsWriteError:
+    """A file wrapper that remembers the OSError of a failed write (ENOSPC, EIO)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

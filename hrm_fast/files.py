@@ -44,8 +44,15 @@ def prepare_dir(path: str | Path, flag: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"{flag} {p}: cannot write there: {os_reason(e)}") from None
+        where = f"{flag} {p}" if flag else str(p)
+        raise UserError(f"{where}: cannot write there: {os_reason(e)}") from None
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path: str) -> None:
@@ -64,6 +71,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would; mkstemp gives 0600
             write(f)
             f.flush()
             os.fsync(f.fileno())
