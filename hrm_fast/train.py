@@ -10,6 +10,7 @@ back to the host, so it can be compiled (``--compile``) and captured in a CUDA g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -23,6 +24,7 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
+from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
 from hrm_fast.model import HRM, Carry, count_parameters
 from hrm_fast.trackers import open_trackers
 
@@ -284,18 +286,35 @@ class Trainer:
         }
 
     def load_state(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"], strict=False)
-        self.opt.load_state_dict(payload["optimizer"])
-        for k, v in self.carry.tensors().items():
-            v.copy_(payload["carry"][k].to(self.device))
-        torch.set_rng_state(payload["rng"]["cpu"])
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        """Restore a checkpoint. One written by ``convert`` holds weights only (no optimiser,
+        carry or RNG state): those start fresh, as at step 0."""
+        where = payload.get("path", "checkpoint")
+        try:
+            self.model.load_state_dict(payload["model"], strict=False)
+            if payload.get("optimizer") is not None:
+                self.opt.load_state_dict(payload["optimizer"])
+            carry = payload.get("carry")
+            if carry is not None:
+                for k, v in self.carry.tensors().items():
+                    v.copy_(carry[k].to(self.device))
+            rng = payload.get("rng") or {}
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            msg = " ".join(str(e).split())[:160]
+            raise UserError(f"{where}: does not fit this run's model or data ({msg})") from None
         self.step_count = int(payload["step"])
 
-    def save(self) -> Path:
+    def save_checkpoint(self) -> Path:
+        """Write this step's checkpoint atomically (OSError on failure, older ones intact)."""
         path = ckpt.checkpoint_path(self.out, self.step_count)
         ckpt.atomic_save(self.state(), path)
+        return path
+
+    def save(self) -> Path:
+        path = self.save_checkpoint()
         ckpt.prune(self.out, self.cfg.train.keep_checkpoints)
         return path
 
@@ -359,32 +378,82 @@ def fmt_time(s: float) -> str:
     )
 
 
-def _open_metrics(path: Path):
-    """``metrics.jsonl`` for appending; a last line cut off by a killed run is ended first,
-    so the resumed run's first record starts on a line of its own."""
-    cut = False
+# What a resumed run must keep: it shapes the model and the carry, or fixes what each puzzle id
+# means (the tasks, their augmentation pool and its seed). Everything else may change.
+RESUME_FIXED = {
+    "model": None,  # every field
+    "data": ("source", "eval_source", "n_aug", "include_eval_demos", "max_tasks", "puzzle_id_per",
+             "canvas"),
+    "train": ("batch_size", "seed"),
+}  # fmt: skip
+
+
+def check_resume_config(cfg: RunConfig, payload: dict) -> None:
+    """UserError naming the first fixed field where ``cfg`` and the checkpoint's config differ.
+
+    A checkpoint from ``convert`` (no optimiser state) fixes only the model.
+    """
+    saved = RunConfig.from_dict(payload["config"])
+    only_model = payload.get("optimizer") is None
+    for section, names in RESUME_FIXED.items():
+        if only_model and section != "model":
+            continue
+        old_sub, new_sub = getattr(saved, section), getattr(cfg, section)
+        for f in dataclasses.fields(old_sub):
+            old, new = getattr(old_sub, f.name), getattr(new_sub, f.name)
+            if (names is None or f.name in names) and old != new:
+                flag = "--" + f.name.replace("_", "-")
+                raise UserError(
+                    f"{flag} {new}: the checkpoint {payload.get('path')} was trained with "
+                    f"{section}.{f.name} = {old!r}; a resumed run keeps its model, data, batch "
+                    "size and seed (start a new --out to change it)"
+                )
+
+
+def _check_resume_data(trainer: Trainer, payload: dict) -> None:
+    saved = payload.get("dataset", {}).get("task_ids")
+    if saved is None or payload.get("optimizer") is None:
+        return
+    now = list(trainer.dataset.task_ids)
+    if list(saved) != now:
+        i = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b),
+                 min(len(saved), len(now)))  # fmt: skip
+        raise UserError(
+            f"{payload.get('path')}: trained on {len(saved)} puzzle tasks, the data now gives "
+            f"{len(now)} (first difference at index {i}); has --source changed?"
+        )
+
+
+def _end_cut_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line with no newline: end it, so the resumed run's
+    first record starts on a line of its own."""
     if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
+        with open(path, "rb+") as f:
             f.seek(-1, 2)
-            cut = f.read(1) != b"\n"
-    f = open(path, "a")
-    if cut:
-        f.write("\n")
-    return f
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
-    """Run training; returns the process exit code (0, or 3 when the probe fails)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = ckpt.load_latest(out) if resume else None
-    if resume and payload is None:
-        raise UserError(f"{out}: --resume given but the directory has no readable checkpoint")
+    """Run training; returns the process exit code (0, 3 when the probe fails).
+
+    Bad input raises UserError (exit 2) before any work; a write that fails mid-run (disk full,
+    I/O error) stops training with WriteFailed (exit 4) naming the last saved checkpoint.
+    """
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    out = prepare_dir(out_dir, "--out")
+    payload = None
+    if resume:
+        payload = ckpt.load_latest(out, on_skip=lambda msg: log(f"hrm-fast: {msg}"))
+        if payload is None:
+            raise UserError(f"{out}: --resume given but the directory has no checkpoints")
+        check_resume_config(cfg, payload)
     if not resume and ckpt.list_checkpoints(out):
         raise UserError(f"{out}: already holds checkpoints; pass --resume or choose a new --out")
 
     trainer = Trainer(cfg, out, quiet=quiet)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if payload is not None:
+        _check_resume_data(trainer, payload)
     counts = count_parameters(trainer.model)
     log(
         f"hrm-fast: {trainer.device.type} backend={trainer.backend} dtype={str(trainer.dtype)[6:]}"
@@ -392,19 +461,56 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids"
     )
-    (out / "config.json").write_text(cfg.to_json())
-    # Trackers live where metrics.jsonl is written: one process writes both.
-    start = int(payload["step"]) if payload is not None else 0
-    trackers = open_trackers(cfg, out, trainer, start_step=start, log=log)
-    metrics_f = _open_metrics(out / "metrics.jsonl")
-
-    def emit(record: dict) -> None:
-        metrics_f.write(json.dumps(record) + "\n")
-        metrics_f.flush()
-        trackers.record(record)
-
     if payload is not None:
         trainer.load_state(payload)
+    write_output(out / "config.json", cfg.to_json())
+    try:
+        _end_cut_line(out / "metrics.jsonl")
+        metrics_f = AppendLog(out / "metrics.jsonl")
+    except OSError as e:
+        raise UserError(f"{out / 'metrics.jsonl'}: cannot write: {os_reason(e)}") from None
+    try:  # trackers live where metrics.jsonl is written: one process writes both
+        trackers = open_trackers(cfg, out, trainer, start_step=trainer.step_count, log=log)
+    except BaseException:
+        metrics_f.close()
+        raise
+    last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
+    progress: Progress | None = None  # created when the loop starts
+
+    def fail(msg: str) -> WriteFailed:
+        if progress is not None:
+            progress.close()  # the message goes on its own line
+        return WriteFailed(f"{msg}; {stopped()}")
+
+    def stopped() -> str:
+        where = f"training stopped at step {trainer.step_count}"
+        if last_saved is None:
+            return f"{where}; no checkpoint was saved"
+        return f"{where}; the last checkpoint saved is step {last_saved[0]} ({last_saved[1]})"
+
+    def emit(record: dict) -> None:
+        try:
+            metrics_f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise fail(f"{metrics_f.path}: cannot write: {os_reason(e)}") from None
+        trackers.record(record)
+
+    def save() -> Path:
+        nonlocal last_saved
+        path = ckpt.checkpoint_path(out, trainer.step_count)
+        try:
+            trainer.save_checkpoint()
+        except OSError as e:
+            raise fail(f"{path}: cannot write: {os_reason(e)}") from None
+        last_saved = (trainer.step_count, path)
+        try:
+            ckpt.prune(out, cfg.train.keep_checkpoints)
+        except OSError as e:
+            old = e.filename or ckpt.checkpoint_dir(out)
+            raise fail(f"{old}: cannot remove an old checkpoint: {os_reason(e)}") from None
+        return path
+
+    if payload is not None:
         log(f"hrm-fast: resumed from {payload['path']} at step {trainer.step_count}")
     else:
         report = trainer.probe()
@@ -446,10 +552,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                 )
                 if not math.isfinite(m["loss"]):
                     progress.close()
-                    path = trainer.save()
+                    path = save()
                     raise UserError(f"loss became {m['loss']} at step {step}; saved {path}")
             if step % t.checkpoint_every == 0 or step == t.steps:
-                path = trainer.save()
+                path = save()
                 report = trainer.probe()
                 emit({"event": "probe", **report.to_dict(), "checkpoint": str(path)})
                 progress.close()
@@ -463,7 +569,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                 tick = (time.perf_counter(), step)
         if interrupted["flag"]:
             progress.close()
-            path = trainer.save()
+            path = save()
             log(f"hrm-fast: interrupted at step {trainer.step_count}; saved {path}")
     finally:
         signal.signal(signal.SIGINT, old_handler)
