@@ -456,13 +456,15 @@ def _html(runs: list[RunData], png: Path) -> str:
             parts.append(f"<p>Notes:</p><ul>{items}</ul>")
         if run.eval is not None:
             o = run.eval["overall"]
-            head = "".join(f"<th>{html.escape(lab)}</th>" for _, lab in EVAL_SCORES)
+            heads = (html.escape(lab.replace("\n", " ")) for _, lab in EVAL_SCORES)
+            head = "".join(f"<th>{h}</th>" for h in heads)
             row = "".join(f"<td>{_number(o.get(k)):.3f}</td>" for k, _ in EVAL_SCORES)
             parts.append(
                 f"<p>Held-out eval at step {html.escape(str(run.eval.get('step')))}:</p>"
                 f"<table><tr>{head}</tr><tr>{row}</tr></table>"
             )
         if run.eval_png is not None:
+            parts.append("<p>eval.png (input | target | prediction):</p>")
             parts.append(img(run.eval_png, "eval predictions: input | target | prediction"))
     parts.append("</body></html>")
     return "\n".join(parts)
