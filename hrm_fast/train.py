@@ -400,12 +400,16 @@ def check_resume_config(cfg: RunConfig, payload: dict) -> None:
         old_sub, new_sub = getattr(saved, section), getattr(cfg, section)
         for f in dataclasses.fields(old_sub):
             old, new = getattr(old_sub, f.name), getattr(new_sub, f.name)
+            what = f"{section}.{f.name}"
+            if f.name == "expansion":  # many ratios round to one SwiGLU width: compare widths
+                old, new = old_sub.intermediate_size, new_sub.intermediate_size
+                what = "SwiGLU width (from model.expansion)"
             if (names is None or f.name in names) and old != new:
                 flag = "--" + f.name.replace("_", "-")
                 raise UserError(
-                    f"{flag} {new}: the checkpoint {payload.get('path')} was trained with "
-                    f"{section}.{f.name} = {old!r}; a resumed run keeps its model, data, batch "
-                    "size and seed (start a new --out to change it)"
+                    f"{flag} {getattr(new_sub, f.name)}: the checkpoint {payload.get('path')} "
+                    f"was trained with {what} = {old!r}; a resumed run keeps its model, data, "
+                    "batch size and seed (start a new --out to change it)"
                 )
 
 
