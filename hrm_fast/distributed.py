@@ -43,6 +43,10 @@ class PeerLost(UserError):
     exit_code = 1
 
 
+# torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def world_size_from_env() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -181,11 +185,18 @@ class DataParallel:
         all_grad = self._all_gather(grad / self.world)
         return all_ids, all_grad
 
+    def gather_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of a per-example tensor ``[b, ...]`` -> ``[world * b, ...]``,
+        differentiable: the loss's batch-level penalties see the global batch."""
+        if x.requires_grad:
+            return _GatherBatch.apply(x, self)
+        return self._all_gather(x)
+
     def _all_gather(self, x: torch.Tensor) -> torch.Tensor:
         src = x.contiguous() if self.comm_device == x.device else x.to(self.comm_device)
         out = torch.empty((self.world * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype,
                           device=src.device)  # fmt: skip
-        dist.all_gather_into_tensor(out, src)
+        _all_gather_single(out, src)
         return out.to(x.device)
 
     # ------------------------------------------------------------------ outside the step
@@ -227,6 +238,25 @@ class DataParallel:
         out = [None] * self.world if self.is_main else None
         dist.gather_object(obj, out, dst=0)
         return out
+
+
+class _GatherBatch(torch.autograd.Function):
+    """All-gather whose backward hands each rank the gradient of its own rows, summed over
+    ranks. Every rank computes the same penalty P from the gathered rows, so rank r gets
+    world * dP/d(its rows); the gradient average then divides by world: exactly dP/dθ."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dp: DataParallel) -> torch.Tensor:
+        ctx.dp, ctx.rows = dp, x.shape[0]
+        return dp._all_gather(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dp = ctx.dp
+        total = grad.contiguous().to(dp.comm_device)
+        dist.all_reduce(total)
+        mine = total[dp.rank * ctx.rows : (dp.rank + 1) * ctx.rows]
+        return mine.to(grad.device), None
 
 
 # --------------------------------------------------------------------------- evaluation

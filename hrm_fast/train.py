@@ -10,6 +10,7 @@ back to the host, so it can be compiled (``--compile``) and captured in a CUDA g
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import signal
@@ -139,6 +140,8 @@ class Trainer:
             from hrm_fast.kernels.arc_loss import arc_loss_fused as loss_fn
         else:
             from hrm_fast.loss import arc_loss_ref as loss_fn
+        if dp is not None:  # the batch-level penalties see every rank's examples
+            loss_fn = functools.partial(loss_fn, batch_gather=dp.gather_batch)
         self.loss_fn = loss_fn
 
         t = cfg.train
