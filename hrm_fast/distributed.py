@@ -134,9 +134,14 @@ class DataParallel:
             )
         return global_batch // self.world
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, wait_for_all: bool = True) -> None:
+        """Leave the process group. ``wait_for_all``: after a barrier, so no rank (rank 0 may
+        host the rendezvous store) exits while another still talks to it."""
+        if not dist.is_initialized():
+            return
+        if wait_for_all:
+            dist.barrier()
+        dist.destroy_process_group()
 
     # ------------------------------------------------------------------ inside the step
 

@@ -442,16 +442,17 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     if dp is None:
         return _train(cfg, out_dir, resume, quiet, None)
     try:
-        return _train(cfg, out_dir, resume, quiet or not dp.is_main, dp)
+        code = _train(cfg, out_dir, resume, quiet or not dp.is_main, dp)
     except Exception as e:
+        dp.close(wait_for_all=False)
         if not distributed.is_comm_error(e):
             raise
         raise distributed.PeerLost(
             f"rank {dp.rank}: lost contact with another rank ({str(e).splitlines()[0][:160]}); "
             "the last checkpoint is intact, continue with --resume"
         ) from None
-    finally:
-        dp.close()
+    dp.close()
+    return code
 
 
 def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
