@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, prepare_dir, write_output
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 CPU_CEILING_GPU = "rtx4090-laptop"  # on CPU, show the user's target GPU's ceiling for reference
@@ -144,14 +145,11 @@ def run_suite(device: str, quick: bool, json_out: Path) -> int:
 
 def save_results(data: dict, device: str, extra: Path | None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = bench_dir() / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{stamp}-{device}-{host_id()}.json"
+    path = bench_dir() / "results" / f"{stamp}-{device}-{host_id()}.json"
     text = json.dumps(data, indent=2)
-    path.write_text(text)
+    write_output(path, text, WriteFailed)
     if extra is not None:
-        extra.parent.mkdir(parents=True, exist_ok=True)
-        extra.write_text(text)
+        write_output(extra, text, WriteFailed)
     return path
 
 
@@ -162,7 +160,11 @@ def main(args) -> int:
     quick = bool(getattr(args, "quick", False))
     extra = Path(args.json) if getattr(args, "json", None) else None
     resolve_device(device)  # a clear error now, not a pytest failure later
-    bench_dir()
+    prepare_dir(bench_dir() / "results", "")  # output paths too, before minutes of benchmarks
+    if extra is not None:
+        if extra.is_dir():
+            raise UserError(f"--json {extra}: is a directory, expected a file name")
+        prepare_dir(extra.parent, "--json")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.json"
         code = run_suite(device, quick, raw)

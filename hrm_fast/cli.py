@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, prepare_dir, write_output
 
 
 def _flag(name: str) -> str:
@@ -76,6 +77,17 @@ def _config_for_train(args) -> RunConfig:
     return _apply_overrides(cfg, args)
 
 
+def _output_file(path: str | None, flag: str) -> Path | None:
+    """A file the command will write at the end, checked now: exit 2 before any work."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a directory, expected a file name")
+    prepare_dir(p.parent, flag)
+    return p
+
+
 # --------------------------------------------------------------------------- subcommands
 
 
@@ -92,6 +104,7 @@ def cmd_probe(args) -> int:
     from hrm_fast.probe import run_probe
 
     device = resolve_device(args.device)
+    json_out = _output_file(args.json, "--json")
     model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
     t = cfg.train
     k = args.pairs or t.probe_pairs
@@ -107,8 +120,8 @@ def cmd_probe(args) -> int:
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))
     d = {"checkpoint": payload["path"], **report.to_dict()}
-    if args.json:
-        Path(args.json).write_text(json.dumps(d, indent=2))
+    if json_out is not None:
+        write_output(json_out, json.dumps(d, indent=2), WriteFailed)
     print(report.summary())
     return 0 if report.passed else 3
 
@@ -188,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-differ", type=float, default=None)
     pr.add_argument("--min-tv", type=float, default=None)
     pr.add_argument("--random-inputs", action="store_true", help="random canvases, not ARC pairs")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", default=None, help="write the report here")
     pr.set_defaults(func=cmd_probe)
@@ -200,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tasks", type=int, default=0, help="evaluate only the first N tasks")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--render", type=int, default=4, help="tasks drawn in the PNG")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
     e.set_defaults(func=cmd_eval)
 

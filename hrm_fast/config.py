@@ -121,14 +121,34 @@ class RunConfig:
             ("data", DataConfig),
             ("train", TrainConfig),
         ):
-            known = {f.name for f in dataclasses.fields(sub)}
-            vals = {k: v for k, v in d.get(name, {}).items() if k in known}
+            section = d.get(name, {}) if isinstance(d, dict) else None
+            if not isinstance(section, dict):
+                raise ValueError(f"'{name}' is {type(section).__name__}, expected an object")
+            defaults = sub()
+            vals = {}
+            for f in dataclasses.fields(sub):
+                if f.name in section:
+                    vals[f.name] = _typed(
+                        f"{name}.{f.name}", section[f.name], getattr(defaults, f.name)
+                    )
             kwargs[name] = sub(**vals)
         assert set(kwargs) == set(sections)
         return cls(**kwargs)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _typed(where: str, value, default):
+    """``value`` if it has the field's type (an int is fine for a float field); else ValueError."""
+    kind = type(default)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    ok = type(value) is kind or (kind is float and type(value) is int)
+    if kind is float and ok and not math.isfinite(value):
+        raise ValueError(f"{where} is {shown}, expected a finite number")
+    if not ok:
+        raise ValueError(f"{where} is {shown}, expected {kind.__name__}")
+    return kind(value)
 
 
 def _seed() -> RunConfig:

@@ -27,6 +27,7 @@ import torch
 
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 BLANK_POOL_SEED_OFFSET = 7919  # pool for tasks without a puzzle id: seed + this
@@ -298,7 +299,7 @@ def evaluate(
     max_tasks: int = 0,
     batch_size: int = 32,
     render: int = 4,
-    device="cpu",
+    device="auto",
     eval_source: str | None = None,
     quiet: bool = False,
 ) -> dict:
@@ -344,6 +345,7 @@ def evaluate(
         n_tasks = min(n_tasks, max_tasks)
     if n_tasks == 0:
         raise UserError(f"{path}: no held-out eval tasks (eval_source={cfg.data.eval_source!r})")
+    out_dir = prepare_dir(Path(out) if out else default_out(path), "--out")  # before the work
 
     items = build_items(dataset, n_aug, n_tasks, cfg.train.seed)
     k = max(1, min(n_aug, dataset.n_aug))
@@ -378,8 +380,6 @@ def evaluate(
     results = score_tasks(dataset, items, grids, q_prob)
     overall = summarise(results)
 
-    out_dir = Path(out) if out else default_out(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(path),
         "step": int(payload.get("step", 0)),
@@ -390,7 +390,7 @@ def evaluate(
         "overall": overall,
         "tasks": {r.task_id: r.to_dict() for r in results},
     }
-    (out_dir / "eval.json").write_text(json.dumps(_json_safe(report), indent=1))
+    write_output(out_dir / "eval.json", json.dumps(_json_safe(report), indent=1), WriteFailed)
     png = None
     if render:
         rows = []
@@ -409,7 +409,13 @@ def evaluate(
         if rows:
             from hrm_fast.render import render_tasks
 
-            png = render_tasks(rows, out_dir / "eval.png")
+            try:
+                png = render_tasks(rows, out_dir / "eval.png")
+            except OSError as e:
+                raise WriteFailed(
+                    f"{out_dir / 'eval.png'}: cannot write: {os_reason(e)} "
+                    f"({out_dir / 'eval.json'} was written)"
+                ) from None
     report["paths"] = {"json": str(out_dir / "eval.json"), "png": str(png) if png else None}
 
     if not quiet:

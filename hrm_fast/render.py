@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm_fast.files import atomic_write
+
 # Standard ARC palette (colours 0-9).
 PALETTE = np.array(
     [
@@ -91,7 +93,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     path = Path(path)
-    path.write_bytes(encode_png(rgb))
+    data = encode_png(rgb)
+    atomic_write(path, lambda f: f.write(data))  # a failed write leaves no partial PNG
     return path
 
 

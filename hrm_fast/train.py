@@ -10,6 +10,7 @@ back to the host, so it can be compiled (``--compile``) and captured in a CUDA g
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -25,6 +26,7 @@ from hrm_fast.config import RunConfig
 from hrm_fast.device import resolve_device
 from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.errors import UserError
+from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
 from hrm_fast.model import HRM, Carry, count_parameters
 
 EXIT_PROBE_FAILED = 3
@@ -335,29 +337,47 @@ class Trainer:
         }
 
     def load_state(self, payload: dict) -> None:
-        """Weights, optimiser, puzzle table and step; the ACT carry and RNG state too when the
-        checkpoint was written by as many ranks as run now. Otherwise the carries restart (every
-        example fetches a fresh one) and each rank's RNG is seeded by (seed, rank, step)."""
-        self.model.load_state_dict(payload["model"], strict=False)
-        self.opt.load_state_dict(payload["optimizer"])
-        self.step_count = int(payload["step"])
+        """Restore a checkpoint. One written by ``convert`` holds weights only (no optimiser,
+        carry or RNG state): those start fresh, as at step 0. The ACT carry and RNG state are
+        restored when the checkpoint was written by as many ranks as run now; otherwise the
+        carries restart (every example fetches a fresh one) and each rank's RNG is seeded by
+        (seed, rank, step)."""
+        where = payload.get("path", "checkpoint")
         rank = 0 if self.dp is None else self.dp.rank
-        if int(payload.get("world_size", 1)) != self.world_size:
-            torch.manual_seed(rank_seed(self.cfg.train.seed, rank, self.step_count))
-            return
-        rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
-        for k, v in self.carry.tensors().items():
-            v.copy_(payload["carry"][k][rows].to(self.device))
-        rng = payload["rng"] if self.dp is None else payload["rank_rng"][rank]
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        try:
+            self.model.load_state_dict(payload["model"], strict=False)
+            if payload.get("optimizer") is not None:
+                self.opt.load_state_dict(payload["optimizer"])
+            carry, rng = payload.get("carry"), payload.get("rng") or {}
+            if int(payload.get("world_size", 1)) != self.world_size:
+                carry, rng = None, {}
+                torch.manual_seed(rank_seed(self.cfg.train.seed, rank, int(payload["step"])))
+            elif self.dp is not None:
+                rng = payload["rank_rng"][rank]
+            if carry is not None:
+                rows = slice(rank * self.batch_size, (rank + 1) * self.batch_size)
+                for k, v in self.carry.tensors().items():
+                    v.copy_(carry[k][rows].to(self.device))
+            if "cpu" in rng:
+                torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            msg = " ".join(str(e).split())[:160]
+            raise UserError(f"{where}: does not fit this run's model or data ({msg})") from None
+        self.step_count = int(payload["step"])
 
-    def save(self) -> Path:
+    def save_checkpoint(self) -> Path:
+        """Write this step's checkpoint atomically (OSError on failure, older ones intact)."""
         path = ckpt.checkpoint_path(self.out, self.step_count)
         state = self.state()
         if state is not None:  # rank 0 writes (every rank of a single process)
             ckpt.atomic_save(state, path)
+        return path
+
+    def save(self) -> Path:
+        path = self.save_checkpoint()
+        if self.dp is None or self.dp.is_main:
             ckpt.prune(self.out, self.cfg.train.keep_checkpoints)
         return path
 
@@ -429,10 +449,59 @@ def fmt_time(s: float) -> str:
     )
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
-    """Run training; returns the process exit code (0, or 3 when the probe fails).
+# What a resumed run must keep: it shapes the model and the carry, or fixes what each puzzle id
+# means (the tasks, their augmentation pool and its seed). Everything else may change.
+RESUME_FIXED = {
+    "model": None,  # every field
+    "data": ("source", "eval_source", "n_aug", "include_eval_demos", "max_tasks", "puzzle_id_per",
+             "canvas"),
+    "train": ("batch_size", "seed"),
+}  # fmt: skip
 
-    Under torchrun with several processes, every rank runs this; rank 0 alone writes
+
+def check_resume_config(cfg: RunConfig, payload: dict) -> None:
+    """UserError naming the first fixed field where ``cfg`` and the checkpoint's config differ.
+
+    A checkpoint from ``convert`` (no optimiser state) fixes only the model.
+    """
+    saved = RunConfig.from_dict(payload["config"])
+    only_model = payload.get("optimizer") is None
+    for section, names in RESUME_FIXED.items():
+        if only_model and section != "model":
+            continue
+        old_sub, new_sub = getattr(saved, section), getattr(cfg, section)
+        for f in dataclasses.fields(old_sub):
+            old, new = getattr(old_sub, f.name), getattr(new_sub, f.name)
+            if (names is None or f.name in names) and old != new:
+                flag = "--" + f.name.replace("_", "-")
+                raise UserError(
+                    f"{flag} {new}: the checkpoint {payload.get('path')} was trained with "
+                    f"{section}.{f.name} = {old!r}; a resumed run keeps its model, data, batch "
+                    "size and seed (start a new --out to change it)"
+                )
+
+
+def _check_resume_data(trainer: Trainer, payload: dict) -> None:
+    saved = payload.get("dataset", {}).get("task_ids")
+    if saved is None or payload.get("optimizer") is None:
+        return
+    now = list(trainer.dataset.task_ids)
+    if list(saved) != now:
+        i = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b),
+                 min(len(saved), len(now)))  # fmt: skip
+        raise UserError(
+            f"{payload.get('path')}: trained on {len(saved)} puzzle tasks, the data now gives "
+            f"{len(now)} (first difference at index {i}); has --source changed?"
+        )
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
+    """Run training; returns the process exit code (0, 3 when the probe fails).
+
+    Bad input raises UserError (exit 2) before any work; a write that fails mid-run (disk full,
+    I/O error) stops training with WriteFailed (exit 4) naming the last saved checkpoint.
+
+    Under torchrun with several processes every rank runs this; rank 0 alone writes
     metrics.jsonl, the progress line and the checkpoints.
     """
     from hrm_fast import distributed
@@ -457,16 +526,20 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
 
 def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
     main = dp is None or dp.is_main
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = ckpt.load_latest(out) if resume else None
-    if resume and payload is None:
-        raise UserError(f"{out}: --resume given but the directory has no readable checkpoint")
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    out = prepare_dir(out_dir, "--out")
+    payload = None
+    if resume:
+        payload = ckpt.load_latest(out, on_skip=lambda msg: log(f"hrm-fast: {msg}"))
+        if payload is None:
+            raise UserError(f"{out}: --resume given but the directory has no checkpoints")
+        check_resume_config(cfg, payload)
     if not resume and ckpt.list_checkpoints(out):
         raise UserError(f"{out}: already holds checkpoints; pass --resume or choose a new --out")
 
     trainer = Trainer(cfg, out, quiet=quiet, dp=dp)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if payload is not None:
+        _check_resume_data(trainer, payload)
     counts = count_parameters(trainer.model)
     ranks = "" if dp is None else f" | {dp.world} ranks ({dp.backend}) x batch {trainer.batch_size}"
     log(
@@ -475,21 +548,54 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"
     )
-    if main:
-        (out / "config.json").write_text(cfg.to_json())
-    metrics_f = open(out / "metrics.jsonl", "a") if main else None
-
-    def emit(record: dict) -> None:
-        if metrics_f is not None:
-            metrics_f.write(json.dumps(record) + "\n")
-            metrics_f.flush()
-
-    def close_metrics() -> None:
-        if metrics_f is not None:
-            metrics_f.close()
-
     if payload is not None:
         trainer.load_state(payload)
+    metrics_f = None  # rank 0 writes the run's files (every rank of a single process)
+    if main:
+        write_output(out / "config.json", cfg.to_json())
+        try:
+            metrics_f = AppendLog(out / "metrics.jsonl")
+        except OSError as e:
+            raise UserError(f"{out / 'metrics.jsonl'}: cannot write: {os_reason(e)}") from None
+    last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
+    progress: Progress | None = None  # created when the loop starts
+
+    def fail(msg: str) -> WriteFailed:
+        if progress is not None:
+            progress.close()  # the message goes on its own line
+        return WriteFailed(f"{msg}; {stopped()}")
+
+    def stopped() -> str:
+        where = f"training stopped at step {trainer.step_count}"
+        if last_saved is None:
+            return f"{where}; no checkpoint was saved"
+        return f"{where}; the last checkpoint saved is step {last_saved[0]} ({last_saved[1]})"
+
+    def emit(record: dict) -> None:
+        if metrics_f is None:
+            return
+        try:
+            metrics_f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise fail(f"{metrics_f.path}: cannot write: {os_reason(e)}") from None
+
+    def save() -> Path:
+        nonlocal last_saved
+        path = ckpt.checkpoint_path(out, trainer.step_count)
+        try:
+            trainer.save_checkpoint()
+        except OSError as e:
+            raise fail(f"{path}: cannot write: {os_reason(e)}") from None
+        last_saved = (trainer.step_count, path)
+        try:
+            if main:
+                ckpt.prune(out, cfg.train.keep_checkpoints)
+        except OSError as e:
+            old = e.filename or ckpt.checkpoint_dir(out)
+            raise fail(f"{old}: cannot remove an old checkpoint: {os_reason(e)}") from None
+        return path
+
+    if payload is not None:
         log(f"hrm-fast: resumed from {payload['path']} at step {trainer.step_count}")
         saved_world = int(payload.get("world_size", 1))
         if saved_world != trainer.world_size:
@@ -505,7 +611,8 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             log(f"hrm-fast: {report.summary()}")
         if not passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
-            close_metrics()
+            if metrics_f is not None:
+                metrics_f.close()
             return EXIT_PROBE_FAILED
 
     interrupted = {"flag": False}
@@ -536,10 +643,10 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                 )
                 if not math.isfinite(m["loss"]):
                     progress.close()
-                    path = trainer.save()
+                    path = save()
                     raise UserError(f"loss became {m['loss']} at step {step}; saved {path}")
             if step % t.checkpoint_every == 0 or step == t.steps:
-                path = trainer.save()
+                path = save()
                 report, passed = trainer.checked_probe()
                 if report is not None:
                     emit({"event": "probe", **report.to_dict(), "checkpoint": str(path)})
@@ -555,11 +662,12 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             stop = interrupted["flag"] if dp is None else logged and dp.any(interrupted["flag"])
         if stop or (dp is None and interrupted["flag"]):
             progress.close()
-            path = trainer.save()
+            path = save()
             log(f"hrm-fast: interrupted at step {trainer.step_count}; saved {path}")
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-        close_metrics()
+        if metrics_f is not None:
+            metrics_f.close()
     progress.close()
     return code
