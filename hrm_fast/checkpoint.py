@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hrm_fast.config import RunConfig
+from hrm_fast.config import RunConfig, check_ranges
 from hrm_fast.errors import UserError
 from hrm_fast.files import atomic_write, os_reason
 
@@ -179,7 +179,7 @@ def _check_payload(p: Path, payload) -> None:
     if not isinstance(payload.get("dataset", {}), dict):
         raise UserError(f"{p}: damaged checkpoint: 'dataset' is not a dict")
     try:
-        RunConfig.from_dict(payload["config"])
+        check_ranges(RunConfig.from_dict(payload["config"]))
     except (TypeError, ValueError) as e:
         raise UserError(f"{p}: damaged checkpoint: config: {e}") from None
 
@@ -224,6 +224,17 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
     # The table's own shape, not a count stored beside it: a wrong count cannot allocate.
     table = payload["model"].get("inner.puzzle_emb.weights")
     n_ids = int(table.shape[0]) if table is not None and table.ndim == 2 else 1
+    # Shapes before allocation: a config claiming a huge model must not get to build it.
+    from hrm_fast.convert import expected_shapes
+
+    for key, shape in expected_shapes(cfg.model, n_ids).items():
+        t = payload["model"].get(key)
+        if t is None or tuple(t.shape) != shape:
+            got = "missing" if t is None else f"shape {tuple(t.shape)}"
+            raise UserError(
+                f"{payload['path']}: model state does not match its config "
+                f"(key {key!r}: {got}, the config gives {shape})"
+            )
     try:
         model = HRM(
             cfg.model,

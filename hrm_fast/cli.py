@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.config import PRESETS, RunConfig, check_ranges, from_name, iter_fields, parse_value
 from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, prepare_dir, write_output
+from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
 
 
 def _flag(name: str) -> str:
@@ -42,6 +42,10 @@ def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def _validate(cfg: RunConfig) -> None:
+    try:
+        check_ranges(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     m, t, d = cfg.model, cfg.train, cfg.data
     checks = [
         (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
@@ -66,15 +70,29 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def _config_for_train(args) -> RunConfig:
-    out = Path(args.out)
-    if args.resume and (out / "config.json").exists():
-        try:
-            cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{out / 'config.json'}: unreadable run config ({e})") from None
+    """--resume starts from the run's config.json; an explicit --preset (or none stored) from
+    the preset. Flags override either; train() then checks the result against the checkpoint."""
+    stored = Path(args.out) / "config.json"
+    if args.resume and args.preset is None and (stored.exists() or stored.is_symlink()):
+        cfg = _read_run_config(stored)
     else:
-        cfg = from_name(args.preset)
+        cfg = from_name(args.preset or "seed")
     return _apply_overrides(cfg, args)
+
+
+def _read_run_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {os_reason(e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}: malformed JSON at line {e.lineno} col {e.colno}: {e.msg}"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a run config ({e})") from None
 
 
 def _output_file(path: str | None, flag: str) -> Path | None:
@@ -103,6 +121,13 @@ def cmd_probe(args) -> int:
     from hrm_fast.device import resolve_device
     from hrm_fast.probe import run_probe
 
+    if args.pairs is not None and args.pairs < 1:
+        raise UserError(f"--pairs must be >= 1, got {args.pairs}")
+    for flag, v in (("--min-differ", args.min_differ), ("--min-tv", args.min_tv)):
+        if v is not None and not 0 <= v <= 1:  # NaN fails too
+            raise UserError(f"{flag} must be in [0, 1], got {v}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     device = resolve_device(args.device)
     json_out = _output_file(args.json, "--json")
     model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
@@ -146,6 +171,8 @@ def cmd_params(args) -> int:
     from hrm_fast.model import HRM, count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
+    if args.puzzle_ids is not None and args.puzzle_ids < 0:
+        raise UserError(f"--puzzle-ids must be >= 0, got {args.puzzle_ids}")
     n_ids = args.puzzle_ids
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
         n_tasks = 400 + (400 if cfg.data.include_eval_demos else 0)
@@ -194,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train HRM on ARC (checkpoints, probe, metrics.jsonl)")
-    t.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    t.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="default seed; with --resume, the run's own config.json")  # fmt: skip
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     t.add_argument("--quiet", action="store_true")
@@ -253,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     b.add_argument("--quick", action="store_true")
     b.add_argument("--json", default=None)
+    b.add_argument("--nproc", type=int, default=0,
+                   help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
     return p
 

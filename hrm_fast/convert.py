@@ -162,7 +162,8 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     return cfg
 
 
-def _expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an HRM with this config saves (scratch rows aside)."""
     h, v, i = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
     shapes = {
         "inner.H_init": (h,),
@@ -187,7 +188,7 @@ def _expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[i
 def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
     pe = sd.get("inner.puzzle_emb.weights")
     n_ids = int(pe.shape[0]) if pe is not None and pe.ndim == 2 else 1
-    want = _expected_shapes(cfg, n_ids)
+    want = expected_shapes(cfg, n_ids)
     for k in sd:
         if k not in want:
             hint = (
