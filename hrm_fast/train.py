@@ -434,6 +434,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     I/O error) stops training with WriteFailed (exit 4) naming the last saved checkpoint.
     """
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if resume and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: no such run directory to resume")
     out = prepare_dir(out_dir, "--out")
     payload = None
     if resume:
