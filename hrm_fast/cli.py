@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     b.add_argument("--quick", action="store_true")
     b.add_argument("--json", default=None)
+    b.add_argument("--nproc", type=int, default=0,
+                   help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
     return p
 

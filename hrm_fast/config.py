@@ -91,6 +91,10 @@ class TrainConfig:
     probe_pairs: int = 16
     probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
     probe_min_tv: float = 0.01  # mean total-variation distance between output distributions
+    # Data parallelism under torchrun (ignored in a single process): the process-group backend
+    # ("auto": NCCL on CUDA, gloo on CPU) and the timeout of every collective, in seconds.
+    dist_backend: str = "auto"
+    dist_timeout: float = 600.0
 
 
 @dataclass

@@ -188,31 +188,115 @@ def parse_ptxas_log(log: str) -> dict[str, int] | None:
 
 
 def _jit_function(fn):
-    """The triton.JITFunction behind an AotSpec.fn (unwraps autotune/heuristics wrappers).
-
-    Under TRITON_INTERPRET=1 `@triton.jit` yields an InterpretedFunction; we rebuild a
-    JITFunction from its Python function. That works for self-contained kernels only (jitted
-    callees stay interpreted), which is why compile_all() compiles in TRITON_INTERPRET=0 workers.
-    """
+    """The triton.JITFunction behind an AotSpec.fn (unwraps autotune/heuristics wrappers)."""
     from triton.runtime.jit import JITFunction
 
     seen = 0
     while not isinstance(fn, JITFunction) and hasattr(fn, "fn") and seen < 8:
-        inner = fn.fn
-        if type(fn).__name__ == "InterpretedFunction" and not hasattr(inner, "fn"):
-            return JITFunction(inner)
-        fn = inner
+        fn = fn.fn
         seen += 1
     if not isinstance(fn, JITFunction):
         raise TypeError(f"AotSpec.fn is not a triton.jit kernel: {type(fn).__name__}")
     return fn
 
 
-def compile_spec(spec, arch: int) -> dict:
-    """Compile one AotSpec for sm_<arch> and read its resources from the cubin.
+# --------------------------------------------------------------------------------------------
+# Where a compile may run: this process only when Triton's interpreter has not touched it
+# --------------------------------------------------------------------------------------------
 
+
+def interpreter_state_in_process() -> list[str]:
+    """triton.language attributes the interpreter has replaced in this process (empty if none).
+
+    Triton 3.9's interpreter swaps triton.language builtins for interpreter versions while a
+    kernel runs. The kernel's own swaps are undone afterwards (triton PR #8735), but a call
+    to a jitted helper from triton.language.standard (tl.sigmoid, tl.sum, tl.max, ...)
+    patches triton.language.core again and nothing undoes it. A later triton.compile in the
+    same process then lowers tl.core builtins with the interpreter's semantic and fails
+    (``'value' object has no attribute 'dtype'``) unless the Triton cache already holds the
+    kernel. So no compile runs in a process where this list is non-empty.
+    """
+    import triton.language as tl
+
+    leaked = []
+    for owner, label in ((tl, "tl"), (tl.core, "tl.core"), (tl.math, "tl.math"),
+                         (tl.core.tensor, "tl.tensor"), (tl.core.dtype, "tl.dtype")):  # fmt: skip
+        for name, member in vars(owner).items():
+            if getattr(member, "__module__", None) == "triton.runtime.interpreter":
+                leaked.append(f"{label}.{name}")
+    return leaked
+
+
+def _compiles_in_process(fn) -> bool:
+    """A real JITFunction, interpreter mode off and no interpreter patches left behind."""
+    import triton
+
+    try:
+        _jit_function(fn)
+    except TypeError:  # an InterpretedFunction: @triton.jit ran under TRITON_INTERPRET=1
+        return False
+    return not triton.knobs.runtime.interpret and not interpreter_state_in_process()
+
+
+@dataclass(frozen=True)
+class _SpecRef:
+    """An AotSpec that crosses a process boundary: the kernel by module and qualified name."""
+
+    module: str
+    qualname: str
+    fields: dict
+
+    @classmethod
+    def of(cls, spec) -> _SpecRef:
+        fn = spec.fn
+        for _ in range(8):  # unwrap JITFunction / InterpretedFunction / autotune to the def
+            if not hasattr(fn, "fn"):
+                break
+            fn = fn.fn
+        if "<locals>" in fn.__qualname__:
+            raise ValueError(
+                f"{spec.name}: kernel {fn.__qualname__} must be defined at module level"
+            )
+        fields = {k: getattr(spec, k) for k in spec.__dataclass_fields__ if k != "fn"}
+        return cls(fn.__module__, fn.__qualname__, fields)
+
+    def load(self):
+        from hrm_fast.kernels.aot import AotSpec
+
+        fn = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            fn = getattr(fn, part)
+        return AotSpec(fn=fn, **self.fields)
+
+
+_ISOLATED_POOL: ProcessPoolExecutor | None = None
+
+
+def _isolated_compile(ref: _SpecRef, target) -> dict:
+    try:
+        return _compile_here(ref.load(), target)
+    except Exception as exc:  # noqa: BLE001 - exception types may not unpickle in the parent
+        raise RuntimeError(_short_error(exc, lines=12)) from None
+
+
+def compile_spec(spec, arch) -> dict:
+    """Compile one AotSpec for a GPU target and read its resources from the binary.
+
+    Runs in this process when that is safe (see interpreter_state_in_process); otherwise in a
+    spawned worker with TRITON_INTERPRET=0 that imports the kernel by name, so any caller
+    (the test suite, which runs interpreted kernels first, or a notebook) gets the same result.
     Raises on a compile error (compile_all turns that into an error row).
     """
+    if _compiles_in_process(spec.fn):
+        return _compile_here(spec, arch)
+    global _ISOLATED_POOL
+    if _ISOLATED_POOL is None:
+        ctx = multiprocessing.get_context("spawn")
+        _ISOLATED_POOL = ProcessPoolExecutor(1, mp_context=ctx, initializer=_worker_init)
+    return _ISOLATED_POOL.submit(_isolated_compile, _SpecRef.of(spec), arch).result()
+
+
+def _compile_here(spec, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

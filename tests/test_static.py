@@ -4,6 +4,11 @@ dot kernels use tensor cores, plus unit checks of the report's occupancy and MMA
 No GPU needed: triton.compile targets the GPU with the ptxas shipped in the triton wheel.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import triton
 import triton.language as tl
@@ -208,6 +213,58 @@ def test_ptxas_log_and_spill_failure():
     no_mma = dict(row, family="toy", preset="seed", has_dot=True)
     (msg,) = report.row_failures(no_mma)
     assert "no MMA" in msg
+
+
+# Issue 8: on a fresh machine (empty Triton cache) compiles failed after interpreted kernels had
+# run in the same process. The script runs an interpreted kernel that calls tl.sigmoid (a jitted
+# helper whose interpreter patches Triton 3.9 never undoes), compiles one of those interpreted
+# kernels, then switches the interpreter off and compiles a freshly imported real JITFunction.
+# Both must compile from an empty cache.
+_TOY_MODULE = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def toy_expand_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    r = tl.arange(0, BLOCK)
+    offs = r[:, None] * BLOCK + r[None, :]
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs) * 2.0)
+"""
+
+_FRESH_CACHE_SCRIPT = r"""
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from hrm_fast.kernels import report, swiglu
+from hrm_fast.kernels.aot import AotSpec
+swiglu._swiglu_fwd(torch.randn(3, 2 * 80))
+leaked = report.interpreter_state_in_process()
+fwd, _ = swiglu.aot_specs("seed")
+rows = [report.compile_spec(fwd, 80)]
+os.environ["TRITON_INTERPRET"] = "0"
+import toy_kernels_issue8 as toy
+sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "BLOCK": "constexpr"}
+spec = AotSpec("toy_expand", toy.toy_expand_kernel, sig, {"BLOCK": 32}, grid=(1,))
+rows.append(report.compile_spec(spec, 80))
+print(json.dumps({"leaked": leaked, "rows": rows}))
+"""
+
+
+def test_compile_after_interpreted_kernels_with_empty_cache(tmp_path):
+    (tmp_path / "toy_kernels_issue8.py").write_text(_TOY_MODULE)
+    cache = tmp_path / "triton-cache"
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_CACHE_DIR=str(cache), PYTHONPATH=path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_CACHE_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row in out["rows"]:
+        failures = report.row_failures(dict(row, family="toy", preset="-"))
+        assert failures == [] and row["regs"] > 0, (failures, out["leaked"])
+    assert any(cache.iterdir())  # compiled from the empty cache, not served by a warm one
 
 
 def test_missing_family_is_an_error_row():
