@@ -15,3 +15,11 @@ echo "== parity on $(python -c 'import torch; print(torch.cuda.get_device_name()
 python -m pytest -q tests -m "interpret or cuda"
 echo "== bench" >&2
 hrm-fast bench --device cuda "$@"
+# Data parallel (NCCL): the 2-GPU test above (tests/test_distributed.py, -m cuda) runs only when
+# there are >= 2 GPUs; then the 1-GPU vs N-GPU table.
+n_gpu="$(python -c 'import torch; print(torch.cuda.device_count())')"
+if [ "$n_gpu" -ge 2 ]; then
+  echo "== data parallel on $n_gpu GPUs (NCCL + CUDA graphs test, then bench --nproc $n_gpu)" >&2
+  python -m pytest -q tests/test_distributed.py -m cuda
+  hrm-fast bench --device cuda --nproc "$n_gpu"
+fi
