@@ -1,4 +1,4 @@
-"""``hrm-fast`` command line: train, probe, eval, convert, params, kernels-report, bench.
+"""``hrm-fast`` command line: train, probe, eval, report, convert, params, kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
 never a traceback. A failed input-sensitivity probe exits 3.
@@ -189,6 +189,12 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from hrm_fast.report import main as report_main
+
+    return report_main(args)
+
+
 def cmd_kernels_report(args) -> int:
     from hrm_fast.kernels.report import main as report_main
 
@@ -260,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--puzzle-ids", type=int, default=None)
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
+
+    r = sub.add_parser("report", help="draw a run's metrics.jsonl (and eval.json) as one PNG")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: compared)")
+    r.add_argument("--out", default=None, help="PNG path (default: RUN/report.png)")
+    r.add_argument("--html", action="store_true", help="also a self-contained HTML page")
+    r.set_defaults(func=cmd_report)
 
     k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
                        add_help=False)  # fmt: skip

@@ -95,6 +95,9 @@ class TrainConfig:
     # ("auto": NCCL on CUDA, gloo on CPU) and the timeout of every collective, in seconds.
     dist_backend: str = "auto"
     dist_timeout: float = 600.0
+    # Trackers (rank 0 only, from the values the loop already reads; see hrm_fast/trackers.py).
+    tensorboard: bool = False  # scalars, probe numbers and prediction grids to RUN/tb/
+    wandb: str = ""  # Weights & Biases project name; "" = off (offline without a network)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
 from hrm_fast.model import HRM, Carry, count_parameters
+from hrm_fast.trackers import Trackers, open_trackers
 
 EXIT_PROBE_FAILED = 3
 
@@ -499,6 +500,16 @@ def _check_resume_data(trainer: Trainer, payload: dict) -> None:
         )
 
 
+def _end_cut_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line with no newline: end it, so the resumed run's
+    first record starts on a line of its own."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
     """Run training; returns the process exit code (0, 3 when the probe fails).
 
@@ -557,12 +568,19 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     if payload is not None:
         trainer.load_state(payload)
     metrics_f = None  # rank 0 writes the run's files (every rank of a single process)
+    trackers = Trackers([])
     if main:
         write_output(out / "config.json", cfg.to_json())
         try:
+            _end_cut_line(out / "metrics.jsonl")
             metrics_f = AppendLog(out / "metrics.jsonl")
         except OSError as e:
             raise UserError(f"{out / 'metrics.jsonl'}: cannot write: {os_reason(e)}") from None
+        try:  # trackers live where metrics.jsonl is written: one process writes both
+            trackers = open_trackers(cfg, out, trainer, start_step=trainer.step_count, log=log)
+        except BaseException:
+            metrics_f.close()
+            raise
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
     progress: Progress | None = None  # created when the loop starts
 
@@ -584,6 +602,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             metrics_f.write(json.dumps(record) + "\n")
         except OSError as e:
             raise fail(f"{metrics_f.path}: cannot write: {os_reason(e)}") from None
+        trackers.record(record)
 
     def save() -> Path:
         nonlocal last_saved
@@ -619,6 +638,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
             if metrics_f is not None:
                 metrics_f.close()
+            trackers.close()
             return EXIT_PROBE_FAILED
 
     interrupted = {"flag": False}
@@ -633,6 +653,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     progress = Progress(t.steps, trainer.step_count, quiet)
     code = 0
     stop = False
+    tick = (time.perf_counter(), trainer.step_count)  # it/s leaves out checkpoints and probes
     try:
         while trainer.step_count < t.steps and not stop:
             trainer.step()
@@ -641,6 +662,9 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             if logged:
                 m = trainer.read_metrics()
                 m["lr"] = lr_at(step - 1, t.lr, t.warmup_steps, t.steps, t.lr_min_ratio)
+                now = time.perf_counter()
+                m["it_s"] = (step - tick[1]) / max(now - tick[0], 1e-9)
+                tick = (now, step)
                 emit({"event": "train", "step": step, **m})
                 progress.update(
                     step,
@@ -664,6 +688,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                     )
                     code = EXIT_PROBE_FAILED
                     break
+                tick = (time.perf_counter(), step)
             # One process stops at once; ranks agree at log intervals, so they stop at one step.
             stop = interrupted["flag"] if dp is None else logged and dp.any(interrupted["flag"])
         if stop or (dp is None and interrupted["flag"]):
@@ -675,5 +700,6 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             signal.signal(s, h)
         if metrics_f is not None:
             metrics_f.close()
+        trackers.close()
     progress.close()
     return code
