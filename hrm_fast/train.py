@@ -21,7 +21,7 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
-from hrm_fast.device import resolve_device
+from hrm_fast.device import check_device_options, default_dtype, resolve_device
 from hrm_fast.errors import UserError
 from hrm_fast.model import HRM, Carry, count_parameters
 
@@ -41,11 +41,12 @@ def resolve_runtime(cfg: RunConfig) -> tuple[torch.device, str, torch.dtype]:
         raise UserError(f"--backend: expected auto, reference or fused, got {backend!r}")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if t.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     elif t.dtype in dtypes:
         dtype = dtypes[t.dtype]
     else:
         raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {t.dtype!r}")
+    check_device_options(device, backend, dtype, t.cuda_graphs)
     if t.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
     return device, backend, dtype
