@@ -171,7 +171,9 @@ class Trainer:
     def _step_body(self) -> None:
         new_carry, loss, metrics = self._forward_loss_fn(self.carry)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=True)
+        # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has none
+        # and foreach=True would raise there.
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=None)
         self.opt.step()
         if self.sparse is not None:
             self.sparse.step()
