@@ -59,6 +59,7 @@ def _validate(cfg: RunConfig) -> None:
             "--checkpoint-every/--log-every must be >= 1",
         ),
         (d.n_aug >= 1, "--n-aug must be >= 1"),
+        (d.source.strip() != "", "--source: empty; give a directory of task files or arcagi"),
         (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
         (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
         (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),

@@ -196,6 +196,8 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
         raise DataError(root, "no such file or directory")
     if root.is_file():
         return [load_task_file(root, canvas)]
+    if not root.is_dir():  # a device, a socket, ...
+        raise DataError(root, "not a directory of task files or a .json task file")
     if (root / split_name).is_dir():
         root = root / split_name
     files = sorted(root.glob("*.json"))

@@ -23,7 +23,7 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
-from hrm_fast.device import resolve_device
+from hrm_fast.device import check_device_options, default_dtype, resolve_device
 from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
@@ -46,11 +46,12 @@ def resolve_runtime(cfg: RunConfig) -> tuple[torch.device, str, torch.dtype]:
         raise UserError(f"--backend: expected auto, reference or fused, got {backend!r}")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if t.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     elif t.dtype in dtypes:
         dtype = dtypes[t.dtype]
     else:
         raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {t.dtype!r}")
+    check_device_options(device, backend, dtype, t.cuda_graphs)
     if t.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
     return device, backend, dtype
@@ -206,7 +207,9 @@ class Trainer:
         loss.backward()
         if self.dp is not None:
             self.dp.average_gradients()  # one all-reduce of the flat gradient buffer
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=True)
+        # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has none
+        # and foreach=True would raise there.
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=None)
         self.opt.step()
         if self.sparse is not None:
             self.sparse.step()
@@ -542,6 +545,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
 def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
     main = dp is None or dp.is_main
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if resume and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: no such run directory to resume")
     out = prepare_dir(out_dir, "--out")
     payload = None
     if resume:
@@ -566,7 +571,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     if payload is not None:
         trainer.load_state(payload)
     metrics_f = None  # rank 0 writes the run's files (every rank of a single process)
-    trackers = Trackers([])  # and only rank 0 logs to trackers
+    trackers = Trackers([])
     if main:
         write_output(out / "config.json", cfg.to_json())
         try:
@@ -574,7 +579,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             metrics_f = AppendLog(out / "metrics.jsonl")
         except OSError as e:
             raise UserError(f"{out / 'metrics.jsonl'}: cannot write: {os_reason(e)}") from None
-        try:
+        try:  # trackers live where metrics.jsonl is written: one process writes both
             trackers = open_trackers(cfg, out, trainer, start_step=trainer.step_count, log=log)
         except BaseException:
             metrics_f.close()

@@ -81,6 +81,9 @@ FLAG_CASES = [
     (["--ce", "hinge"], "--ce"),
     (["--preset", "nope"], "--preset"),
     (["--no-such-flag", "1"], "--no-such-flag"),
+    (["--device", "cpu", "--cuda-graphs", "true"], "--cuda-graphs"),
+    (["--puzzle-id-per", "x"], "--puzzle-id-per"),
+    (["--eval-source", "/nope"], "/nope"),
 ]
 
 
@@ -150,9 +153,9 @@ def test_huge_task_file_refused_before_parsing(tmp_path, capsys, monkeypatch):
     assert str(d / "huge.json") in line and f"{MAX_TASK_BYTES // 2**20} MiB" in line
 
 
-@pytest.mark.parametrize("kind", ["empty-dir", "dir-named-json", "missing"])
+@pytest.mark.parametrize("kind", ["empty-dir", "dir-named-json", "missing", "device"])
 def test_bad_source_path(kind, tmp_path, capsys):
-    src = tmp_path / "src"
+    src = Path("/dev/null") if kind == "device" else tmp_path / "src"
     if kind == "empty-dir":
         src.mkdir()
     elif kind == "dir-named-json":
@@ -166,13 +169,15 @@ def test_bad_source_path(kind, tmp_path, capsys):
 
 def test_resume_from_a_different_preset_names_the_field(run_dir, tmp_path, capsys):
     run, tasks = run_dir
-    before = {p.name: p.read_bytes() for p in ckpt.list_checkpoints(run)}
+    before = {p.name: p.read_bytes() for p in [*ckpt.list_checkpoints(run), run / "config.json",
+                                                run / "metrics.jsonl"]}  # fmt: skip
     argv = ["train", "--preset", "smoke", "--out", str(run), "--resume", "--source", str(tasks),
             "--canvas", "8", "--quiet"]  # fmt: skip
     assert cli_main(argv) == 2
     line = _one_line(capsys)
     assert "--hidden-size 64" in line and "model.hidden_size = 32" in line
-    assert {p.name: p.read_bytes() for p in ckpt.list_checkpoints(run)} == before
+    assert {p.name: p.read_bytes() for p in [*ckpt.list_checkpoints(run), run / "config.json",
+                                             run / "metrics.jsonl"]} == before  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -189,6 +194,10 @@ def test_resume_flag_disagrees_with_checkpoint(run_dir, extra, needle, capsys):
 
 
 def test_resume_without_checkpoints(tmp_path, tiny_tasks, capsys):
+    assert cli_main(_train(tmp_path, tiny_tasks, "--resume")) == 2
+    assert "no such run directory" in _one_line(capsys)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
     assert cli_main(_train(tmp_path, tiny_tasks, "--resume")) == 2
     assert "no checkpoints" in _one_line(capsys)
 

@@ -254,6 +254,21 @@ def test_train_resume_is_bit_exact(straight_two_nodes, tmp_path):
     assert [x["step"] for x in records(split)][-1] == 7
 
 
+def test_eval_sharded_over_ranks_writes_the_same_eval_json(straight_two_nodes, tmp_path):
+    _, straight, codes, _ = straight_two_nodes
+    assert codes == [0, 0]
+    args = ["eval", str(straight), "--batch-size", "4", "--n-aug", "3", "--render", "0"]
+    one = run([sys.executable, "-m", "hrm_fast", *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "hrm_fast", *args,
+                       "--out", str(tmp_path / "two")))  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "eval.json").read_text())
+    b = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert a["overall"]["n_test_pairs"] > 2  # several batches of 4 canvases: both ranks work
+    assert a == b
+
+
 def _rank_pids(launcher_pid: int) -> dict[int, int]:
     """{rank: pid} of torchrun's worker processes (read from their environment)."""
     out = {}
