@@ -320,17 +320,23 @@ def test_wandb_offline_logs_scalars_and_images(monkeypatch, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install hrm-fast[wandb])")
     from wandb.proto import wandb_internal_pb2
 
-    from hrm_fast.trackers import Trackers, WandbTracker
-
+    # A fresh interpreter: wandb's process-wide state is not shared with other tests.
+    script = f"""
+import numpy as np
+from hrm_fast.trackers import Trackers, WandbTracker
+from pathlib import Path
+tracker = WandbTracker("hrm-fast-test", Path({str(tmp_path)!r}), {{"train": {{"lr": 1e-3}}}})
+trackers = Trackers([tracker])
+for step, loss in ((1, 3.0), (2, 2.5), (2, 2.4), (3, 2.0)):  # step 2 again: a resume
+    trackers.record({{"event": "train", "step": step, "loss": loss, "lr": 1e-3}})
+trackers.record({_probe_rec(3, 0.5, 0.03, True)!r})
+tracker.image(3, "predictions", np.zeros((8, 8, 3), np.uint8))
+trackers.close()
+"""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    tracker = WandbTracker("hrm-fast-test", tmp_path, {"train": {"lr": 1e-3}})
-    trackers = Trackers([tracker])
-    for step, loss in ((1, 3.0), (2, 2.5), (2, 2.4), (3, 2.0)):  # step 2 again: a resume
-        trackers.record({"event": "train", "step": step, "loss": loss, "lr": 1e-3})
-    trackers.record(_probe_rec(3, 0.5, 0.03, True))
-    tracker.image(3, "predictions", np.zeros((8, 8, 3), np.uint8))
-    trackers.close()
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
 
     (wfile,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     rows = []
