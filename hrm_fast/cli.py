@@ -7,6 +7,7 @@ never a traceback. A failed input-sensitivity probe exits 3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -71,14 +72,24 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def _config_for_train(args) -> RunConfig:
-    """--resume starts from the run's config.json; an explicit --preset (or none stored) from
-    the preset. Flags override either; train() then checks the result against the checkpoint."""
+    """--resume starts from the run's config.json (else the preset); flags override it, and
+    train() checks the result against the checkpoint. A --preset given with --resume must
+    describe the run's model."""
     stored = Path(args.out) / "config.json"
-    if args.resume and args.preset is None and (stored.exists() or stored.is_symlink()):
-        cfg = _read_run_config(stored)
-    else:
-        cfg = from_name(args.preset or "seed")
-    return _apply_overrides(cfg, args)
+    if not (args.resume and (stored.exists() or stored.is_symlink())):
+        return _apply_overrides(from_name(args.preset or "seed"), args)
+    cfg = _apply_overrides(_read_run_config(stored), args)
+    if args.preset is not None:
+        preset = _apply_overrides(from_name(args.preset), args).model
+        for f in dataclasses.fields(preset):
+            ours, theirs = getattr(preset, f.name), getattr(cfg.model, f.name)
+            if ours != theirs:
+                raise UserError(
+                    f"--preset {args.preset}: {stored.parent} was trained with another model "
+                    f"(model.{f.name} = {theirs!r}, the preset gives {ours!r}); "
+                    "drop --preset to resume it"
+                )
+    return cfg
 
 
 def _read_run_config(path: Path) -> RunConfig:
@@ -125,8 +136,8 @@ def cmd_probe(args) -> int:
     if args.pairs is not None and args.pairs < 1:
         raise UserError(f"--pairs must be >= 1, got {args.pairs}")
     for flag, v in (("--min-differ", args.min_differ), ("--min-tv", args.min_tv)):
-        if v is not None and not 0 <= v <= 1:  # NaN fails too
-            raise UserError(f"{flag} must be in [0, 1], got {v}")
+        if v is not None and not v >= 0:  # NaN fails too; above 1 can never pass
+            raise UserError(f"{flag} must be >= 0, got {v}")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     device = resolve_device(args.device)

@@ -275,8 +275,9 @@ _RANGES = {
     ("train", "log_every"): "[1, inf)",
     ("train", "seed"): "[0, 4294967295]",  # numpy's seed range
     ("train", "probe_pairs"): "[1, inf)",
-    ("train", "probe_min_differ"): "[0, 1]",
-    ("train", "probe_min_tv"): "[0, 1]",
+    # Above 1 the probe can never pass: a way to force its failure, so allowed.
+    ("train", "probe_min_differ"): "[0, inf)",
+    ("train", "probe_min_tv"): "[0, inf)",
 }
 
 
