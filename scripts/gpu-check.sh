@@ -33,3 +33,10 @@ echo "== parity on $(python -c 'import torch; print(torch.cuda.get_device_name()
 python -m pytest -q tests -m "interpret or cuda"
 echo "== bench" >&2
 hrm-fast bench --device cuda "$@"
+# Data parallel (NCCL): the parity run above includes tests/test_distributed.py's 2-GPU NCCL +
+# CUDA-graphs test, which skips with fewer than 2 GPUs; with 2 or more, the 1 vs N-GPU table.
+n_gpu="$(python -c 'import torch; print(torch.cuda.device_count())')"
+if [ "$n_gpu" -ge 2 ]; then
+  echo "== data parallel on $n_gpu GPUs: hrm-fast bench --nproc $n_gpu" >&2
+  hrm-fast bench --device cuda --nproc "$n_gpu"
+fi
