@@ -89,6 +89,8 @@ def setup(device: str, backend: str = "auto", timeout_s: float = 600.0) -> DataP
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
+    if dev.type == "mps":  # gloo moves CPU tensors only, and NCCL is CUDA/ROCm
+        raise UserError("--device mps: data-parallel training (torchrun) needs CUDA or ROCm GPUs")
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec, device_target_family
-from .dispatch import use_triton
+from .aot import AotSpec
+from .dispatch import device_target_family, use_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

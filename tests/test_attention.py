@@ -219,3 +219,28 @@ def test_sdpa_fallback_matches_reference():
     cos, sin = pos.cos(), pos.sin()
     ref = attn.rope_attention_ref(qkv, cos, sin)
     assert (attn.rope_attention_sdpa(qkv, cos, sin) - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    "hip, gcn, family",
+    [
+        (None, None, "nvidia"),
+        ("6.2", "gfx942:sramecc+:xnack-", "cdna"),
+        ("6.2", "gfx1100", "rdna3"),
+    ],
+)
+def test_rocm_device_family_constant_under_fullgraph_compile(monkeypatch, hip, gcn, family):
+    from hrm_fast.kernels.dispatch import device_target_family
+
+    monkeypatch.setattr(torch.version, "hip", hip)
+    props = type("Props", (), {"gcnArchName": gcn})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    dev = torch.device("cuda", 0)
+    assert device_target_family(dev) == family
+
+    def pick(x):  # the launchers read the family while the fused step is being traced
+        return x * (2.0 if device_target_family(dev) == "rdna3" else 3.0)
+
+    torch._dynamo.reset()
+    out = torch.compile(pick, fullgraph=True, backend="eager")(torch.ones(2))
+    assert out.tolist() == ([2.0, 2.0] if family == "rdna3" else [3.0, 3.0])
