@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, discovery, and rebuilding a model from one.
 
 A checkpoint is one ``torch.save`` file ``DIR/checkpoints/step_{step:09d}.pt`` holding
-``{"version", "step", "config", "model", "optimizer", "sparse", "carry", "rng", "dataset"}``.
+``{"version", "step", "config", "model", "optimizer", "sparse", "ema", "carry", "rng", "dataset"}``
+(``ema``: the averaged network weights as a plain {name: tensor} dict, or None).
 It is written to a temporary file in the same folder, fsynced, then renamed over the final
 name, so a crash mid-write leaves every earlier checkpoint intact.
 """
@@ -101,13 +102,14 @@ def load_latest(run_dir: Path, map_location="cpu") -> dict | None:
 
 
 def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.float32):
-    """Rebuild the HRM in a checkpoint. Returns (model in eval mode, RunConfig, payload)."""
-    from hrm_fast.model import HRM
+    """Rebuild the model (HRM or TRM) in a checkpoint, with its EMA weights where it has
+    them. Returns (model in eval mode, RunConfig, payload)."""
+    from hrm_fast.arch import build_model
 
     payload = load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])
     ds = payload.get("dataset", {})
-    model = HRM(
+    model = build_model(
         cfg.model,
         seq_len=cfg.seq_len,
         num_puzzle_ids=int(ds.get("num_puzzle_ids", 1)),
@@ -122,4 +124,11 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
             f"{payload['path']}: model state does not match its config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    if payload.get("ema") is not None:
+        from hrm_fast.ema import load_ema_weights
+
+        try:
+            load_ema_weights(model, payload["ema"])
+        except KeyError as e:
+            raise UserError(f"{payload['path']}: {e.args[0]}") from None
     return model.to(device).eval(), cfg, payload

@@ -45,6 +45,18 @@ def _validate(cfg: RunConfig) -> None:
     checks = [
         (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
         (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
+        (m.arch in ("hrm", "trm"), "--arch must be hrm or trm"),
+        (m.pos_encodings in ("rope", "none"), "--pos-encodings must be rope or none"),
+        (
+            m.arch == "trm" or (m.pos_encodings == "rope" and not m.mlp_t),
+            "--pos-encodings none and --mlp-t are TRM options (--arch trm)",
+        ),
+        (m.puzzle_emb_tokens >= 0, "--puzzle-emb-tokens must be >= 0"),
+        (
+            m.puzzle_emb_ndim <= m.puzzle_emb_len * m.hidden_size,
+            "--puzzle-emb-ndim must fit in --puzzle-emb-tokens x --hidden-size",
+        ),
+        (0.0 <= t.ema_rate < 1.0, "--ema-rate must be in [0, 1)"),
         (m.halt_max_steps >= 1, "--halt-max-steps must be >= 1"),
         (m.H_cycles >= 1 and m.L_cycles >= 1, "--H-cycles and --L-cycles must be >= 1"),
         (t.batch_size >= 1, "--batch-size must be >= 1"),
@@ -130,19 +142,25 @@ def cmd_convert(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from hrm_fast.model import HRM, count_parameters
+    from hrm_fast.arch import build_model
+    from hrm_fast.layers import count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
     n_ids = args.puzzle_ids
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
-        n_tasks = 400 + (400 if cfg.data.include_eval_demos else 0)
+        sizes = {"arcagi": (400, 400), "arcagi2": (1000, 120)}  # (training, evaluation) tasks
+        if cfg.data.source not in sizes:
+            raise UserError(f"--source {cfg.data.source}: task count unknown; pass --puzzle-ids")
+        n_train, n_eval = sizes[cfg.data.source]
         if cfg.data.max_tasks:
-            n_tasks = min(n_tasks, cfg.data.max_tasks * (2 if cfg.data.include_eval_demos else 1))
+            n_train, n_eval = min(n_train, cfg.data.max_tasks), min(n_eval, cfg.data.max_tasks)
+        n_tasks = n_train + (n_eval if cfg.data.include_eval_demos else 0)
         n_ids = 1 + n_tasks * (cfg.data.n_aug if cfg.data.puzzle_id_per == "augmentation" else 1)
-    m = HRM(cfg.model, cfg.seq_len, 1, 1)
+    m = build_model(cfg.model, cfg.seq_len, 1, 1)
     c = count_parameters(m)
     table = n_ids * cfg.model.puzzle_emb_ndim
-    print(f"preset {args.preset}: {c['network']:,} network parameters ({c['network'] / 1e6:.2f}M)")
+    print(f"preset {args.preset} ({cfg.model.arch.upper()}): {c['network']:,} network parameters"
+          f" ({c['network'] / 1e6:.2f}M)")  # fmt: skip
     print(f"  + puzzle-embedding table {n_ids:,} ids x {cfg.model.puzzle_emb_ndim} = {table:,}")
     print(f"  = {c['network'] + table:,} in all ({(c['network'] + table) / 1e6:.2f}M)")
     return 0
