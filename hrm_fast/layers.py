@@ -148,7 +148,8 @@ def _attention_reference(qkv, cos, sin):
     b, s, h3, d = qkv.shape
     h = h3 // 3
     q, k, v = qkv[:, :, :h], qkv[:, :, h : 2 * h], qkv[:, :, 2 * h :]
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if cos is not None:  # None: no position encoding (TRM's pos_encodings="none")
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
@@ -221,8 +222,8 @@ class Block(nn.Module):
 
     def forward(self, cos_sin, h: torch.Tensor) -> torch.Tensor:
         if self.token_mlp:
-            h_t = h.transpose(1, 2).contiguous()  # [B, hidden, S]: mix along the sequence
-            h = self.ops.add_rms_norm(h_t, self.mlp_t(h_t), self.eps).transpose(1, 2).contiguous()
+            h_t = h.transpose(1, 2)  # [B, hidden, S]: mix along the sequence
+            h = self.ops.add_rms_norm(h_t, self.mlp_t(h_t), self.eps).transpose(1, 2)
         else:
             h = self.ops.add_rms_norm(h, self.self_attn(cos_sin, h), self.eps)
         return self.ops.add_rms_norm(h, self.mlp(h), self.eps)

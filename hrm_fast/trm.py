@@ -70,9 +70,11 @@ class TRMInner(nn.Module):
                 num_puzzle_ids, cfg.puzzle_emb_ndim, batch_size, forward_dtype
             )
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, total_len, cfg.rope_theta)
-        if cfg.pos_encodings == "none":  # the identity rotation: one attention path for both
+        self.use_rope = cfg.pos_encodings == "rope"
+        if not self.use_rope:  # the fused kernel always rotates: give it the identity
             self.rotary_emb.cos_cached.fill_(1.0)
             self.rotary_emb.sin_cached.zero_()
+        self.backend = ops.backend
         # The one network. TRM names it L_level; H_layers is ignored.
         self.L_level = ReasoningModule(
             cfg, cfg.L_layers, ops, token_mlp_len=total_len if cfg.mlp_t else 0
@@ -108,6 +110,8 @@ class TRMInner(nn.Module):
 
     def forward(self, carry: InnerCarry, inputs: torch.Tensor, puzzle_ids: torch.Tensor):
         cos_sin = (self.rotary_emb.cos_cached, self.rotary_emb.sin_cached)
+        if not self.use_rope and self.backend == "reference":
+            cos_sin = (None, None)  # skip the rotation rather than multiply by the identity
         x = embed_inputs(self, inputs, puzzle_ids)
         z_H, z_L = carry.z_H, carry.z_L
         with torch.no_grad():  # T-1 cycles improve the states without a graph
