@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment")
-PRESETS = ("seed", "paper")
+PRESETS = ("seed", "paper", "trm-arc1", "trm-arc2")
 DEFAULT_ARCHS = (80, 86, 89, 90)
 MMA_OPCODES = ("HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "DMMA")  # sm_90 WGMMA -> *GMMA
 
