@@ -126,13 +126,16 @@ def _masked_mean(v: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Ten
 
 
 def penalties_from_histograms(
-    p_sum: torch.Tensor, y_sum: torch.Tensor, n_valid: torch.Tensor
+    p_sum: torch.Tensor, y_sum: torch.Tensor, n_valid: torch.Tensor, batch_gather=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(diversity, distribution) from per-example SUMS over valid positions.
 
     Differentiable w.r.t. ``p_sum``. Examples with no valid position are left out of every
-    batch mean (p-bar, y-bar, the entropy term and S_x).
+    batch mean (p-bar, y-bar, the entropy term and S_x). ``batch_gather`` (data parallel)
+    gathers every rank's rows first, so the batch statistics are the global batch's.
     """
+    if batch_gather is not None:
+        p_sum, y_sum, n_valid = batch_gather(p_sum), batch_gather(y_sum), batch_gather(n_valid)
     dt = p_sum.dtype
     C = p_sum.shape[-1]
     n = n_valid.to(dt)
@@ -162,6 +165,7 @@ def arc_loss_from_stats(
     steps: torch.Tensor,
     cfg: LossConfig,
     halt_max_steps: int,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     dt = stats.p_sum.dtype
     n = stats.n_valid.to(dt)
@@ -180,7 +184,10 @@ def arc_loss_from_stats(
     else:
         q_continue_loss = F.binary_cross_entropy_with_logits(qc, target_q_continue.to(dt))
 
-    diversity, distribution = penalties_from_histograms(stats.p_sum, stats.y_sum, stats.n_valid)
+    diversity, distribution = penalties_from_histograms(
+        stats.p_sum, stats.y_sum, stats.n_valid, batch_gather
+    )
+    a_sum = stats.a_sum if batch_gather is None else batch_gather(stats.a_sum)
 
     early = (steps < cfg.min_steps).to(dt)
     late = (steps >= halt_max_steps).to(dt)
@@ -207,7 +214,7 @@ def arc_loss_from_stats(
             # Per-example means over examples with >= 1 valid position.
             "accuracy": (has * correct / n.clamp_min(1)).sum() / n_ex,
             "exact_accuracy": exact_f.sum() / n_ex,
-            "unique_classes": (stats.a_sum.sum(0) > 0).to(dt).sum(),
+            "unique_classes": (a_sum.sum(0) > 0).to(dt).sum(),
             "q_halt_accuracy": (has * ((qh >= 0) == exact).to(dt)).sum() / n_ex,
             "correct": correct.sum(),
             "valid": n.sum(),
@@ -224,9 +231,13 @@ def arc_loss_ref(
     steps: torch.Tensor,
     cfg: LossConfig,
     halt_max_steps: int,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ImprovedARCLoss + ACT Q losses (docs/architecture.md, "Loss"). Eager reference."""
+    """ImprovedARCLoss + ACT Q losses (docs/architecture.md, "Loss"). Eager reference.
+
+    ``batch_gather`` (data parallel): the batch-level penalties and ``unique_classes`` are
+    computed over every rank's examples (``hrm_fast.distributed``)."""
     stats = arc_loss_stats_ref(logits, labels, use_stablemax(cfg))
     return arc_loss_from_stats(
-        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps
+        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )

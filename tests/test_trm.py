@@ -335,3 +335,33 @@ def test_trm_options_validated(tmp_path, capsys):
     assert "TRM options" in capsys.readouterr().err
     assert cli_main([*base, "--arch", "xyz"]) == 2
     assert "--arch" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- official checkpoints
+
+
+@pytest.mark.parametrize("variant", ["att-rope", "mlp_t"])
+@pytest.mark.parametrize("with_ema", [False, True], ids=["plain", "ema"])
+def test_convert_official_trm_state_dict(tmp_path, variant, with_ema):
+    """``convert`` of an official TRM state dict (``_orig_mod.model.`` prefixes) gives the
+    port's logits and Q values; an EMA copy beside the weights is the one converted."""
+    from hrm_fast.convert import convert_to_checkpoint
+
+    theirs, cfg = _official(variant)
+    sd = official_trm_state_dict(theirs)
+    if with_ema:  # shadow = the port's weights; the "model" entry holds other (live) weights
+        shadow = {k: v.clone() for k, v in sd.items() if "puzzle_emb" not in k and "_init" not in k}
+        live = {k: (v + 1.0 if k in shadow else v) for k, v in sd.items()}
+        sd = {"model": live, "ema": shadow}
+    torch.save(sd, tmp_path / "official.pt")
+    overrides = dict(
+        num_heads=cfg.num_heads, H_cycles=cfg.H_cycles, L_cycles=cfg.L_cycles,
+        halt_max_steps=cfg.halt_max_steps, halt_exploration_prob=cfg.halt_exploration_prob,
+        puzzle_emb_tokens=cfg.puzzle_emb_len, pos_encodings=cfg.pos_encodings,
+    )  # fmt: skip
+    convert_to_checkpoint(tmp_path / "official.pt", tmp_path / "run", seq_len=SEQ, **overrides)
+    model, run_cfg, _ = ckpt.model_from_checkpoint(tmp_path / "run")
+    assert isinstance(model, TRM) and run_cfg.model.arch == "trm"
+    assert run_cfg.model.mlp_t == cfg.mlp_t and run_cfg.model.L_layers == cfg.L_layers
+    with torch.no_grad():
+        _run_pair(model, theirs, n_steps=2, tol=TOL[torch.float32])
