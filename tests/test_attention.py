@@ -86,7 +86,7 @@ def lse_reference(qkv, cos, sin):
 
 
 # (B, S, H, D, strided, random_tables): odd lengths exercise the row/column masks; S=901 is
-# the ARC length.
+# HRM's ARC length, S=916 TRM's (16 puzzle-embedding positions) at its head dim 64.
 FP32_CASES = [
     (2, 37, 2, 32, False, False),
     (2, 37, 1, 64, False, True),
@@ -94,12 +94,14 @@ FP32_CASES = [
     (3, 37, 1, 128, False, False),
     (1, 130, 2, 128, True, False),
     (1, 901, 1, 32, False, False),
+    (1, 916, 1, 64, False, False),
 ]
 FP16_CASES = [
     (2, 37, 2, 32, True),
     (1, 130, 2, 64, False),
     (2, 37, 1, 128, False),
     (1, 901, 1, 64, False),
+    (1, 916, 1, 64, False),
 ]
 
 
@@ -181,7 +183,7 @@ def test_triton_op_registered():
     assert "Tensor qkv" in schema and "Tensor cos" in schema and "Tensor sin" in schema
 
 
-@pytest.mark.parametrize("preset", ["seed", "paper"])
+@pytest.mark.parametrize("preset", ["seed", "paper", "trm-arc1", "trm-arc2"])
 def test_aot_specs_match_kernel_signatures(preset):
     specs = attn.aot_specs(preset)
     assert {s.name for s in specs} == {
@@ -197,7 +199,7 @@ def test_aot_specs_match_kernel_signatures(preset):
         assert s.has_dot == (s.name != "attention_bwd_preprocess")
     # GPU launch configs even though this process runs the interpreter.
     fwd = next(s for s in specs if s.name == "attention_fwd")
-    D = {"seed": 32, "paper": 64}[preset]
+    D = {"seed": 32, "paper": 64, "trm-arc1": 64, "trm-arc2": 64}[preset]
     assert fwd.constexprs["HALF"] == D // 2
     assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == attn._FWD_CFG["nvidia"][D][:2]
     assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG["nvidia"][D][2:]
