@@ -286,6 +286,13 @@ def _json_safe(x):
     return x
 
 
+def _default_eval_source(source: str) -> str:
+    from hrm_fast.data import BUILTIN_SOURCES, split_sources
+
+    builtins = [s for s in split_sources(source) if s in BUILTIN_SOURCES]
+    return f"{builtins[0]} evaluation" if builtins else f"{source} (own test pairs)"
+
+
 def default_out(ckpt_path: Path) -> Path:
     """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
     parent = ckpt_path.parent
@@ -302,9 +309,14 @@ def evaluate(
     device="auto",
     eval_source: str | None = None,
     quiet: bool = False,
-) -> dict:
+    dp=None,
+) -> dict | None:
     """Evaluate a checkpoint; writes ``eval.json`` (and ``eval.png``) into ``out``; returns
-    the eval.json dict."""
+    the eval.json dict.
+
+    ``dp`` (``hrm_fast.distributed``, under torchrun): each rank predicts whole batches of the
+    single-process batching, rank 0 gathers the predictions, scores and writes (others get
+    None), so eval.json is the one a single process writes."""
     from hrm_fast import checkpoint as ckpt
     from hrm_fast.data import ArcDataset
     from hrm_fast.train import Progress
@@ -317,7 +329,7 @@ def evaluate(
         raise UserError(f"--max-tasks must be >= 0, got {max_tasks}")
     if render < 0:
         raise UserError(f"--render must be >= 0, got {render}")
-    dev = resolve_device(device)
+    dev = resolve_device(device) if dp is None else dp.device
     path = ckpt.resolve(checkpoint)
     # The training backend/dtype on CUDA (fused kernels, bf16); the fp32 reference on CPU.
     backend, dtype = (
@@ -325,8 +337,11 @@ def evaluate(
     )
     model, cfg, payload = ckpt.model_from_checkpoint(path, device=dev, backend=backend, dtype=dtype)
     if eval_source:
-        if eval_source != "none" and not Path(eval_source).exists():
-            raise UserError(f"--eval-source: {eval_source}: no such file or directory")
+        from hrm_fast.data import BUILTIN_SOURCES, split_sources
+
+        for part in split_sources(eval_source) if eval_source != "none" else []:
+            if part not in BUILTIN_SOURCES and not Path(part).exists():
+                raise UserError(f"--eval-source: {part}: no such file or directory")
         cfg.data.eval_source = eval_source
     dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
     trained = list(payload.get("dataset", {}).get("task_ids", dataset.task_ids))
@@ -357,19 +372,24 @@ def evaluate(
         f"(K={k} augmentations{capped}, {cfg.model.halt_max_steps} ACT steps) | "
         f"{dev.type} {backend}"
     )
-    prog = Progress(len(items), 0, quiet=quiet, unit="canvases")
+    mine = list(range(len(items)))
+    if dp is not None:
+        from hrm_fast.distributed import shard_batches
+
+        mine = shard_batches(len(items), batch_size, dp.rank, dp.world)
+    prog = Progress(len(mine), 0, quiet=quiet, unit="canvases")
     last = {"t": 0.0}
 
     def on_batch(done: int) -> None:  # redraw on a terminal; every few seconds in a log
         now = time.perf_counter()
-        if prog.tty or done == len(items) or now - last["t"] >= 5.0:
+        if prog.tty or done == len(mine) or now - last["t"] >= 5.0:
             last["t"] = now
             prog.update(done)
 
     grids, q_prob = predict(
         model,
         dataset.bank,
-        items,
+        [items[i] for i in mine],
         cfg.data.canvas,
         cfg.model.halt_max_steps,
         batch_size,
@@ -377,14 +397,21 @@ def evaluate(
         progress=on_batch,
     )
     prog.close()
+    if dp is not None:  # every rank's predictions, back in item order, on rank 0
+        parts = dp.gather_objects((mine, grids, q_prob))
+        if not dp.is_main:
+            return None
+        grids, q_prob = [None] * len(items), [0.0] * len(items)
+        for idx, g, q in parts:
+            for i, gi, qi in zip(idx, g, q, strict=True):
+                grids[i], q_prob[i] = gi, qi
     results = score_tasks(dataset, items, grids, q_prob)
     overall = summarise(results)
 
     report = {
         "checkpoint": str(path),
         "step": int(payload.get("step", 0)),
-        "eval_source": cfg.data.eval_source
-        or ("arcagi" if cfg.data.source == "arcagi" else f"{cfg.data.source} (own test pairs)"),
+        "eval_source": cfg.data.eval_source or _default_eval_source(cfg.data.source),
         "n_aug": int(k),
         "halt_max_steps": cfg.model.halt_max_steps,
         "overall": overall,
@@ -446,14 +473,26 @@ def summary(report: dict, n_blank: int | None = None) -> str:
 
 
 def main(args) -> int:
-    evaluate(
-        args.checkpoint,
-        out=args.out,
-        n_aug=args.n_aug,
-        max_tasks=args.max_tasks,
-        batch_size=args.batch_size,
-        render=args.render,
-        device=args.device,
-        eval_source=args.eval_source,
-    )
+    from hrm_fast import distributed
+
+    dp = distributed.setup(args.device)  # None in a single process; torchrun shards the tasks
+    try:
+        evaluate(
+            args.checkpoint,
+            out=args.out,
+            n_aug=args.n_aug,
+            max_tasks=args.max_tasks,
+            batch_size=args.batch_size,
+            render=args.render,
+            device=args.device,
+            eval_source=args.eval_source,
+            quiet=dp is not None and not dp.is_main,
+            dp=dp,
+        )
+    except BaseException:
+        if dp is not None:
+            dp.close(wait_for_all=False)
+        raise
+    if dp is not None:
+        dp.close()
     return 0

@@ -158,6 +158,11 @@ def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) ->
     "correct": bool}``; grids are 2-D arrays of colours 0-9 (the prediction may be empty).
     Returns the path.
     """
+    return write_png(path, tasks_image(rows, cell))
+
+
+def tasks_image(rows: list[dict], cell: int | None = None) -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 image ``render_tasks`` writes (rows as there)."""
     if not rows:
         raise ValueError("render_tasks: no rows to draw")
     cell = cell or _cell_size(rows)
@@ -190,4 +195,4 @@ def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) ->
                 img[bar_y : bar_y + BAR, x : x + p.shape[1]] = colour
             x += panel_w[i] + GAP
         y += rh + ROW_GAP
-    return write_png(path, img)
+    return img

@@ -20,6 +20,11 @@ One training step (``hrm_fast.train.Trainer.step``) is:
   QK^T; that is reported apart as ``attention_recompute`` and left out of ``total``;
 * the puzzle-embedding sign-SGD's ``[B, B] @ [B, ndim]`` row-sum matmul.
 
+TRM (``arch="trm"``) has one network of ``L_layers`` blocks, applied T(n+1) times per ACT step
+(T = ``H_cycles``, n = ``L_cycles``): n latent updates and one answer update per cycle. Its
+backward spans the whole last cycle (n+1 applications), and it has no target-Q forward. Its
+``mlp_t`` variant replaces attention with a SwiGLU over the sequence axis.
+
 Minimum bytes (``step_bytes``) is a LOWER BOUND on DRAM traffic under these assumptions:
 
 * fp32 master weights, fp32 gradients and fp32 AdamW moments: the forward reads the weights
@@ -112,27 +117,67 @@ def _dims(cfg: RunConfig) -> dict:
     )
 
 
+def _token_mlp_width(cfg: RunConfig) -> int:
+    from hrm_fast.layers import swiglu_width
+
+    return swiglu_width(_dims(cfg)["S"], cfg.model.expansion)
+
+
+def _uses_token_mlp(cfg: RunConfig) -> bool:
+    return cfg.model.arch == "trm" and cfg.model.mlp_t
+
+
 def layer_flops(cfg: RunConfig) -> dict[str, float]:
-    """Forward FLOPs of one transformer block: projections and attention."""
+    """Forward FLOPs of one transformer block: projections and attention (or, for TRM's
+    ``mlp_t``, the sequence-axis SwiGLU in attention's place)."""
     k = _dims(cfg)
     B, S, d, H, D, I = k["B"], k["S"], k["d"], k["H"], k["D"], k["I"]
     tokens = B * S
-    proj = 2 * tokens * (d * 3 * d + d * d + d * 2 * I + I * d)  # qkv, o, gate_up, down
+    mlp = 2 * tokens * (d * 2 * I + I * d)  # gate_up, down
+    if _uses_token_mlp(cfg):
+        It = _token_mlp_width(cfg)
+        return {"matmul": float(mlp + 2 * B * d * (S * 2 * It + It * S)), "attention": 0.0}
+    proj = mlp + 2 * tokens * (d * 3 * d + d * d)  # qkv, o
     attn = 4 * B * H * S * S * D  # QK^T and PV
     return {"matmul": float(proj), "attention": float(attn)}
 
 
+@dataclass(frozen=True)
+class Applications:
+    """How often each module runs in one ACT step, and how many of those carry gradients.
+
+    ``L``/``H`` count module evaluations (TRM: latent and answer updates of its one network).
+    """
+
+    L: int
+    H: int
+    L_grad: int
+    H_grad: int
+    L_layers: int
+    H_layers: int
+    target_q: bool  # a second, gradient-free forward for HRM's bootstrapped Q target
+
+
+def applications(cfg: RunConfig, training: bool = True) -> Applications:
+    m = cfg.model
+    if m.arch == "trm":
+        T, n = m.H_cycles, m.L_cycles
+        return Applications(T * n, T, n, 1, m.L_layers, m.L_layers, False)
+    target_q = training and m.halt_max_steps > 1
+    return Applications(m.H_cycles * m.L_cycles, m.H_cycles, 1, 1, m.L_layers, m.H_layers, target_q)
+
+
 def step_flops(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     """FLOPs of one training step, by part; ``total`` is their sum."""
-    m, k = cfg.model, _dims(cfg)
+    m, k, a = cfg.model, _dims(cfg), applications(cfg, training)
     layer = sum(layer_flops(cfg).values())
-    L_eval, H_eval = m.L_layers * layer, m.H_layers * layer
+    L_eval, H_eval = a.L_layers * layer, a.H_layers * layer
     heads = 2 * k["B"] * k["S"] * k["d"] * k["V"] + 2 * k["B"] * k["d"] * 2  # lm_head + q_head
-    inner = m.H_cycles * m.L_cycles * L_eval + m.H_cycles * H_eval + heads
-    grad_part = L_eval + H_eval + heads  # the last L and H evaluation and the heads
+    inner = a.L * L_eval + a.H * H_eval + heads
+    grad_part = a.L_grad * L_eval + a.H_grad * H_eval + heads  # HRM: last L and H; TRM: n+1
     out = {
         "forward": float(inner),
-        "target_q_forward": float(inner if training and m.halt_max_steps > 1 else 0),
+        "target_q_forward": float(inner if a.target_q else 0),
         "backward": float(2 * grad_part if training else 0),
         "sparse_sgd": float(
             2 * k["B"] * k["B"] * m.puzzle_emb_ndim if training and m.puzzle_emb_ndim else 0
@@ -142,7 +187,7 @@ def step_flops(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     # Not in the total (model FLOPs): a flash-style attention backward recomputes S = QK^T
     # (2*B*H*S*S*D per layer, +1/2 of the forward attention). Our Triton kernel and torch's
     # SDPA backward do; FlopCounterMode's SDPA backward formula counts it (2.5x forward).
-    n_grad_layers = (m.L_layers + m.H_layers) if training else 0
+    n_grad_layers = (a.L_grad * a.L_layers + a.H_grad * a.H_layers) if training else 0
     out["attention_recompute"] = float(n_grad_layers * layer_flops(cfg)["attention"] / 2)
     return out
 
@@ -154,8 +199,13 @@ def network_params(cfg: RunConfig) -> int:
     """Trainable network parameters (as ``count_parameters(model)['network']``)."""
     m, k = cfg.model, _dims(cfg)
     d, I, V = k["d"], k["I"], k["V"]
-    layer = d * 3 * d + d * d + d * 2 * I + I * d
-    return (m.H_layers + m.L_layers) * layer + V * d + V * d + 2 * d + 2
+    mixer = d * 3 * d + d * d
+    if _uses_token_mlp(cfg):
+        It = _token_mlp_width(cfg)
+        mixer = k["S"] * 2 * It + It * k["S"]
+    layer = mixer + d * 2 * I + I * d
+    n_layers = m.L_layers if m.arch == "trm" else m.H_layers + m.L_layers  # TRM: one network
+    return n_layers * layer + V * d + V * d + 2 * d + 2
 
 
 def act_bytes(cfg: RunConfig) -> int:
@@ -165,21 +215,25 @@ def act_bytes(cfg: RunConfig) -> int:
 
 def step_bytes(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     """Lower bound on DRAM bytes of one training step, by part (assumptions: module docstring)."""
-    m, k = cfg.model, _dims(cfg)
+    m, k, a = cfg.model, _dims(cfg), applications(cfg, training)
     e = act_bytes(cfg)
     state = k["B"] * k["S"] * k["d"] * e  # one hidden-state tensor
     n_params = network_params(cfg)
-    # Module evaluations in one inner forward: L reads (z_L, z_H, x), H reads (z_H, z_L).
-    n_L, n_H = m.H_cycles * m.L_cycles, m.H_cycles
-    inner_fwd = n_L * 4 * state + n_H * 3 * state
+    # Module evaluations in one inner forward: L reads (z_L, z_H, x), H reads (z_H, z_L); each
+    # writes one state.
+    inner_fwd = a.L * 4 * state + a.H * 3 * state
+    grad_inputs = a.L_grad * 3 + a.H_grad * 2
+    n_grad = a.L_grad + a.H_grad
     logits = k["B"] * cfg.seq_len * k["V"]
     out = {
         "params": float(4 * n_params),  # forward read of fp32 weights
         "grads_optimizer": float((4 + 28) * n_params if training else 0),
         "activations_forward": float(inner_fwd + logits * e),
-        "target_q_forward": float(inner_fwd if training and m.halt_max_steps > 1 else 0),
+        "target_q_forward": float(inner_fwd if a.target_q else 0),
         # Backward: re-read each grad module's inputs (L: 3, H: 2) + write/read 1 grad each.
-        "activations_backward": float((3 + 2 + 2 * 2) * state + logits * 4 * 2 if training else 0),
+        "activations_backward": float(
+            (grad_inputs + 2 * n_grad) * state + logits * 4 * 2 if training else 0
+        ),
         "carry_data": float(4 * state + 2 * k["B"] * cfg.seq_len * 4 + logits * e),
         "puzzle_rows": float(2 * k["B"] * m.puzzle_emb_ndim * 4),
     }
@@ -244,9 +298,106 @@ def format_ceilings(cfg: RunConfig, preset: str = "") -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- communication
+#
+# Data parallel (``hrm_fast.distributed``): each step all-reduces one flat fp32 gradient buffer
+# and all-gathers the batch's puzzle-embedding rows with their gradients (plus a few hundred
+# bytes of loss statistics, left out here). A ring all-reduce of M bytes over N ranks sends and
+# receives 2 (N - 1) / N * M bytes per rank; an all-gather of M bytes in all, (N - 1) / N * M.
+# The step runs the all-reduce after the backward (no overlap), so its time adds to compute.
+# This is a MODEL from link datasheet rates, not a measurement: it leaves out per-collective
+# latency (tens of microseconds each, 8 collectives per step) and achieved-vs-peak bandwidth.
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    gbs: float  # per GPU, one direction, GB/s (1e9 B/s)
+    note: str = ""
+
+
+LINKS: dict[str, Link] = {
+    "nvlink4": Link("NVLink 4 (H100 SXM)", 450.0, "900 GB/s per GPU both directions"),
+    "nvlink3": Link("NVLink 3 (A100 SXM)", 300.0, "600 GB/s per GPU both directions"),
+    "pcie5": Link("PCIe 5.0 x16", 63.0, "32 GT/s x 16 lanes, 128b/130b"),
+    "pcie4": Link("PCIe 4.0 x16", 31.5, "16 GT/s x 16 lanes, 128b/130b"),
+    "eth400": Link("400 Gb/s Ethernet", 50.0, "one NIC per GPU"),
+    "eth200": Link("200 Gb/s Ethernet", 25.0, "one NIC per GPU"),
+    "eth100": Link("100 Gb/s Ethernet", 12.5, "one NIC per GPU"),
+}
+
+
+def comm_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
+    """Bytes one rank sends per step with ``world`` ranks (ring algorithms); global batch B."""
+    if world <= 1:
+        return {"allreduce_buffer": 0.0, "allreduce": 0.0, "puzzle_gather": 0.0, "total": 0.0}
+    buffer = 4 * network_params(cfg)  # fp32 gradients
+    rows = cfg.train.batch_size * (4 * cfg.model.puzzle_emb_ndim + 4)  # grads + int32 ids
+    out = {
+        "allreduce_buffer": float(buffer),
+        "allreduce": 2 * (world - 1) / world * buffer,
+        "puzzle_gather": (world - 1) / world * rows if cfg.model.puzzle_emb_ndim else 0.0,
+    }
+    out["total"] = out["allreduce"] + out["puzzle_gather"]
+    return out
+
+
+def scaling_model(cfg: RunConfig, gpu: str | GpuPeak, link: str | Link, world: int) -> dict:
+    """MODEL of one data-parallel step at a fixed global batch: compute ceiling per rank (batch
+    B / world) plus communication at the link's datasheet rate, no overlap."""
+    import dataclasses
+
+    g = gpu_peak(gpu) if isinstance(gpu, str) else gpu
+    ln = LINKS[link] if isinstance(link, str) else link
+    per_rank = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size // world)
+    )
+    compute = 1.0 / ceiling_it_s(per_rank, g)
+    comm = comm_bytes(cfg, world)["total"] / (ln.gbs * 1e9)
+    one = 1.0 / ceiling_it_s(cfg, g)
+    step = compute + comm
+    return {
+        "world": world,
+        "gpu": g.name,
+        "link": ln.name,
+        "compute_s": compute,
+        "comm_s": comm,
+        "step_s": step,
+        "it_s": 1.0 / step,
+        "speedup": one / step,
+        "efficiency": one / (world * step),
+        "label": "model (datasheet peaks, no latency, no overlap), not measured",
+    }
+
+
+def format_scaling(cfg: RunConfig, preset: str, gpu: str = "h100", worlds=(2, 4, 8)) -> str:
+    c = comm_bytes(cfg, 2)
+    lines = [
+        f"data-parallel MODEL for {preset} (global batch {cfg.train.batch_size}) on "
+        f"{gpu_peak(gpu).name}: all-reduce buffer {c['allreduce_buffer'] / 1e6:.1f} MB/step "
+        "(fp32 gradients); time = compute ceiling at batch/N + ring all-reduce and gather "
+        "bytes / link bandwidth",
+        f"{'link':<22}{'GB/s':>7}" + "".join(f"{f'N={n} comm / speedup':>24}" for n in worlds),
+    ]
+    for key, ln in LINKS.items():
+        cells = []
+        for n in worlds:
+            m = scaling_model(cfg, gpu, key, n)
+            cells.append(f"{m['comm_s'] * 1e3:>9.2f} ms / {m['speedup']:>5.2f}x")
+        lines.append(f"{ln.name:<22}{ln.gbs:>7.1f}" + "".join(f"{x:>24}" for x in cells))
+    lines.append(
+        "speedup = 1-GPU ceiling step time / N-GPU modelled step time (ideal: N); a model from "
+        "datasheet rates, not a measurement"
+    )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     from hrm_fast.config import from_name
 
-    for name in ("seed", "paper"):
+    for name in ("seed", "paper", "trm-arc1"):
         print(format_ceilings(from_name(name), name))
         print()
+    print(format_scaling(from_name("paper"), "paper"))
+    print()
+    print(format_scaling(from_name("seed"), "seed", "a100", worlds=(2, 4)))

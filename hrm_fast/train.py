@@ -1,8 +1,9 @@
 """The trainer: one static training step, and the loop around it.
 
 ``Trainer.step()`` is the whole iteration: sample + augment a batch on the device, the ACT carry
-update (halted examples are replaced), the forward with HRM's 1-step gradient, the target-Q
-forward, the loss, backward, gradient clipping, AdamW and the puzzle-embedding sign-SGD. Shapes
+update (halted examples are replaced), the model's forward and loss (``model.forward_loss``:
+HRM's 1-step gradient and target-Q forward, or TRM's recursion), backward, gradient clipping,
+AdamW, the puzzle-embedding sign-SGD and, when on, the weights' EMA. Shapes
 are fixed, the carry and the metric sums are updated in place, and nothing in it reads a value
 back to the host, so it can be compiled (``--compile``) and captured in a CUDA graph
 (``--cuda-graphs``). The loop reads the metric sums only every ``log_every`` steps.
@@ -10,6 +11,7 @@ back to the host, so it can be compiled (``--compile``) and captured in a CUDA g
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,12 +24,15 @@ from pathlib import Path
 import torch
 
 from hrm_fast import checkpoint as ckpt
+from hrm_fast.arch import build_model
 from hrm_fast.config import RunConfig
-from hrm_fast.device import resolve_device
+from hrm_fast.device import check_device_options, default_dtype, resolve_device
 from hrm_fast.distributed import DataParallel, rank_seed
+from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
-from hrm_fast.model import HRM, Carry, count_parameters
+from hrm_fast.layers import Carry, count_parameters
+from hrm_fast.trackers import Trackers, open_trackers
 
 EXIT_PROBE_FAILED = 3
 
@@ -45,11 +50,12 @@ def resolve_runtime(cfg: RunConfig) -> tuple[torch.device, str, torch.dtype]:
         raise UserError(f"--backend: expected auto, reference or fused, got {backend!r}")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if t.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     elif t.dtype in dtypes:
         dtype = dtypes[t.dtype]
     else:
         raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {t.dtype!r}")
+    check_device_options(device, backend, dtype, t.cuda_graphs)
     if t.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
     return device, backend, dtype
@@ -129,7 +135,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
         self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
-        self.model = HRM(
+        self.model = build_model(
             cfg.model,
             seq_len=cfg.seq_len,
             num_puzzle_ids=self.dataset.num_puzzle_ids,
@@ -168,6 +174,7 @@ class Trainer:
             if cfg.model.puzzle_emb_ndim > 0
             else None
         )
+        self.ema = EMA(self.model, t.ema_rate) if t.ema else None
 
         # Static state: the ACT carry and the metric sums live in fixed buffers.
         example = self.sampler.sample(self.batch_size)
@@ -187,30 +194,23 @@ class Trainer:
 
     def _forward_loss(self, carry: Carry):
         batch = self.sampler.sample(self.batch_size)
-        new_carry, out = self.model(carry, batch)
-        loss, metrics = self.loss_fn(
-            out["logits"],
-            new_carry.data["labels"],
-            out["q_halt_logits"],
-            out["q_continue_logits"],
-            out.get("target_q_continue"),
-            new_carry.steps,
-            self.cfg.loss,
-            self.cfg.model.halt_max_steps,
-        )
-        return new_carry, loss, metrics
+        return self.model.forward_loss(carry, batch, self.loss_fn, self.cfg.loss)
 
     def _step_body(self) -> None:
         new_carry, loss, metrics = self._forward_loss_fn(self.carry)
         loss.backward()
         if self.dp is not None:
             self.dp.average_gradients()  # one all-reduce of the flat gradient buffer
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=True)
+        # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has none
+        # and foreach=True would raise there.
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=None)
         self.opt.step()
         if self.sparse is not None:
             self.sparse.step()
             self.sparse.zero_grad()
         self.opt.zero_grad(set_to_none=False)
+        if self.ema is not None:
+            self.ema.update()
         with torch.no_grad():
             for dst, src in zip(
                 self.carry.tensors().values(), new_carry.tensors().values(), strict=True
@@ -239,6 +239,8 @@ class Trainer:
         """Every tensor the step mutates, so warm-up and capture can be undone in place."""
         ts = list(self.carry.tensors().values()) + list(self.sums.values())
         ts += list(self.model.state_dict(keep_vars=True).values())
+        if self.ema is not None:
+            ts += self.ema.shadow
         for st in self.opt.state.values():
             ts += [v for v in st.values() if isinstance(v, torch.Tensor)]
         return ts
@@ -326,6 +328,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "sparse": None,  # its state is the table itself, inside "model"
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "carry": carry,
             "rng": rng,
             "world_size": self.world_size,
@@ -348,6 +351,11 @@ class Trainer:
             self.model.load_state_dict(payload["model"], strict=False)
             if payload.get("optimizer") is not None:
                 self.opt.load_state_dict(payload["optimizer"])
+            if self.ema is not None:  # a checkpoint without one (convert) starts it afresh
+                if payload.get("ema") is not None:
+                    self.ema.load_state_dict(payload["ema"])
+                else:
+                    self.ema = EMA(self.model, self.cfg.train.ema_rate)
             carry, rng = payload.get("carry"), payload.get("rng") or {}
             if int(payload.get("world_size", 1)) != self.world_size:
                 carry, rng = None, {}
@@ -397,8 +405,9 @@ class Trainer:
         self.model.eval()
         # The probe draws its own inputs; fork the RNG so training (and resume) never sees it.
         devices = [self.device] if self.device.type == "cuda" else []
+        averaged = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), averaged:
                 torch.manual_seed(t.seed + self.step_count)
                 report = run_probe(
                     self.model, self.sampler, t.probe_pairs, t.probe_min_differ, t.probe_min_tv,
@@ -499,6 +508,16 @@ def _check_resume_data(trainer: Trainer, payload: dict) -> None:
         )
 
 
+def _end_cut_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line with no newline: end it, so the resumed run's
+    first record starts on a line of its own."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
     """Run training; returns the process exit code (0, 3 when the probe fails).
 
@@ -557,12 +576,19 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     if payload is not None:
         trainer.load_state(payload)
     metrics_f = None  # rank 0 writes the run's files (every rank of a single process)
+    trackers = Trackers([])
     if main:
         write_output(out / "config.json", cfg.to_json())
         try:
+            _end_cut_line(out / "metrics.jsonl")
             metrics_f = AppendLog(out / "metrics.jsonl")
         except OSError as e:
             raise UserError(f"{out / 'metrics.jsonl'}: cannot write: {os_reason(e)}") from None
+        try:  # trackers live where metrics.jsonl is written: one process writes both
+            trackers = open_trackers(cfg, out, trainer, start_step=trainer.step_count, log=log)
+        except BaseException:
+            metrics_f.close()
+            raise
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
     progress: Progress | None = None  # created when the loop starts
 
@@ -584,6 +610,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             metrics_f.write(json.dumps(record) + "\n")
         except OSError as e:
             raise fail(f"{metrics_f.path}: cannot write: {os_reason(e)}") from None
+        trackers.record(record)
 
     def save() -> Path:
         nonlocal last_saved
@@ -619,6 +646,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
             if metrics_f is not None:
                 metrics_f.close()
+            trackers.close()
             return EXIT_PROBE_FAILED
 
     interrupted = {"flag": False}
@@ -633,6 +661,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     progress = Progress(t.steps, trainer.step_count, quiet)
     code = 0
     stop = False
+    tick = (time.perf_counter(), trainer.step_count)  # it/s leaves out checkpoints and probes
     try:
         while trainer.step_count < t.steps and not stop:
             trainer.step()
@@ -641,6 +670,9 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             if logged:
                 m = trainer.read_metrics()
                 m["lr"] = lr_at(step - 1, t.lr, t.warmup_steps, t.steps, t.lr_min_ratio)
+                now = time.perf_counter()
+                m["it_s"] = (step - tick[1]) / max(now - tick[0], 1e-9)
+                tick = (now, step)
                 emit({"event": "train", "step": step, **m})
                 progress.update(
                     step,
@@ -664,6 +696,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                     )
                     code = EXIT_PROBE_FAILED
                     break
+                tick = (time.perf_counter(), step)
             # One process stops at once; ranks agree at log intervals, so they stop at one step.
             stop = interrupted["flag"] if dp is None else logged and dp.any(interrupted["flag"])
         if stop or (dp is None and interrupted["flag"]):
@@ -675,5 +708,6 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             signal.signal(s, h)
         if metrics_f is not None:
             metrics_f.close()
+        trackers.close()
     progress.close()
     return code

@@ -240,8 +240,6 @@ def test_train_resume_is_bit_exact(straight_two_nodes, tmp_path):
             "-m",
             "hrm_fast",
             "train",
-            "--preset",
-            "debug",
             "--out",
             str(split),
             "--resume",
@@ -252,6 +250,21 @@ def test_train_resume_is_bit_exact(straight_two_nodes, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "written by 2 rank(s), this run has 1" in r.stderr and "carries restart" in r.stderr
     assert [x["step"] for x in records(split)][-1] == 7
+
+
+def test_eval_sharded_over_ranks_writes_the_same_eval_json(straight_two_nodes, tmp_path):
+    _, straight, codes, _ = straight_two_nodes
+    assert codes == [0, 0]
+    args = ["eval", str(straight), "--batch-size", "4", "--n-aug", "3", "--render", "0"]
+    one = run([sys.executable, "-m", "hrm_fast", *args, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun("--standalone", "--nproc-per-node", "2", "-m", "hrm_fast", *args,
+                       "--out", str(tmp_path / "two")))  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "eval.json").read_text())
+    b = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert a["overall"]["n_test_pairs"] > 2  # several batches of 4 canvases: both ranks work
+    assert a == b
 
 
 def _rank_pids(launcher_pid: int) -> dict[int, int]:
@@ -312,8 +325,9 @@ def test_sigterm_one_rank_then_kill_one_rank_then_resume(tiny_tasks, tmp_path):
     _wait_for(lambda: last_step(out) > step, "training to go on after the resume")
     os.kill(_rank_pids(p.pid)[1], signal.SIGKILL)
     t0 = time.monotonic()
-    p.communicate(timeout=TIMEOUT)
+    _, err = p.communicate(timeout=TIMEOUT)
     assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "hrm-fast: rank 0: lost contact with another rank" in err, err[-3000:]
     assert ckpt.list_checkpoints(out) == [saved] and ckpt.load(saved)["step"] == step
 
     # --resume finishes the run.
@@ -338,8 +352,8 @@ def test_failed_probe_stops_every_rank_with_exit_3(tiny_tasks, tmp_path):
         str(tiny_tasks),
         "--out",
         str(tmp_path / "run"),
-        "--probe-min-differ",
-        "1.01",
+        "--probe-min-tv",
+        "1",
     ]
     procs = [
         subprocess.Popen(
