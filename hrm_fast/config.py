@@ -50,6 +50,9 @@ class LossConfig:
     w_div: float = 0.1
     w_dist: float = 0.1
     w_halt: float = 0.05
+    # Diversity term: temperature of the sharpened (soft-argmax) histogram it compares with the
+    # labels' (hrm_fast/loss.py, docs/safeguards.md).
+    div_temperature: float = 0.25
     min_steps: int = 2  # halt penalty: halting before this many ACT steps is penalised
 
 
