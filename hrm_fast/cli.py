@@ -148,6 +148,17 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from hrm_fast.ablate import ablate
+
+    cfg = _apply_overrides(from_name(args.preset), args)  # --steps K is the config's own flag
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps = cfg.train.steps
+    probe_every = args.probe_every or max(1, steps // 4)
+    return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
+                  threads=args.threads, quiet=args.quiet, merge=args.merge)  # fmt: skip
+
+
 def cmd_kernels_report(args) -> int:
     from hrm_fast.kernels.report import main as report_main
 
@@ -218,6 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--puzzle-ids", type=int, default=None)
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
+
+    ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
+    ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--out", required=True, help="directory for ablation.json / ablation.png")
+    ab.add_argument("--variants", default="all,none,div,dist,halt",
+                    help="comma list of all,none,div,dist,halt,shuffled")  # fmt: skip
+    ab.add_argument("--probe-every", type=int, default=None, help="default: steps / 4")
+    ab.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
+    ab.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="take over finished runs from other ablation DIRs (same settings)",
+    )
+    ab.add_argument("--quiet", action="store_true")
+    _add_config_flags(ab)
+    ab.set_defaults(func=cmd_ablate)
 
     k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
                        add_help=False)  # fmt: skip

@@ -94,6 +94,10 @@ class TrainConfig:
     probe_pairs: int = 16
     probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
     probe_min_tv: float = 0.01  # mean total-variation distance between output distributions
+    # Early warnings (hrm_fast/early_warning.py): logged, never a stop.
+    warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
+    warn_intervals: int = 3  # ... for this many log intervals in a row
+    warn_probe_shrink: float = 0.5  # probe headroom fell below this fraction of the last one
 
 
 @dataclass
@@ -206,7 +210,32 @@ def _debug() -> RunConfig:
     )
 
 
-PRESETS = {"seed": _seed, "paper": _paper, "smoke": _smoke, "debug": _debug}
+def _collapse() -> RunConfig:
+    # The seed run's early phase at CPU cost (docs/safeguards.md): the seed's optimiser, schedule
+    # (lr 1e-4, 2000 warm-up steps), H/L cycles and loss, on a narrower, shallower model, a
+    # 12x12 canvas (the ARC-AGI-1 training tasks that fit) and batch 4 -- the setting in which
+    # the seed architecture's argmax collapses within a few hundred steps.
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=64,
+            num_heads=2,
+            H_layers=2,
+            L_layers=2,
+            halt_max_steps=4,
+            puzzle_emb_ndim=64,
+        ),
+        data=DataConfig(canvas=12),
+        train=TrainConfig(batch_size=4, steps=300, log_every=25, probe_pairs=8),
+    )
+
+
+PRESETS = {
+    "seed": _seed,
+    "paper": _paper,
+    "smoke": _smoke,
+    "debug": _debug,
+    "collapse": _collapse,
+}
 
 
 def from_name(name: str) -> RunConfig:

@@ -22,6 +22,7 @@ import torch
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
 from hrm_fast.device import resolve_device
+from hrm_fast.early_warning import CollapseWatch
 from hrm_fast.errors import UserError
 from hrm_fast.model import HRM, Carry, count_parameters
 
@@ -384,12 +385,15 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         metrics_f.write(json.dumps(record) + "\n")
         metrics_f.flush()
 
+    t = cfg.train
+    watch = CollapseWatch(t.warn_unique_below, t.warn_intervals, t.warn_probe_shrink)
     if payload is not None:
         trainer.load_state(payload)
         log(f"hrm-fast: resumed from {payload['path']} at step {trainer.step_count}")
     else:
         report = trainer.probe()
         emit({"event": "probe", **report.to_dict()})
+        watch.on_probe(report)  # the baseline headroom
         log(f"hrm-fast: {report.summary()}")
         if not report.passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
@@ -404,7 +408,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         interrupted["flag"] = True
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
-    t = cfg.train
     progress = Progress(t.steps, trainer.step_count, quiet)
     code = 0
     try:
@@ -415,10 +418,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                 m = trainer.read_metrics()
                 m["lr"] = lr_at(step - 1, t.lr, t.warmup_steps, t.steps, t.lr_min_ratio)
                 emit({"event": "train", "step": step, **m})
+                warning = watch.on_log(step, m["unique_classes"])
+                if warning is not None:
+                    emit(warning)
                 progress.update(
                     step,
                     f"loss {m['loss']:.4f} acc {m['accuracy']:.3f} exact {m['exact_accuracy']:.3f}"
-                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}",
+                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}"
+                    + (f" | WARNING: {warning['message']}" if warning else ""),
                 )
                 if not math.isfinite(m["loss"]):
                     progress.close()
@@ -430,6 +437,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                 emit({"event": "probe", **report.to_dict(), "checkpoint": str(path)})
                 progress.close()
                 log(f"hrm-fast: checkpoint {path.name} | {report.summary()}")
+                warning = watch.on_probe(report)
+                if warning is not None:
+                    emit(warning)
+                    log(f"hrm-fast: WARNING at step {step}: {warning['message']}")
                 if not report.passed:
                     log(
                         f"hrm-fast: input-sensitivity probe FAILED at step {step}; training stopped"
