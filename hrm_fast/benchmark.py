@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, prepare_dir, write_output
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 CPU_CEILING_GPU = "rtx4090-laptop"  # on CPU, show the user's target GPU's ceiling for reference
@@ -144,15 +145,85 @@ def run_suite(device: str, quick: bool, json_out: Path) -> int:
 
 def save_results(data: dict, device: str, extra: Path | None) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = bench_dir() / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{stamp}-{device}-{host_id()}.json"
+    path = bench_dir() / "results" / f"{stamp}-{device}-{host_id()}.json"
     text = json.dumps(data, indent=2)
-    path.write_text(text)
+    write_output(path, text, WriteFailed)
     if extra is not None:
-        extra.parent.mkdir(parents=True, exist_ok=True)
-        extra.write_text(text)
+        write_output(extra, text, WriteFailed)
     return path
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def data_parallel_bench(device: str, nproc: int, quick: bool, extra: Path | None) -> int:
+    """1 rank vs ``nproc`` ranks (torchrun) at the same batch per rank: step time, scaling
+    efficiency, bytes and time of the step's collectives (``bench/dp_step.py``)."""
+    import os
+
+    if nproc < 2:
+        raise UserError(f"--nproc {nproc}: expected 2 or more ranks")
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < nproc:
+            raise UserError(f"--nproc {nproc}: only {torch.cuda.device_count()} GPU(s) here")
+    preset = "smoke" if device == "cpu" or quick else "seed"
+    steps = ["--steps", "5", "--warmup", "2"] if quick else ["--steps", "20", "--warmup", "3"]
+    # On a CPU every rank gets one thread, so N ranks use N cores and 1 rank uses one.
+    env = dict(os.environ, OMP_NUM_THREADS="1") if device == "cpu" else dict(os.environ)
+    script = str(bench_dir() / "dp_step.py")
+    recs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in (1, nproc):
+            out = Path(tmp) / f"dp{world}.json"
+            launch = [sys.executable]
+            if world > 1:
+                launch += ["-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={world}"]  # fmt: skip
+            cmd = launch + [script, "--device", device, "--preset", preset, "--json", str(out)]
+            code = subprocess.call(cmd + steps, env=env, cwd=str(bench_dir().parent))
+            if code != 0 or not out.exists():
+                raise UserError(f"data-parallel bench with {world} rank(s) failed (exit {code})")
+            recs.append(json.loads(out.read_text()))
+    one, many = recs
+    many["scaling_efficiency"] = one["step_s"] / many["step_s"]
+    comm = many["allreduce_s"] + many["puzzle_gather_s"] + many["loss_stats_s"]
+    many["comm_s"] = comm
+    text = format_dp_table(one, many)
+    data = {"hrm_fast": {"kind": "data_parallel", "device": device, "quick": quick},
+            "one_rank": one, "n_ranks": many, "table": text}  # fmt: skip
+    path = save_results(data, f"{device}-dp{nproc}", extra)
+    print()
+    print(text)
+    print(f"\nresults: {path}" + (f" and {extra}" if extra else ""))
+    return 0
+
+
+def format_dp_table(one: dict, many: dict) -> str:
+    n = many["world"]
+    lines = [
+        f"data parallel, measured: {many['preset']} preset, batch {one['batch_per_rank']} per "
+        f"rank, {many['device']} ({many['backend']}), {one['torch_threads']} thread(s) per rank",
+        f"{'ranks':>5}  {'global batch':>12}  {'step time':>10}  {'examples/s':>10}  "
+        f"{'efficiency':>10}  {'all-reduce/step':>16}  {'comm time/step':>15}",
+    ]
+    for r in (one, many):
+        eff = "1.00 (base)" if r is one else f"{r['scaling_efficiency']:.2f}"
+        ar = "-" if r is one else f"{r['allreduce_bytes'] / 1e6:.2f} MB"
+        comm = "-" if r is one else _fmt_time(r["comm_s"])
+        lines.append(
+            f"{r['world']:>5}  {r['global_batch']:>12}  {_fmt_time(r['step_s']):>10}  "
+            f"{r['global_batch'] / r['step_s']:>10.1f}  {eff:>10}  {ar:>16}  {comm:>15}"
+        )
+    lines.append(
+        f"efficiency = 1-rank step time / {n}-rank step time (same batch per rank). comm time = "
+        f"the step's {many['collectives_per_step']} collectives timed alone: gradient all-reduce "
+        f"{_fmt_time(many['allreduce_s'])}, puzzle-row gather "
+        f"{_fmt_time(many['puzzle_gather_s'])} ({many['puzzle_gather_bytes']} B), loss batch "
+        f"statistics {_fmt_time(many['loss_stats_s'])}"
+    )
+    return "\n".join(lines)
 
 
 def main(args) -> int:
@@ -162,7 +233,14 @@ def main(args) -> int:
     quick = bool(getattr(args, "quick", False))
     extra = Path(args.json) if getattr(args, "json", None) else None
     resolve_device(device)  # a clear error now, not a pytest failure later
-    bench_dir()
+    prepare_dir(bench_dir() / "results", "")  # output paths too, before minutes of benchmarks
+    if extra is not None:
+        if extra.is_dir():
+            raise UserError(f"--json {extra}: is a directory, expected a file name")
+        prepare_dir(extra.parent, "--json")
+    nproc = int(getattr(args, "nproc", 0) or 0)
+    if nproc:
+        return data_parallel_bench(device, nproc, quick, extra)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.json"
         code = run_suite(device, quick, raw)

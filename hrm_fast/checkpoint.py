@@ -1,22 +1,28 @@
 """Checkpoints: atomic writes, discovery, and rebuilding a model from one.
 
 A checkpoint is one ``torch.save`` file ``DIR/checkpoints/step_{step:09d}.pt`` holding
-``{"version", "step", "config", "model", "optimizer", "sparse", "carry", "rng", "dataset"}``.
-It is written to a temporary file in the same folder, fsynced, then renamed over the final
-name, so a crash mid-write leaves every earlier checkpoint intact.
+``{"version", "step", "config", "model", "optimizer", "sparse", "carry", "rng", "dataset"}``:
+tensors and plain Python data only (dicts, lists, tuples, str, numbers, bools, None). It is written
+to a temporary file in the same folder, fsynced, then renamed over the final name, so a crash or a
+full disk mid-write leaves every earlier checkpoint intact.
+
+Loading is weights-only (``torch.load(weights_only=True)``): a file whose pickle names any other
+Python global, the way a ``__reduce__`` payload that would run code does, is refused without
+executing anything. Version-1 files were plain data already, so they load unchanged.
 """
 
 from __future__ import annotations
 
-import os
+import errno
+import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from hrm_fast.config import RunConfig
+from hrm_fast.config import RunConfig, check_ranges
 from hrm_fast.errors import UserError
+from hrm_fast.files import atomic_write, os_reason
 
 VERSION = 1
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
@@ -31,24 +37,37 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 
 def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, rename: OSError on failure, old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+
+    def write(f) -> None:
+        sink = _KeepsWriteError(f)
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch's zip writer reports a full disk as a bare
+                raise sink.error from None  # RuntimeError ("unexpected pos"): give the OS error
+            raise
+
+    atomic_write(path, write)
+
+
+class _KeepsWriteError:
+    """A file wrapper that remembers the OSError of a failed write (ENOSPC, EIO)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -78,25 +97,121 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
+class RefusedFile(UserError):
+    """A torch file whose pickle references code, not just tensors and plain data."""
+
+
+# How torch names a refused global: "GLOBAL module.name was not an allowed global".
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+) was not")
+
+
+def read_weights_only(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with every failure as one line naming the file.
+
+    Nothing in the file is executed: weights-only unpickling builds tensors and plain data and
+    refuses any other global (``RefusedFile``) before calling it.
+    """
+    p = Path(path)
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        m = _GLOBAL.search(text)
+        if m:  # a well-formed reference to code; random bytes rarely spell one
+            raise RefusedFile(
+                f"{p}: refused: its pickle references {m.group(1)}, not only tensors and plain "
+                "data, and loading it could run code (hrm-fast loads weights only)"
+            ) from None
+        if "Weights only load failed" in text:  # not PyTorch's advice: it suggests unsafe loading
+            raise UserError(
+                f"{p}: not a weights-only torch file (its pickle holds something other than "
+                "tensors and plain data)"
+            ) from None
+        raise UserError(f"{p}: not a torch file (damaged pickle: {_first_line(e)})") from None
+    except EOFError:
+        raise UserError(f"{p}: empty or truncated file, not a torch checkpoint") from None
+    except OSError as e:
+        if e.errno == errno.EINVAL:  # PyTorchFileReader on a cut-off zip archive
+            raise UserError(f"{p}: truncated or damaged torch file") from None
+        raise UserError(f"{p}: cannot read: {os_reason(e)}") from None
+    except Exception:  # torch's own messages here are internals ("hasRecord", a KeyError)
+        raise UserError(f"{p}: not a torch file (damaged, or not written by torch.save)") from None
+
+
+def _first_line(e: BaseException, limit: int = 100) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tensor_dict(x) -> bool:
+    return isinstance(x, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in x.items()
+    )
+
+
+def _check_payload(p: Path, payload) -> None:
+    """A loaded object is an hrm-fast checkpoint of a version this code reads."""
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        hint = ""
+        if _tensor_dict(payload) and payload:
+            hint = " (a bare state dict: convert an official one with hrm-fast convert)"
+        raise UserError(f"{p}: not an hrm-fast checkpoint (no 'model' and 'config'){hint}")
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{p}: not an hrm-fast checkpoint (format version {version!r})")
+    if version > VERSION:
+        raise UserError(
+            f"{p}: checkpoint format {version} is newer than this hrm-fast reads ({VERSION}); "
+            "update hrm-fast"
+        )
+    step = payload.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise UserError(f"{p}: damaged checkpoint: 'step' is {step!r}")
+    if not _tensor_dict(payload["model"]) or not payload["model"]:
+        raise UserError(f"{p}: damaged checkpoint: 'model' is not a dict of tensors")
+    for key in ("carry", "rng"):
+        if payload.get(key) is not None and not _tensor_dict(payload[key]):
+            raise UserError(f"{p}: damaged checkpoint: '{key}' is not a dict of tensors")
+    opt = payload.get("optimizer")
+    if opt is not None and not (isinstance(opt, dict) and {"state", "param_groups"} <= set(opt)):
+        raise UserError(f"{p}: damaged checkpoint: 'optimizer' is not an optimizer state")
+    if not isinstance(payload.get("dataset", {}), dict):
+        raise UserError(f"{p}: damaged checkpoint: 'dataset' is not a dict")
+    try:
+        check_ranges(RunConfig.from_dict(payload["config"]))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{p}: damaged checkpoint: config: {e}") from None
+
+
 def load(path: str | Path, map_location="cpu") -> dict:
     p = resolve(path)
-    try:
-        payload = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise UserError(f"{p}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise UserError(f"{p}: not an hrm-fast checkpoint (missing 'model' or 'config')")
+    payload = read_weights_only(p, map_location)
+    _check_payload(p, payload)
     payload["path"] = str(p)
     return payload
 
 
-def load_latest(run_dir: Path, map_location="cpu") -> dict | None:
-    """The newest checkpoint that loads; a damaged newest one falls back to the one before."""
-    for p in reversed(list_checkpoints(run_dir)):
+def load_latest(run_dir: Path, map_location="cpu", on_skip=None) -> dict | None:
+    """The newest checkpoint that loads; None when there is none.
+
+    A damaged newest one (say, cut short by a crash) falls back to the one before, reported
+    through ``on_skip(message)``. A refused one (code in its pickle) is an error, never skipped:
+    it means someone else wrote into the run. When none loads, the newest one's error is raised.
+    """
+    ckpts = list_checkpoints(run_dir)
+    first_error = None
+    for p in reversed(ckpts):
         try:
             return load(p, map_location)
-        except UserError:
-            continue
+        except RefusedFile:
+            raise
+        except UserError as e:
+            first_error = first_error or e
+            if on_skip is not None:
+                on_skip(f"skipping {e}")
+    if first_error is not None:
+        raise first_error
     return None
 
 
@@ -106,16 +221,34 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
 
     payload = load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])
-    ds = payload.get("dataset", {})
-    model = HRM(
-        cfg.model,
-        seq_len=cfg.seq_len,
-        num_puzzle_ids=int(ds.get("num_puzzle_ids", 1)),
-        batch_size=cfg.train.batch_size,
-        backend=backend,
-        forward_dtype=dtype,
-    )
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    # The table's own shape, not a count stored beside it: a wrong count cannot allocate.
+    table = payload["model"].get("inner.puzzle_emb.weights")
+    n_ids = int(table.shape[0]) if table is not None and table.ndim == 2 else 1
+    # Shapes before allocation: a config claiming a huge model must not get to build it.
+    from hrm_fast.convert import expected_shapes
+
+    for key, shape in expected_shapes(cfg.model, n_ids).items():
+        t = payload["model"].get(key)
+        if t is None or tuple(t.shape) != shape:
+            got = "missing" if t is None else f"shape {tuple(t.shape)}"
+            raise UserError(
+                f"{payload['path']}: model state does not match its config "
+                f"(key {key!r}: {got}, the config gives {shape})"
+            )
+    try:
+        model = HRM(
+            cfg.model,
+            seq_len=cfg.seq_len,
+            num_puzzle_ids=n_ids,
+            batch_size=cfg.train.batch_size,
+            backend=backend,
+            forward_dtype=dtype,
+        )
+        missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    except (RuntimeError, ValueError, ZeroDivisionError) as e:
+        raise UserError(
+            f"{payload['path']}: model state does not match its config ({_first_line(e)})"
+        ) from None
     missing = [k for k in missing if not k.endswith(("local_weights", "local_ids"))]
     if missing or unexpected:
         raise UserError(

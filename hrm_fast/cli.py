@@ -1,4 +1,4 @@
-"""``hrm-fast`` command line: train, probe, eval, convert, params, kernels-report, bench.
+"""``hrm-fast`` command line: train, probe, eval, report, convert, params, kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
 never a traceback. A failed input-sensitivity probe exits 3.
@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.config import PRESETS, RunConfig, check_ranges, from_name, iter_fields, parse_value
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
 
 
 def _flag(name: str) -> str:
@@ -41,6 +42,10 @@ def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def _validate(cfg: RunConfig) -> None:
+    try:
+        check_ranges(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     m, t, d = cfg.model, cfg.train, cfg.data
     checks = [
         (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
@@ -54,6 +59,7 @@ def _validate(cfg: RunConfig) -> None:
             "--checkpoint-every/--log-every must be >= 1",
         ),
         (d.n_aug >= 1, "--n-aug must be >= 1"),
+        (d.source.strip() != "", "--source: empty; give a directory of task files or arcagi"),
         (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
         (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
         (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
@@ -65,15 +71,40 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def _config_for_train(args) -> RunConfig:
-    out = Path(args.out)
-    if args.resume and (out / "config.json").exists():
-        try:
-            cfg = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{out / 'config.json'}: unreadable run config ({e})") from None
+    """--resume starts from the run's config.json; an explicit --preset (or none stored) from
+    the preset. Flags override either; train() then checks the result against the checkpoint."""
+    stored = Path(args.out) / "config.json"
+    if args.resume and args.preset is None and (stored.exists() or stored.is_symlink()):
+        cfg = _read_run_config(stored)
     else:
-        cfg = from_name(args.preset)
+        cfg = from_name(args.preset or "seed")
     return _apply_overrides(cfg, args)
+
+
+def _read_run_config(path: Path) -> RunConfig:
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {os_reason(e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path}: malformed JSON at line {e.lineno} col {e.colno}: {e.msg}"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a run config ({e})") from None
+
+
+def _output_file(path: str | None, flag: str) -> Path | None:
+    """A file the command will write at the end, checked now: exit 2 before any work."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a directory, expected a file name")
+    prepare_dir(p.parent, flag)
+    return p
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -91,7 +122,15 @@ def cmd_probe(args) -> int:
     from hrm_fast.device import resolve_device
     from hrm_fast.probe import run_probe
 
+    if args.pairs is not None and args.pairs < 1:
+        raise UserError(f"--pairs must be >= 1, got {args.pairs}")
+    for flag, v in (("--min-differ", args.min_differ), ("--min-tv", args.min_tv)):
+        if v is not None and not 0 <= v <= 1:  # NaN fails too
+            raise UserError(f"{flag} must be in [0, 1], got {v}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     device = resolve_device(args.device)
+    json_out = _output_file(args.json, "--json")
     model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
     t = cfg.train
     k = args.pairs or t.probe_pairs
@@ -107,8 +146,8 @@ def cmd_probe(args) -> int:
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))
     d = {"checkpoint": payload["path"], **report.to_dict()}
-    if args.json:
-        Path(args.json).write_text(json.dumps(d, indent=2))
+    if json_out is not None:
+        write_output(json_out, json.dumps(d, indent=2), WriteFailed)
     print(report.summary())
     return 0 if report.passed else 3
 
@@ -133,6 +172,8 @@ def cmd_params(args) -> int:
     from hrm_fast.model import HRM, count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
+    if args.puzzle_ids is not None and args.puzzle_ids < 0:
+        raise UserError(f"--puzzle-ids must be >= 0, got {args.puzzle_ids}")
     n_ids = args.puzzle_ids
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
         n_tasks = 400 + (400 if cfg.data.include_eval_demos else 0)
@@ -157,6 +198,10 @@ def cmd_ablate(args) -> int:
     probe_every = args.probe_every or max(1, steps // 4)
     return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
                   threads=args.threads, quiet=args.quiet, merge=args.merge)  # fmt: skip
+def cmd_report(args) -> int:
+    from hrm_fast.report import main as report_main
+
+    return report_main(args)
 
 
 def cmd_kernels_report(args) -> int:
@@ -186,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train HRM on ARC (checkpoints, probe, metrics.jsonl)")
-    t.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    t.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="default seed; with --resume, the run's own config.json")  # fmt: skip
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     t.add_argument("--quiet", action="store_true")
@@ -199,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-differ", type=float, default=None)
     pr.add_argument("--min-tv", type=float, default=None)
     pr.add_argument("--random-inputs", action="store_true", help="random canvases, not ARC pairs")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", default=None, help="write the report here")
     pr.set_defaults(func=cmd_probe)
@@ -211,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tasks", type=int, default=0, help="evaluate only the first N tasks")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--render", type=int, default=4, help="tasks drawn in the PNG")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
     e.set_defaults(func=cmd_eval)
 
@@ -248,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--quiet", action="store_true")
     _add_config_flags(ab)
     ab.set_defaults(func=cmd_ablate)
+    r = sub.add_parser("report", help="draw a run's metrics.jsonl (and eval.json) as one PNG")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: compared)")
+    r.add_argument("--out", default=None, help="PNG path (default: RUN/report.png)")
+    r.add_argument("--html", action="store_true", help="also a self-contained HTML page")
+    r.set_defaults(func=cmd_report)
 
     k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
                        add_help=False)  # fmt: skip
@@ -258,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     b.add_argument("--quick", action="store_true")
     b.add_argument("--json", default=None)
+    b.add_argument("--nproc", type=int, default=0,
+                   help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -94,6 +94,13 @@ class TrainConfig:
     probe_pairs: int = 16
     probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
     probe_min_tv: float = 0.01  # mean total-variation distance between output distributions
+    # Data parallelism under torchrun (ignored in a single process): the process-group backend
+    # ("auto": NCCL on CUDA, gloo on CPU) and the timeout of every collective, in seconds.
+    dist_backend: str = "auto"
+    dist_timeout: float = 600.0
+    # Trackers (rank 0 only, from the values the loop already reads; see hrm_fast/trackers.py).
+    tensorboard: bool = False  # scalars, probe numbers and prediction grids to RUN/tb/
+    wandb: str = ""  # Weights & Biases project name; "" = off (offline without a network)
     # Early warnings (hrm_fast/early_warning.py): logged, never a stop.
     warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
     warn_intervals: int = 3  # ... for this many log intervals in a row
@@ -124,14 +131,34 @@ class RunConfig:
             ("data", DataConfig),
             ("train", TrainConfig),
         ):
-            known = {f.name for f in dataclasses.fields(sub)}
-            vals = {k: v for k, v in d.get(name, {}).items() if k in known}
+            section = d.get(name, {}) if isinstance(d, dict) else None
+            if not isinstance(section, dict):
+                raise ValueError(f"'{name}' is {type(section).__name__}, expected an object")
+            defaults = sub()
+            vals = {}
+            for f in dataclasses.fields(sub):
+                if f.name in section:
+                    vals[f.name] = _typed(
+                        f"{name}.{f.name}", section[f.name], getattr(defaults, f.name)
+                    )
             kwargs[name] = sub(**vals)
         assert set(kwargs) == set(sections)
         return cls(**kwargs)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def _typed(where: str, value, default):
+    """``value`` if it has the field's type (an int is fine for a float field); else ValueError."""
+    kind = type(default)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    ok = type(value) is kind or (kind is float and type(value) is int)
+    if kind is float and ok and not math.isfinite(value):
+        raise ValueError(f"{where} is {shown}, expected a finite number")
+    if not ok:
+        raise ValueError(f"{where} is {shown}, expected {kind.__name__}")
+    return kind(value)
 
 
 def _seed() -> RunConfig:
@@ -244,6 +271,67 @@ def from_name(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
+# (section, field) -> the interval a value must lie in. Checked for flags, config.json and
+# checkpoints alike, so nothing downstream meets a value torch rejects with a traceback (AdamW's
+# betas) or one that silently means nothing (a negative lr).
+_RANGES = {
+    ("model", "hidden_size"): "[1, inf)",
+    ("model", "num_heads"): "[1, inf)",
+    ("model", "H_layers"): "[1, inf)",
+    ("model", "L_layers"): "[1, inf)",
+    ("model", "H_cycles"): "[1, inf)",
+    ("model", "L_cycles"): "[1, inf)",
+    ("model", "expansion"): "(0, inf)",
+    ("model", "halt_max_steps"): "[1, inf)",
+    ("model", "halt_exploration_prob"): "[0, 1]",
+    ("model", "puzzle_emb_ndim"): "[0, inf)",
+    ("model", "rope_theta"): "(0, inf)",
+    ("model", "rms_norm_eps"): "(0, inf)",
+    ("model", "vocab_size"): "[12, inf)",  # PAD, EOS and ten colours
+    ("loss", "w_div"): "[0, inf)",
+    ("loss", "w_dist"): "[0, inf)",
+    ("loss", "w_halt"): "[0, inf)",
+    ("loss", "min_steps"): "[0, inf)",
+    ("data", "n_aug"): "[1, inf)",
+    ("data", "max_tasks"): "[0, inf)",
+    ("data", "canvas"): "[1, 30]",
+    ("train", "batch_size"): "[1, inf)",
+    ("train", "steps"): "[1, 999999999]",  # checkpoint names carry the step in 9 digits
+    ("train", "lr"): "[0, inf)",
+    ("train", "lr_min_ratio"): "[0, 1]",
+    ("train", "warmup_steps"): "[0, inf)",
+    ("train", "weight_decay"): "[0, inf)",
+    ("train", "beta1"): "[0, 1)",
+    ("train", "beta2"): "[0, 1)",
+    ("train", "grad_clip"): "(0, inf)",
+    ("train", "puzzle_emb_lr"): "[0, inf)",
+    ("train", "puzzle_emb_weight_decay"): "[0, inf)",
+    ("train", "checkpoint_every"): "[1, inf)",
+    ("train", "log_every"): "[1, inf)",
+    ("train", "seed"): "[0, 4294967295]",  # numpy's seed range
+    ("train", "probe_pairs"): "[1, inf)",
+    ("train", "probe_min_differ"): "[0, 1]",
+    ("train", "probe_min_tv"): "[0, 1]",
+}
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """ValueError naming the flag of the first field outside its interval."""
+    for (section, name), interval in _RANGES.items():
+        v = getattr(getattr(cfg, section), name)
+        left, right = interval[0], interval[-1]
+        low_text, high_text = interval[1:-1].split(", ")
+        low, high = float(low_text), float(high_text)
+        ok = (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high)
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            if high_text == "inf":
+                want = f"{'>=' if left == '[' else '>'} {low_text}"
+            else:
+                want = f"in {interval}"
+            raise ValueError(f"{flag} must be {want}, got {v}")
+
+
 def iter_fields(cfg: RunConfig):
     """Yield (section, field) for every overridable field."""
     for section in dataclasses.fields(cfg):
@@ -262,7 +350,13 @@ def parse_value(text: str, current):
             return False
         raise ValueError(f"expected true/false, got {text!r}")
     if isinstance(current, int):
-        return int(float(text)) if "e" in text.lower() else int(text)
+        try:
+            v = int(float(text)) if "e" in text.lower() else int(text)
+        except OverflowError:
+            raise ValueError(f"{text!r} is out of range") from None
+        if abs(v) >= 2**63:
+            raise ValueError(f"{text!r} is out of range")
+        return v
     if isinstance(current, float):
         v = float(text)
         if not math.isfinite(v):

@@ -21,6 +21,7 @@ import torch
 
 from hrm_fast.config import ModelConfig, RunConfig
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, os_reason, prepare_dir
 
 # Wrappers the official code puts around the model: torch.compile, ACTLossHead, DDP.
 _PREFIXES = ("_orig_mod.", "model.", "module.")
@@ -48,13 +49,14 @@ def _strip(key: str) -> str:
 def _read(sd_or_path) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict and a name for messages."""
     if isinstance(sd_or_path, (str, Path)):
+        from hrm_fast.checkpoint import read_weights_only
+
         p = Path(sd_or_path)
+        if p.is_dir():
+            raise UserError(f"{p}: is a directory, expected a state dict file")
         if not p.is_file():
             raise UserError(f"{p}: no such file")
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"{p}: not a readable state dict ({type(e).__name__}: {e})") from None
+        obj = read_weights_only(p)  # refuses pickled code; one line on any failure
         src = str(p)
     else:
         obj, src = sd_or_path, "state dict"
@@ -152,12 +154,16 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
                 f"{src}: SwiGLU width {inter} (key 'inner.H_level.layers.0.mlp.gate_up_proj."
                 f"weight') is not an HRM width for hidden size {hidden}"
             )
+    for k in ("H_cycles", "L_cycles", "halt_max_steps"):
+        if getattr(cfg, k) < 1:
+            raise UserError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(cfg, k)}")
     if cfg.num_heads <= 0 or hidden % cfg.num_heads:
         raise UserError(f"{src}: --num-heads {cfg.num_heads} does not divide hidden size {hidden}")
     return cfg
 
 
-def _expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an HRM with this config saves (scratch rows aside)."""
     h, v, i = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
     shapes = {
         "inner.H_init": (h,),
@@ -182,7 +188,7 @@ def _expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[i
 def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
     pe = sd.get("inner.puzzle_emb.weights")
     n_ids = int(pe.shape[0]) if pe is not None and pe.ndim == 2 else 1
-    want = _expected_shapes(cfg, n_ids)
+    want = expected_shapes(cfg, n_ids)
     for k in sd:
         if k not in want:
             hint = (
@@ -280,6 +286,9 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
         if canvas * canvas != seq_len or canvas <= 0:
             raise UserError(f"--seq-len {seq_len} is not a square canvas (ARC uses 900 = 30x30)")
         cfg.data.canvas = canvas
+    out = prepare_dir(Path(out_dir), "--out")
+    if checkpoint.list_checkpoints(out):
+        raise UserError(f"--out {out}: already holds checkpoints; choose a new directory")
     model = _build(sd, name, cfg.model, cfg.seq_len)
     n_ids = model.inner.puzzle_emb.weights.shape[0] if cfg.model.puzzle_emb_ndim > 0 else 1
     payload = {
@@ -293,6 +302,9 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
         "carry": None,
         "rng": None,
     }
-    path = checkpoint.checkpoint_path(Path(out_dir), 0)
-    checkpoint.atomic_save(payload, path)
+    path = checkpoint.checkpoint_path(out, 0)
+    try:
+        checkpoint.atomic_save(payload, path)
+    except OSError as e:
+        raise WriteFailed(f"{path}: cannot write: {os_reason(e)}") from None
     return path

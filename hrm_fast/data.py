@@ -117,19 +117,35 @@ def _validate_task(path, data, canvas: int) -> tuple[list[Pair], list[Pair]]:
     return splits[0], splits[1]
 
 
+# ARC-AGI-1's largest task file is 28 KB (123 KB indented); anything this big is not a task and
+# is refused before it is read, so a stray 50 MB file cannot stall or exhaust the loader.
+MAX_TASK_BYTES = 4 * 2**20
+
+
 def load_task_file(path: str | Path, canvas: int = 30) -> Task:
     """Load and validate one ARC JSON task; the task id is the file stem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if path.is_file() and size > MAX_TASK_BYTES:
+            raise DataError(
+                path,
+                f"{size / 2**20:.1f} MiB is too big for an ARC task (limit "
+                f"{MAX_TASK_BYTES // 2**20} MiB)",
+            )
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(path, "no such file") from None
     except OSError as e:
         raise DataError(path, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(path, "malformed JSON: nested too deeply") from None
     train, test = _validate_task(path, data, canvas)
     return Task(path.stem, train, test)
 
@@ -180,6 +196,8 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
         raise DataError(root, "no such file or directory")
     if root.is_file():
         return [load_task_file(root, canvas)]
+    if not root.is_dir():  # a device, a socket, ...
+        raise DataError(root, "not a directory of task files or a .json task file")
     if (root / split_name).is_dir():
         root = root / split_name
     files = sorted(root.glob("*.json"))

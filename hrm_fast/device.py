@@ -1,4 +1,9 @@
-"""``--device`` for every command: auto, cpu, cuda or cuda:N, checked before anything runs."""
+"""``--device`` for every command: auto, cpu, cuda, cuda:N or mps, checked before anything runs.
+
+``cuda`` is NVIDIA (CUDA build of torch) or AMD (ROCm build: torch.version.hip is set and the
+GPU is a torch "cuda" device); both run the fused Triton backend. ``mps`` is Apple silicon:
+the reference backend only (Triton has no Metal backend).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,49 @@ import torch
 from hrm_fast.errors import UserError
 
 
+def mps_available() -> bool:
+    return torch.backends.mps.is_available()
+
+
 def resolve_device(name: str) -> torch.device:
     name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device: expected auto, cpu or cuda, got {name!r}")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UserError(f"--device: expected auto, cpu, cuda or mps, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available on this machine")
+    if name == "mps" and not mps_available():
+        raise UserError("--device mps: no Apple MPS device is available on this machine")
     return torch.device(name)
+
+
+def mps_supports_bf16() -> bool:
+    # MPSGraph has bfloat16 from macOS 14 (Sonoma); torch refuses it on older macOS
+    # ("MPS BFloat16 is only supported on MacOS 14 or newer", pytorch PR #119641).
+    return torch.backends.mps.is_macos_or_newer(14, 0)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """Activation dtype for ``--dtype auto``: bf16 on GPUs that have it, fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "mps":
+        return torch.bfloat16 if mps_supports_bf16() else torch.float32
+    return torch.float32
+
+
+def check_device_options(device: torch.device, backend: str, dtype: torch.dtype, graphs: bool):
+    """One-line refusals for what a device cannot run."""
+    if device.type == "mps":
+        if backend == "fused":
+            raise UserError(
+                "--backend fused: the Triton kernels need a CUDA or ROCm GPU; "
+                "on --device mps use --backend reference"
+            )
+        if graphs:
+            raise UserError("--cuda-graphs: CUDA graphs need a CUDA or ROCm GPU, not --device mps")
+        if dtype == torch.bfloat16 and not mps_supports_bf16():
+            raise UserError("--dtype bf16: MPS has bfloat16 from macOS 14; use --dtype fp32")

@@ -27,6 +27,7 @@ import torch
 
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError
+from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 BLANK_POOL_SEED_OFFSET = 7919  # pool for tasks without a puzzle id: seed + this
@@ -298,12 +299,17 @@ def evaluate(
     max_tasks: int = 0,
     batch_size: int = 32,
     render: int = 4,
-    device="cpu",
+    device="auto",
     eval_source: str | None = None,
     quiet: bool = False,
-) -> dict:
+    dp=None,
+) -> dict | None:
     """Evaluate a checkpoint; writes ``eval.json`` (and ``eval.png``) into ``out``; returns
-    the eval.json dict."""
+    the eval.json dict.
+
+    ``dp`` (``hrm_fast.distributed``, under torchrun): each rank predicts whole batches of the
+    single-process batching, rank 0 gathers the predictions, scores and writes (others get
+    None), so eval.json is the one a single process writes."""
     from hrm_fast import checkpoint as ckpt
     from hrm_fast.data import ArcDataset
     from hrm_fast.train import Progress
@@ -316,7 +322,7 @@ def evaluate(
         raise UserError(f"--max-tasks must be >= 0, got {max_tasks}")
     if render < 0:
         raise UserError(f"--render must be >= 0, got {render}")
-    dev = resolve_device(device)
+    dev = resolve_device(device) if dp is None else dp.device
     path = ckpt.resolve(checkpoint)
     # The training backend/dtype on CUDA (fused kernels, bf16); the fp32 reference on CPU.
     backend, dtype = (
@@ -344,6 +350,7 @@ def evaluate(
         n_tasks = min(n_tasks, max_tasks)
     if n_tasks == 0:
         raise UserError(f"{path}: no held-out eval tasks (eval_source={cfg.data.eval_source!r})")
+    out_dir = prepare_dir(Path(out) if out else default_out(path), "--out")  # before the work
 
     items = build_items(dataset, n_aug, n_tasks, cfg.train.seed)
     k = max(1, min(n_aug, dataset.n_aug))
@@ -355,19 +362,24 @@ def evaluate(
         f"(K={k} augmentations{capped}, {cfg.model.halt_max_steps} ACT steps) | "
         f"{dev.type} {backend}"
     )
-    prog = Progress(len(items), 0, quiet=quiet, unit="canvases")
+    mine = list(range(len(items)))
+    if dp is not None:
+        from hrm_fast.distributed import shard_batches
+
+        mine = shard_batches(len(items), batch_size, dp.rank, dp.world)
+    prog = Progress(len(mine), 0, quiet=quiet, unit="canvases")
     last = {"t": 0.0}
 
     def on_batch(done: int) -> None:  # redraw on a terminal; every few seconds in a log
         now = time.perf_counter()
-        if prog.tty or done == len(items) or now - last["t"] >= 5.0:
+        if prog.tty or done == len(mine) or now - last["t"] >= 5.0:
             last["t"] = now
             prog.update(done)
 
     grids, q_prob = predict(
         model,
         dataset.bank,
-        items,
+        [items[i] for i in mine],
         cfg.data.canvas,
         cfg.model.halt_max_steps,
         batch_size,
@@ -375,11 +387,17 @@ def evaluate(
         progress=on_batch,
     )
     prog.close()
+    if dp is not None:  # every rank's predictions, back in item order, on rank 0
+        parts = dp.gather_objects((mine, grids, q_prob))
+        if not dp.is_main:
+            return None
+        grids, q_prob = [None] * len(items), [0.0] * len(items)
+        for idx, g, q in parts:
+            for i, gi, qi in zip(idx, g, q, strict=True):
+                grids[i], q_prob[i] = gi, qi
     results = score_tasks(dataset, items, grids, q_prob)
     overall = summarise(results)
 
-    out_dir = Path(out) if out else default_out(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(path),
         "step": int(payload.get("step", 0)),
@@ -390,7 +408,7 @@ def evaluate(
         "overall": overall,
         "tasks": {r.task_id: r.to_dict() for r in results},
     }
-    (out_dir / "eval.json").write_text(json.dumps(_json_safe(report), indent=1))
+    write_output(out_dir / "eval.json", json.dumps(_json_safe(report), indent=1), WriteFailed)
     png = None
     if render:
         rows = []
@@ -409,7 +427,13 @@ def evaluate(
         if rows:
             from hrm_fast.render import render_tasks
 
-            png = render_tasks(rows, out_dir / "eval.png")
+            try:
+                png = render_tasks(rows, out_dir / "eval.png")
+            except OSError as e:
+                raise WriteFailed(
+                    f"{out_dir / 'eval.png'}: cannot write: {os_reason(e)} "
+                    f"({out_dir / 'eval.json'} was written)"
+                ) from None
     report["paths"] = {"json": str(out_dir / "eval.json"), "png": str(png) if png else None}
 
     if not quiet:
@@ -440,14 +464,26 @@ def summary(report: dict, n_blank: int | None = None) -> str:
 
 
 def main(args) -> int:
-    evaluate(
-        args.checkpoint,
-        out=args.out,
-        n_aug=args.n_aug,
-        max_tasks=args.max_tasks,
-        batch_size=args.batch_size,
-        render=args.render,
-        device=args.device,
-        eval_source=args.eval_source,
-    )
+    from hrm_fast import distributed
+
+    dp = distributed.setup(args.device)  # None in a single process; torchrun shards the tasks
+    try:
+        evaluate(
+            args.checkpoint,
+            out=args.out,
+            n_aug=args.n_aug,
+            max_tasks=args.max_tasks,
+            batch_size=args.batch_size,
+            render=args.render,
+            device=args.device,
+            eval_source=args.eval_source,
+            quiet=dp is not None and not dp.is_main,
+            dp=dp,
+        )
+    except BaseException:
+        if dp is not None:
+            dp.close(wait_for_all=False)
+        raise
+    if dp is not None:
+        dp.close()
     return 0

@@ -133,13 +133,18 @@ def _masked_mean(v: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Ten
 
 
 def penalties_from_histograms(
-    p_sum: torch.Tensor, q_sum: torch.Tensor, y_sum: torch.Tensor, n_valid: torch.Tensor
+    p_sum: torch.Tensor,
+    q_sum: torch.Tensor,
+    y_sum: torch.Tensor,
+    n_valid: torch.Tensor,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(diversity, distribution) from per-example SUMS over valid positions.
 
     ``p_sum``: softmax histogram (distribution term); ``q_sum``: the sharpened histogram
     ``sum softmax(logits / T)`` (diversity term). Differentiable w.r.t. both. Examples with no
-    valid position are left out of every batch mean.
+    valid position are left out of every batch mean. ``batch_gather`` (data parallel) gathers
+    every rank's rows first, so the batch statistics are the global batch's.
 
     Diversity (docs/safeguards.md) is ``mean_b KL(y_b || q_b) / log C + relu(S_y - S_q)``: each
     example's soft-argmax histogram must cover the colours of its labels, and examples must
@@ -149,6 +154,9 @@ def penalties_from_histograms(
     and cost nothing. (The soft histogram ``p`` cannot see argmax collapse while predictions
     are soft: its entropy stays above the labels' and the old entropy hinge stayed at 0.)
     """
+    if batch_gather is not None:
+        p_sum, q_sum = batch_gather(p_sum), batch_gather(q_sum)
+        y_sum, n_valid = batch_gather(y_sum), batch_gather(n_valid)
     dt = p_sum.dtype
     C = p_sum.shape[-1]
     n = n_valid.to(dt)
@@ -178,6 +186,7 @@ def arc_loss_from_stats(
     steps: torch.Tensor,
     cfg: LossConfig,
     halt_max_steps: int,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     dt = stats.p_sum.dtype
     n = stats.n_valid.to(dt)
@@ -197,8 +206,9 @@ def arc_loss_from_stats(
         q_continue_loss = F.binary_cross_entropy_with_logits(qc, target_q_continue.to(dt))
 
     diversity, distribution = penalties_from_histograms(
-        stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid
+        stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid, batch_gather
     )
+    a_sum = stats.a_sum if batch_gather is None else batch_gather(stats.a_sum)
 
     early = (steps < cfg.min_steps).to(dt)
     late = (steps >= halt_max_steps).to(dt)
@@ -225,7 +235,7 @@ def arc_loss_from_stats(
             # Per-example means over examples with >= 1 valid position.
             "accuracy": (has * correct / n.clamp_min(1)).sum() / n_ex,
             "exact_accuracy": exact_f.sum() / n_ex,
-            "unique_classes": (stats.a_sum.sum(0) > 0).to(dt).sum(),
+            "unique_classes": (a_sum.sum(0) > 0).to(dt).sum(),
             "q_halt_accuracy": (has * ((qh >= 0) == exact).to(dt)).sum() / n_ex,
             "correct": correct.sum(),
             "valid": n.sum(),
@@ -242,9 +252,13 @@ def arc_loss_ref(
     steps: torch.Tensor,
     cfg: LossConfig,
     halt_max_steps: int,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ImprovedARCLoss + ACT Q losses (docs/architecture.md, "Loss"). Eager reference."""
+    """ImprovedARCLoss + ACT Q losses (docs/architecture.md, "Loss"). Eager reference.
+
+    ``batch_gather`` (data parallel): the batch-level penalties and ``unique_classes`` are
+    computed over every rank's examples (``hrm_fast.distributed``)."""
     stats = arc_loss_stats_ref(logits, labels, use_stablemax(cfg), cfg.div_temperature)
     return arc_loss_from_stats(
-        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps
+        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )

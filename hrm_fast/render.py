@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm_fast.files import atomic_write
+
 # Standard ARC palette (colours 0-9).
 PALETTE = np.array(
     [
@@ -91,7 +93,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     path = Path(path)
-    path.write_bytes(encode_png(rgb))
+    data = encode_png(rgb)
+    atomic_write(path, lambda f: f.write(data))  # a failed write leaves no partial PNG
     return path
 
 
@@ -155,6 +158,11 @@ def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) ->
     "correct": bool}``; grids are 2-D arrays of colours 0-9 (the prediction may be empty).
     Returns the path.
     """
+    return write_png(path, tasks_image(rows, cell))
+
+
+def tasks_image(rows: list[dict], cell: int | None = None) -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 image ``render_tasks`` writes (rows as there)."""
     if not rows:
         raise ValueError("render_tasks: no rows to draw")
     cell = cell or _cell_size(rows)
@@ -187,4 +195,4 @@ def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) ->
                 img[bar_y : bar_y + BAR, x : x + p.shape[1]] = colour
             x += panel_w[i] + GAP
         y += rh + ROW_GAP
-    return write_png(path, img)
+    return img

@@ -244,9 +244,106 @@ def format_ceilings(cfg: RunConfig, preset: str = "") -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- communication
+#
+# Data parallel (``hrm_fast.distributed``): each step all-reduces one flat fp32 gradient buffer
+# and all-gathers the batch's puzzle-embedding rows with their gradients (plus a few hundred
+# bytes of loss statistics, left out here). A ring all-reduce of M bytes over N ranks sends and
+# receives 2 (N - 1) / N * M bytes per rank; an all-gather of M bytes in all, (N - 1) / N * M.
+# The step runs the all-reduce after the backward (no overlap), so its time adds to compute.
+# This is a MODEL from link datasheet rates, not a measurement: it leaves out per-collective
+# latency (tens of microseconds each, 8 collectives per step) and achieved-vs-peak bandwidth.
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    gbs: float  # per GPU, one direction, GB/s (1e9 B/s)
+    note: str = ""
+
+
+LINKS: dict[str, Link] = {
+    "nvlink4": Link("NVLink 4 (H100 SXM)", 450.0, "900 GB/s per GPU both directions"),
+    "nvlink3": Link("NVLink 3 (A100 SXM)", 300.0, "600 GB/s per GPU both directions"),
+    "pcie5": Link("PCIe 5.0 x16", 63.0, "32 GT/s x 16 lanes, 128b/130b"),
+    "pcie4": Link("PCIe 4.0 x16", 31.5, "16 GT/s x 16 lanes, 128b/130b"),
+    "eth400": Link("400 Gb/s Ethernet", 50.0, "one NIC per GPU"),
+    "eth200": Link("200 Gb/s Ethernet", 25.0, "one NIC per GPU"),
+    "eth100": Link("100 Gb/s Ethernet", 12.5, "one NIC per GPU"),
+}
+
+
+def comm_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
+    """Bytes one rank sends per step with ``world`` ranks (ring algorithms); global batch B."""
+    if world <= 1:
+        return {"allreduce_buffer": 0.0, "allreduce": 0.0, "puzzle_gather": 0.0, "total": 0.0}
+    buffer = 4 * network_params(cfg)  # fp32 gradients
+    rows = cfg.train.batch_size * (4 * cfg.model.puzzle_emb_ndim + 4)  # grads + int32 ids
+    out = {
+        "allreduce_buffer": float(buffer),
+        "allreduce": 2 * (world - 1) / world * buffer,
+        "puzzle_gather": (world - 1) / world * rows if cfg.model.puzzle_emb_ndim else 0.0,
+    }
+    out["total"] = out["allreduce"] + out["puzzle_gather"]
+    return out
+
+
+def scaling_model(cfg: RunConfig, gpu: str | GpuPeak, link: str | Link, world: int) -> dict:
+    """MODEL of one data-parallel step at a fixed global batch: compute ceiling per rank (batch
+    B / world) plus communication at the link's datasheet rate, no overlap."""
+    import dataclasses
+
+    g = gpu_peak(gpu) if isinstance(gpu, str) else gpu
+    ln = LINKS[link] if isinstance(link, str) else link
+    per_rank = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size // world)
+    )
+    compute = 1.0 / ceiling_it_s(per_rank, g)
+    comm = comm_bytes(cfg, world)["total"] / (ln.gbs * 1e9)
+    one = 1.0 / ceiling_it_s(cfg, g)
+    step = compute + comm
+    return {
+        "world": world,
+        "gpu": g.name,
+        "link": ln.name,
+        "compute_s": compute,
+        "comm_s": comm,
+        "step_s": step,
+        "it_s": 1.0 / step,
+        "speedup": one / step,
+        "efficiency": one / (world * step),
+        "label": "model (datasheet peaks, no latency, no overlap), not measured",
+    }
+
+
+def format_scaling(cfg: RunConfig, preset: str, gpu: str = "h100", worlds=(2, 4, 8)) -> str:
+    c = comm_bytes(cfg, 2)
+    lines = [
+        f"data-parallel MODEL for {preset} (global batch {cfg.train.batch_size}) on "
+        f"{gpu_peak(gpu).name}: all-reduce buffer {c['allreduce_buffer'] / 1e6:.1f} MB/step "
+        "(fp32 gradients); time = compute ceiling at batch/N + ring all-reduce and gather "
+        "bytes / link bandwidth",
+        f"{'link':<22}{'GB/s':>7}" + "".join(f"{f'N={n} comm / speedup':>24}" for n in worlds),
+    ]
+    for key, ln in LINKS.items():
+        cells = []
+        for n in worlds:
+            m = scaling_model(cfg, gpu, key, n)
+            cells.append(f"{m['comm_s'] * 1e3:>9.2f} ms / {m['speedup']:>5.2f}x")
+        lines.append(f"{ln.name:<22}{ln.gbs:>7.1f}" + "".join(f"{x:>24}" for x in cells))
+    lines.append(
+        "speedup = 1-GPU ceiling step time / N-GPU modelled step time (ideal: N); a model from "
+        "datasheet rates, not a measurement"
+    )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     from hrm_fast.config import from_name
 
     for name in ("seed", "paper"):
         print(format_ceilings(from_name(name), name))
         print()
+    print(format_scaling(from_name("paper"), "paper"))
+    print()
+    print(format_scaling(from_name("seed"), "seed", "a100", worlds=(2, 4)))

@@ -1,13 +1,15 @@
 """Ahead-of-time compile specs shared by every kernel family.
 
-Each kernel module exposes ``aot_specs(preset: str) -> list[AotSpec]`` describing the launch
-configurations the trainer really uses for a preset (``seed`` or ``paper``). The kernels
-report (``hrm-fast kernels-report``) compiles each spec with ``triton.compile`` for every
-GPU target and reads registers, spills, shared memory and MMA usage from the cubin.
+Each kernel module exposes ``aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]``
+describing the launch configurations the trainer really uses for a preset (``seed``, ``paper``)
+on a target family (see ``TARGET_FAMILIES``). The kernels report (``hrm-fast kernels-report``)
+compiles each spec with ``triton.compile`` for every GPU target and reads registers, spills,
+shared memory / LDS and MMA / MFMA / WMMA usage from the cubin or the AMDGCN assembly.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,3 +26,39 @@ class AotSpec:
     grid: tuple[int, ...] = ()  # launch grid at this shape (for occupancy context)
     note: str = ""  # the shape, e.g. "B=20 S=901 H=8 D=32 bf16"
     has_dot: bool = False  # the kernel uses tl.dot, so MMA instructions are expected
+
+
+# GPU target families: launch configurations differ per family only where the static report
+# (hrm-fast kernels-report) shows they must. "nvidia" is sm_80/86/89/90; "cdna" is AMD Instinct
+# gfx90a (MI200) and gfx942 (MI300), wave 64; "rdna3" is AMD Radeon gfx1100 (RX 7900), wave 32.
+TARGET_FAMILIES = ("nvidia", "cdna", "rdna3")
+
+
+def target_family(arch: int | str) -> str:
+    """The family of a compile target: an int compute capability (80) or an AMD gfx name."""
+    if isinstance(arch, int):
+        return "nvidia"
+    name = str(arch).split(":")[0].lower()  # ROCm's gcnArchName carries ":sramecc+:xnack-"
+    # Compiled and checked: gfx90a, gfx942 (cdna) and gfx1100 (rdna3). Other gfx9 / gfx10-12
+    # parts run with their nearest family's table (wave 64 vs wave 32), unchecked.
+    if name.startswith("gfx9"):
+        return "cdna"
+    if name.startswith("gfx1"):
+        return "rdna3"
+    raise ValueError(f"no launch configurations for GPU target {arch!r}")
+
+
+def device_target_family(device) -> str:
+    """The target family of a torch CUDA/ROCm device (ROCm devices are torch 'cuda' devices)."""
+    import torch
+
+    if torch.version.hip is None:
+        return "nvidia"
+    return _rocm_family(torch.device(device).index or 0)
+
+
+@functools.cache
+def _rocm_family(index: int) -> str:
+    import torch
+
+    return target_family(torch.cuda.get_device_properties(index).gcnArchName)

@@ -316,18 +316,21 @@ def arc_loss_fused(
     steps: torch.Tensor,
     cfg: LossConfig,
     halt_max_steps: int,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Same signature and outputs as ``hrm_fast.loss.arc_loss_ref``; one Triton pass on CUDA."""
     stats = arc_loss_stats(logits, labels, use_stablemax(cfg), cfg.div_temperature)
     return arc_loss_from_stats(
-        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps
+        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )
 
 
 # --- AOT compile specs --------------------------------------------------------------------
 
 
-def aot_specs(preset: str) -> list[AotSpec]:
+def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+    # One launch configuration for every target family (kernels-report: no spills on any).
+    del target
     B = {"seed": 20, "paper": 768}[preset]
     S, V = 900, 12
     NB = _num_blocks(S)

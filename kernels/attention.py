@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec
+from .aot import AotSpec, device_target_family
 from .dispatch import use_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -293,23 +293,28 @@ def _attn_bwd_dq_kernel(
 # Launch configuration
 # --------------------------------------------------------------------------------------------
 
-# head dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages), a fixed table (no autotune: one
-# config per shape keeps launches deterministic and compile-free after warm-up). Each entry
-# compiles with zero spill bytes for bf16 on sm_80/89/90, with and without 16-byte alignment
-# specialisation, and fits sm_89's 99 KB of shared memory. Register pressure comes mostly from
-# re-applying RoPE to the streamed tile (four fp32 cos/sin tiles per iteration), hence the
-# small streamed tiles, especially in the backward where dk/dv hold three fp32 accumulators.
-_FWD_CFG = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (64, 32, 8, 2)}
-_DKDV_CFG = {
-    32: (32, 64, 4, 2),
-    64: (16, 64, 8, 2),
-    128: (16, 32, 8, 2),
-}  # (BLOCK_M loop, BLOCK_N own)
-_DQ_CFG = {
-    32: (64, 32, 4, 2),
-    64: (64, 32, 8, 2),
-    128: (32, 32, 8, 2),
-}  # (BLOCK_M own, BLOCK_N loop)
+# Target family -> head dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages), fixed tables (no
+# autotune: one config per shape keeps launches deterministic and compile-free after warm-up).
+# Families share a row unless the static report (hrm-fast kernels-report) shows they must differ.
+#
+# nvidia (sm_80/86/89/90): every entry compiles with zero spill bytes for bf16, with and without
+# 16-byte alignment specialisation, and fits sm_89's 99 KB of shared memory. Register pressure
+# comes mostly from re-applying RoPE to the streamed tile (four fp32 cos/sin tiles per
+# iteration), hence the small streamed tiles, especially in the backward where dk/dv hold three
+# fp32 accumulators.
+# cdna (gfx90a, gfx942; wave 64): the nvidia tables, except dq at D=64 (paper): 8 waves of
+# (64, 32) need 2 waves per SIMD, which caps a wave at 256 of the 512 VGPRs, and it spills
+# (25 VGPRs on gfx90a, 38 on gfx942); (64, 16) with 8 waves fits in 204 VGPRs.
+# rdna3 (gfx1100; wave 32): None. The backward kernels spill on gfx1100 at every configuration
+# tried (dk/dv at D=32: 84 to 743 VGPRs for tiles 16x16 to 32x64, 2 to 16 waves, 1 or 2
+# stages; dq likewise), so attention on RDNA3 runs through PyTorch's SDPA (rope_attention).
+# D=128 is in no preset and is compiled for no target; its rows are the nvidia ones.
+_FWD_NVIDIA = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (64, 32, 8, 2)}
+_DKDV_NVIDIA = {32: (32, 64, 4, 2), 64: (16, 64, 8, 2), 128: (16, 32, 8, 2)}  # (M loop, N own)
+_DQ_NVIDIA = {32: (64, 32, 4, 2), 64: (64, 32, 8, 2), 128: (32, 32, 8, 2)}  # (M own, N loop)
+_FWD_CFG = {"nvidia": _FWD_NVIDIA, "cdna": _FWD_NVIDIA, "rdna3": None}
+_DKDV_CFG = {"nvidia": _DKDV_NVIDIA, "cdna": _DKDV_NVIDIA, "rdna3": None}
+_DQ_CFG = {"nvidia": _DQ_NVIDIA, "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2)}, "rdna3": None}
 
 
 def _pre_block_m(D: int) -> int:
@@ -317,21 +322,30 @@ def _pre_block_m(D: int) -> int:
     return 2048 // D
 
 
-def _cfg(table: dict, D: int) -> tuple[int, int, int, int]:
+def _cfg(table: dict, D: int, t: torch.Tensor) -> tuple[int, int, int, int]:
     # Interpreter: one config; fewer, larger tiles run faster in numpy and still exercise
     # the masks and multi-block loops (S = 130, 901). aot_specs always reads the GPU tables.
-    return (64, 64, 4, 1) if _INTERPRET else table[D]
+    if _INTERPRET:
+        return (64, 64, 4, 1)
+    return table[device_target_family(t.device)][D]
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs (tests, debugging) get exact fp32 products; bf16/fp16 ignore this.
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _triton_attention_on(t: torch.Tensor) -> bool:
+    """Whether this device's target family has attention kernels (RDNA3 has none, see above)."""
+    return _INTERPRET or not t.is_cuda or _FWD_CFG[device_target_family(t.device)] is not None
+
+
+# tl.dot input precision for every launch. fp32 inputs (tests, debugging) get exact fp32
+# products; with bf16/fp16 inputs every dot has 16-bit operands and the precision is ignored
+# (the sm_80/sm_90 PTX is identical for "tf32" and "ieee"). "ieee" is also the one value every
+# AMD target accepts: gfx90a and gfx1100 reject "tf32".
+_DOT_PRECISION = "ieee"
 
 
 def _check(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     B, S, H3, D = qkv.shape
     assert H3 % 3 == 0, f"qkv must be [B, S, 3H, D], got {tuple(qkv.shape)}"
-    assert D in _FWD_CFG, f"head dim {D} not supported (32, 64, 128)"
+    assert D in _FWD_NVIDIA, f"head dim {D} not supported (32, 64, 128)"
     assert cos.shape[0] >= S and cos.shape[1] == D and sin.shape == cos.shape
     return B, S, H3 // 3, D
 
@@ -352,14 +366,14 @@ def _attention_fwd(qkv, cos, sin, out=None, lse=None):
     if lse is None:
         lse = torch.empty((B, H, S), device=qkv.device, dtype=torch.float32)
     assert out.stride(-1) == 1 and lse.is_contiguous()
-    bm, bn, warps, stages = _cfg(_FWD_CFG, D)
+    bm, bn, warps, stages = _cfg(_FWD_CFG, D, qkv)
     grid = (triton.cdiv(S, bm), B * H)
     torch.library.wrap_triton(_attn_fwd_kernel)[grid](
         qkv, cos, sin, out, lse,
         qkv.stride(0), qkv.stride(1), qkv.stride(2), cos.stride(0),
         out.stride(0), out.stride(1), out.stride(2),
         S, H, 1.0 / math.sqrt(D),
-        HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_dot_precision(qkv.dtype),
+        HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_DOT_PRECISION,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out, lse
@@ -378,7 +392,7 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
         dqkv = torch.empty((B, S, 3 * H, D), device=qkv.device, dtype=qkv.dtype)
     assert dqkv.stride(-1) == 1
     delta = torch.empty((B, H, S), device=qkv.device, dtype=torch.float32)
-    prec = _dot_precision(qkv.dtype)
+    prec = _DOT_PRECISION
     scale = 1.0 / math.sqrt(D)
 
     pre_bm = _pre_block_m(D)
@@ -395,12 +409,12 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
         dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
         S, H, scale,
     )  # fmt: skip
-    bm, bn, warps, stages = _cfg(_DKDV_CFG, D)
+    bm, bn, warps, stages = _cfg(_DKDV_CFG, D, qkv)
     torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(S, bn), B * H)](
         *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    bm, bn, warps, stages = _cfg(_DQ_CFG, D)
+    bm, bn, warps, stages = _cfg(_DQ_CFG, D, qkv)
     torch.library.wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(S, bm), B * H)](
         *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
         num_warps=warps, num_stages=stages,
@@ -457,8 +471,29 @@ torch.library.register_autograd("hrm_fast::rope_attention", _backward, setup_con
 def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE + non-causal attention: ``[B, S, 3H, D]`` -> ``[B, S, H, D]`` (see module doc)."""
     if use_triton(qkv):
-        return torch.ops.hrm_fast.rope_attention(qkv, cos, sin)[0]
+        if _triton_attention_on(qkv):
+            return torch.ops.hrm_fast.rope_attention(qkv, cos, sin)[0]
+        return rope_attention_sdpa(qkv, cos, sin)
     return rope_attention_ref(qkv, cos, sin)
+
+
+def rope_attention_sdpa(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as in rope_attention_ref, then PyTorch's fused SDPA (no [S, S] scores in memory)."""
+    S, D = qkv.shape[1], qkv.shape[3]
+    H = qkv.shape[2] // 3
+    dtype = qkv.dtype
+    acc = torch.promote_types(dtype, torch.float32)
+    cos = cos[:S].to(acc)[:, None, :]
+    sin = sin[:S].to(acc)[:, None, :]
+    q, k, v = qkv.split(H, dim=2)
+
+    def rope(x):
+        xf = x.to(acc)
+        return (xf * cos + _rotate_half(xf) * sin).to(dtype)
+
+    q, k, v = (t.transpose(1, 2) for t in (rope(q), rope(k), v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(D))
+    return out.transpose(1, 2).contiguous()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -524,16 +559,24 @@ _SIG_BWD = {
 }  # fmt: skip
 
 
-def aot_specs(preset: str) -> list[AotSpec]:
+# Why a target family launches none of these kernels (the report prints it).
+AOT_NOT_LAUNCHED = {
+    "rdna3": "backward spills on gfx1100 at every config tried; RDNA3 uses SDPA (see _FWD_CFG)"
+}
+
+
+def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs of the four attention kernels at the preset's training shape (bf16)."""
-    return _aot_specs_for(*_PRESET_SHAPES[preset])
+    if _FWD_CFG[target] is None:
+        return []
+    return _aot_specs_for(*_PRESET_SHAPES[preset], target=target)
 
 
-def _aot_specs_for(B: int, S: int, H: int, D: int) -> list[AotSpec]:
+def _aot_specs_for(B: int, S: int, H: int, D: int, target: str = "nvidia") -> list[AotSpec]:
     note = f"B={B} S={S} H={H} D={D} bf16"
-    prec = "tf32"  # ignored for bf16 operands
+    prec = _DOT_PRECISION
     specs = []
-    bm, bn, w, st = _FWD_CFG[D]
+    bm, bn, w, st = _FWD_CFG[target][D]
     specs.append(
         AotSpec(
             "attention_fwd", _attn_fwd_kernel, dict(_SIG_FWD),
@@ -549,7 +592,7 @@ def _aot_specs_for(B: int, S: int, H: int, D: int) -> list[AotSpec]:
             grid=(triton.cdiv(S, _pre_block_m(D)), B * H), note=note, has_dot=False,
         )
     )  # fmt: skip
-    bm, bn, w, st = _DKDV_CFG[D]
+    bm, bn, w, st = _DKDV_CFG[target][D]
     specs.append(
         AotSpec(
             "attention_bwd_dkdv", _attn_bwd_dkdv_kernel, dict(_SIG_BWD),
@@ -558,7 +601,7 @@ def _aot_specs_for(B: int, S: int, H: int, D: int) -> list[AotSpec]:
             has_dot=True,
         )
     )  # fmt: skip
-    bm, bn, w, st = _DQ_CFG[D]
+    bm, bn, w, st = _DQ_CFG[target][D]
     specs.append(
         AotSpec(
             "attention_bwd_dq", _attn_bwd_dq_kernel, dict(_SIG_BWD),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: a CPU-sized training run on the bundled ARC-AGI-1 data,
-# then held-out evaluation and the input-sensitivity (safeguard) report.
+# then held-out evaluation, the input-sensitivity (safeguard) report and the dashboard.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup-env.sh"
@@ -12,4 +12,6 @@ else
 fi
 hrm-fast eval "$out" --n-aug 4
 hrm-fast probe "$out" --json "$out/probe.json"
+hrm-fast report "$out" --html
 echo "demo: metrics $out/metrics.jsonl, evaluation $out/eval.json and $out/eval.png, probe $out/probe.json"
+echo "demo: dashboard $out/report.png (and report.html)"

@@ -4,4 +4,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup-env.sh"
 cd "$root"
+if [ "${CI:-}" = "true" ]; then
+  # CI sees what a new machine sees: empty Triton and TorchInductor caches, so every kernel
+  # is compiled from scratch (a warm cache once hid a compile failure, issue 8).
+  TRITON_CACHE_DIR="$(mktemp -d -t hrm-fast-triton-XXXXXX)"
+  TORCHINDUCTOR_CACHE_DIR="$(mktemp -d -t hrm-fast-inductor-XXXXXX)"
+  export TRITON_CACHE_DIR TORCHINDUCTOR_CACHE_DIR
+  trap 'rm -rf "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"' EXIT
+  echo "test: fresh caches $TRITON_CACHE_DIR $TORCHINDUCTOR_CACHE_DIR" >&2
+fi
 python -m pytest -q tests "$@"

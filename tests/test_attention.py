@@ -199,5 +199,23 @@ def test_aot_specs_match_kernel_signatures(preset):
     fwd = next(s for s in specs if s.name == "attention_fwd")
     D = {"seed": 32, "paper": 64}[preset]
     assert fwd.constexprs["HALF"] == D // 2
-    assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == attn._FWD_CFG[D][:2]
-    assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG[D][2:]
+    assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == attn._FWD_CFG["nvidia"][D][:2]
+    assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG["nvidia"][D][2:]
+
+
+def test_per_target_tables_and_rdna3_fallback():
+    # CDNA differs from NVIDIA only where the static report showed a spill (dq, D=64).
+    (dq,) = [s for s in attn.aot_specs("paper", target="cdna") if s.name == "attention_bwd_dq"]
+    assert (dq.constexprs["BLOCK_M"], dq.constexprs["BLOCK_N"], dq.num_warps) == (64, 16, 8)
+    assert attn._DQ_CFG["cdna"][32] == attn._DQ_CFG["nvidia"][32]
+    # RDNA3 launches no attention kernel: the report compiles none, the op falls back to SDPA.
+    assert attn.aot_specs("seed", target="rdna3") == [] and "rdna3" in attn.AOT_NOT_LAUNCHED
+
+
+def test_sdpa_fallback_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 37, 3 * 2, 32, generator=g, dtype=torch.float64)
+    pos = torch.arange(64, dtype=torch.float64)[:, None] / 10.0 ** (torch.arange(32) / 32)
+    cos, sin = pos.cos(), pos.sin()
+    ref = attn.rope_attention_ref(qkv, cos, sin)
+    assert (attn.rope_attention_sdpa(qkv, cos, sin) - ref).abs().max() < 1e-10

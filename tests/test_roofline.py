@@ -147,3 +147,20 @@ def test_laptop_peak_is_fp32_accumulate():
     laptop = roofline.GPUS["rtx4090-laptop"]
     assert laptop.bf16_tflops == pytest.approx(76 * 512 * 2.04e9 / 1e12)
     assert 75 < laptop.bf16_tflops < 85 and laptop.bandwidth_gbs == 576
+
+
+def test_data_parallel_comm_model():
+    cfg = from_name("paper")
+    n = roofline.network_params(cfg)
+    c = roofline.comm_bytes(cfg, 8)
+    assert c["allreduce_buffer"] == 4 * n  # one fp32 gradient buffer
+    assert c["allreduce"] == pytest.approx(2 * 7 / 8 * 4 * n)  # ring all-reduce, per rank
+    assert c["puzzle_gather"] == pytest.approx(7 / 8 * 768 * (4 * 512 + 4))
+    assert roofline.comm_bytes(cfg, 1)["total"] == 0
+    fast = roofline.scaling_model(cfg, "h100", "nvlink4", 8)
+    slow = roofline.scaling_model(cfg, "h100", "eth100", 8)
+    assert slow["comm_s"] == pytest.approx(fast["comm_s"] * 450 / 12.5)
+    assert 0 < slow["speedup"] < fast["speedup"] < 8
+    assert fast["efficiency"] == pytest.approx(fast["speedup"] / 8)
+    assert "model" in fast["label"] and "not measured" in fast["label"]
+    assert "MODEL" in roofline.format_scaling(cfg, "paper")

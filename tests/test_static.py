@@ -1,8 +1,14 @@
-"""Static GPU checks: every kernel spec compiles ahead of time for sm_80/89/90 without spills,
-dot kernels use tensor cores, plus unit checks of the report's occupancy and MMA detection.
+"""Static GPU checks: every kernel spec compiles ahead of time for sm_80/89/90 and for AMD
+gfx942 (CDNA3) / gfx1100 (RDNA3) without spills, dot kernels use tensor cores (MMA / MFMA /
+WMMA), plus unit checks of the report's occupancy arithmetic and instruction detection.
 
 No GPU needed: triton.compile targets the GPU with the ptxas shipped in the triton wheel.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import triton
@@ -52,6 +58,40 @@ def test_family_compiles_without_spills(aot_rows, family, arch):
         if r["has_dot"]:
             assert r["mma"], f"{r['kernel']} [{r['preset']}] sm_{arch}: tl.dot without MMA"
         assert r["occupancy"]["active_blocks"] >= 1
+
+
+# One target per AMD family keeps the suite's compile time modest (about a minute on 2 cores);
+# gfx90a (CDNA2) is compiled by `hrm-fast kernels-report` and the CMake build (HRM_FAST_HIP_ARCHS).
+STATIC_AMD_ARCHS = ("gfx942", "gfx1100")
+
+
+@pytest.fixture(scope="module")
+def aot_rows_amd():
+    entries = report.collect_specs(report.PRESETS, targets=("cdna", "rdna3"))
+    return report.compile_all(entries, STATIC_AMD_ARCHS)
+
+
+@pytest.mark.parametrize("arch", STATIC_AMD_ARCHS)
+@pytest.mark.parametrize("family", report.FAMILIES)
+def test_family_compiles_without_spills_amd(aot_rows_amd, family, arch):
+    target = report.target_family(arch)
+    mine = [r for r in _family_rows(aot_rows_amd, family) if r.get("target") == target]
+    assert mine, f"{family}: no specs or not-launched row for {target}"
+    assert not [r["error"] for r in mine if "error" in r]
+    rows = [r for r in mine if r["arch"] == arch]
+    if not rows:  # the family launches nothing on this target, and says why
+        assert all(r.get("not_launched") for r in mine), mine
+        return
+    failures = [msg for r in rows for msg in report.row_failures(r)]
+    assert not failures, "\n".join(failures)
+    for r in rows:
+        assert r["spill_bytes"] == 0 and r["vgpr_spills"] == 0 and r["sgpr_spills"] == 0
+        assert 0 < r["regs"] <= report.AMD_LIMITS[arch].max_vgprs_per_wave
+        if r["has_dot"]:
+            assert r["mma"] == (["WMMA"] if target == "rdna3" else ["MFMA"]), r["mma_ops"]
+        assert r["occupancy"]["waves_per_simd"] > 0
+        # Our register arithmetic agrees with LLVM's own occupancy for every kernel.
+        assert r["occupancy"]["register_waves_per_simd"] == r["llvm_occupancy"], r
 
 
 def test_attention_specs_declare_dot(aot_rows):
@@ -106,6 +146,111 @@ def test_occupancy_fraction_example():
     occ = report.occupancy(80, 71, 16384, 4)
     assert (occ["active_warps"], occ["max_warps"]) == (28, 64)
     assert occ["occupancy"] == pytest.approx(0.4375)
+
+
+# --------------------------------------------------------------------------------------------
+# AMD occupancy in waves per SIMD: hand-computed cases (limits in report.AMD_LIMITS)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arch, vgprs, sgprs, lds, warps, waves_per_simd, limited_by",
+    [
+        # roundup(262, 8) = 264 -> 512 // 264 = 1 wave/SIMD -> 1 * 4 SIMDs // 4 waves = 1 WG;
+        # LDS 65536 // 12288 = 5 WGs; SGPRs 83 -> 9 waves (capped at 8)
+        ("gfx942", 262, 83, 12288, 4, 1, ["vgprs"]),
+        # 8 waves of 204 VGPRs: 512 // 208 = 2 per SIMD -> 2 * 4 // 8 = 1 WG = 2 waves/SIMD
+        ("gfx942", 204, 60, 10240, 8, 2, ["vgprs"]),
+        # 28 VGPRs -> 512 // 32 = 16, capped at 8 waves/SIMD; LDS 256 B -> 512 B granule
+        ("gfx90a", 28, 24, 256, 4, 8, ["waves", "vgprs", "sgprs"]),
+        # gfx9 SGPR table: 102 SGPRs -> 7 waves/SIMD -> 28 one-wave workgroups
+        ("gfx90a", 32, 102, 0, 1, 7, ["sgprs"]),
+        # LDS roundup(40000, 512) = 40448 -> 65536 // 40448 = 1 WG of 4 waves = 1 wave/SIMD
+        ("gfx942", 64, 40, 40000, 4, 1, ["lds"]),
+        # over the 64 KiB per workgroup / the 512 VGPRs per wave: cannot launch
+        ("gfx942", 64, 40, 65537, 4, 0, ["lds"]),
+        ("gfx942", 520, 40, 0, 4, 0, ["vgprs"]),
+        # RDNA3: roundup(239, 24) = 240 -> 1536 // 240 = 6 per SIMD -> 6 WGs; LDS 128 KiB per
+        # WGP // 43008 = 3 WGs -> 3 * 4 / 4 = 3 waves/SIMD (SGPRs never limit on gfx10+)
+        ("gfx1100", 239, 50, 43008, 4, 3, ["lds"]),
+        # 256 VGPRs -> 264 -> 5 per SIMD; 8 waves per WG -> 5 * 4 // 8 = 2 WGs = 4 waves/SIMD
+        ("gfx1100", 256, 50, 0, 8, 4, ["vgprs"]),
+        # 20 VGPRs -> 24 -> 64, capped at 16 waves/SIMD
+        ("gfx1100", 20, 30, 0, 1, 16, ["waves", "barriers", "vgprs", "sgprs", "lds"]),
+    ],
+)
+def test_amd_occupancy_hand_computed(arch, vgprs, sgprs, lds, warps, waves_per_simd, limited_by):
+    occ = report.amd_occupancy(arch, vgprs, sgprs, lds, warps)
+    assert occ["waves_per_simd"] == waves_per_simd, occ
+    assert occ["limited_by"] == limited_by, occ
+    max_waves = report.AMD_LIMITS[arch].max_waves_per_simd
+    assert occ["occupancy"] == pytest.approx(waves_per_simd / max_waves)
+
+
+def test_amd_register_waves_like_llvm():
+    # LLVM prints "; Occupancy: 1" for 262 VGPRs on gfx942 and 5 for 256 on gfx1100.
+    assert report.amd_occupancy("gfx942", 262, 83, 0, 4)["register_waves_per_simd"] == 1
+    assert report.amd_occupancy("gfx1100", 256, 64, 0, 4)["register_waves_per_simd"] == 5
+
+
+_AMDGCN_SNIPPET = """
+\tv_mfma_f32_32x32x8_bf16 a[0:15], v[2:3], v[4:5], 0
+\tv_mfma_f32_16x16x16_bf16 v[0:3], v[6:7], v[8:9], v[0:3]
+; v_wmma_f32_16x16x16_bf16 named in a comment is no instruction
+; NumVgprs: 256
+; Occupancy: 2
+\t.amdgpu_metadata
+---
+amdhsa.kernels:
+  - .agpr_count:     6
+    .group_segment_fixed_size: 0
+    .private_segment_fixed_size: 156
+    .sgpr_count:     72
+    .sgpr_spill_count: 0
+    .vgpr_count:     256
+    .vgpr_spill_count: 38
+    .wavefront_size: 64
+"""
+
+
+def test_parse_amdgcn_and_detect_mfma():
+    res = report.parse_amdgcn(_AMDGCN_SNIPPET)
+    assert res == {
+        "vgpr_count": 256, "agpr_count": 6, "sgpr_count": 72, "vgpr_spill_count": 38,
+        "sgpr_spill_count": 0, "group_segment_fixed_size": 0, "private_segment_fixed_size": 156,
+        "wavefront_size": 64, "llvm_occupancy": 2,
+    }  # fmt: skip
+    assert report.detect_amd_mma(_AMDGCN_SNIPPET) == [
+        "v_mfma_f32_16x16x16_bf16",
+        "v_mfma_f32_32x32x8_bf16",
+    ]
+    assert report.detect_amd_mma("\tv_fma_f32 v1, v2, v3, v4\n") == []
+    row = {"family": "toy", "kernel": "k", "preset": "seed", "arch": "gfx942", "vendor": "amd",
+           "spill_bytes": 156, "vgpr_spills": 38, "sgpr_spills": 0, "regs": 256, "has_dot": True,
+           "mma": [], "occupancy": {"active_blocks": 1}}  # fmt: skip
+    spill, no_mma = report.row_failures(row)
+    assert "38 VGPRs" in spill and "gfx942" in spill and "MFMA/WMMA" in no_mma
+
+
+def test_parse_arch_amd():
+    assert [report.parse_arch(a) for a in ("gfx942", "GFX90A", "gfx1100")] == [
+        "gfx942",
+        "gfx90a",
+        "gfx1100",
+    ]
+    with pytest.raises(Exception, match="unsupported arch"):
+        report.parse_arch("gfx803")
+
+
+@pytest.mark.parametrize(
+    "arch, expected", [("gfx942", ["MFMA"]), ("gfx90a", ["MFMA"]), ("gfx1100", ["WMMA"])]
+)
+def test_matrix_cores_in_toy_dot_amd(arch, expected):
+    row = report.compile_spec(TOY_DOT, arch)
+    assert row["mma"] == expected, row["mma_ops"]
+    assert row["spill_bytes"] == 0 and row["vgpr_spills"] == 0
+    assert row["occupancy"]["register_waves_per_simd"] == row["llvm_occupancy"]
+    assert report.row_failures(dict(row, family="toy", preset="-")) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,6 +353,58 @@ def test_ptxas_log_and_spill_failure():
     no_mma = dict(row, family="toy", preset="seed", has_dot=True)
     (msg,) = report.row_failures(no_mma)
     assert "no MMA" in msg
+
+
+# Issue 8: on a fresh machine (empty Triton cache) compiles failed after interpreted kernels had
+# run in the same process. The script runs an interpreted kernel that calls tl.sigmoid (a jitted
+# helper whose interpreter patches Triton 3.9 never undoes), compiles one of those interpreted
+# kernels, then switches the interpreter off and compiles a freshly imported real JITFunction.
+# Both must compile from an empty cache.
+_TOY_MODULE = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def toy_expand_kernel(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    r = tl.arange(0, BLOCK)
+    offs = r[:, None] * BLOCK + r[None, :]
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs) * 2.0)
+"""
+
+_FRESH_CACHE_SCRIPT = r"""
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from hrm_fast.kernels import report, swiglu
+from hrm_fast.kernels.aot import AotSpec
+swiglu._swiglu_fwd(torch.randn(3, 2 * 80))
+leaked = report.interpreter_state_in_process()
+fwd, _ = swiglu.aot_specs("seed")
+rows = [report.compile_spec(fwd, 80)]
+os.environ["TRITON_INTERPRET"] = "0"
+import toy_kernels_issue8 as toy
+sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "BLOCK": "constexpr"}
+spec = AotSpec("toy_expand", toy.toy_expand_kernel, sig, {"BLOCK": 32}, grid=(1,))
+rows.append(report.compile_spec(spec, 80))
+print(json.dumps({"leaked": leaked, "rows": rows}))
+"""
+
+
+def test_compile_after_interpreted_kernels_with_empty_cache(tmp_path):
+    (tmp_path / "toy_kernels_issue8.py").write_text(_TOY_MODULE)
+    cache = tmp_path / "triton-cache"
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_CACHE_DIR=str(cache), PYTHONPATH=path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH_CACHE_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row in out["rows"]:
+        failures = report.row_failures(dict(row, family="toy", preset="-"))
+        assert failures == [] and row["regs"] > 0, (failures, out["leaked"])
+    assert any(cache.iterdir())  # compiled from the empty cache, not served by a warm one
 
 
 def test_missing_family_is_an_error_row():
