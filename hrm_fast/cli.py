@@ -198,6 +198,8 @@ def cmd_ablate(args) -> int:
     probe_every = args.probe_every or max(1, steps // 4)
     return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
                   threads=args.threads, quiet=args.quiet, merge=args.merge)  # fmt: skip
+
+
 def cmd_report(args) -> int:
     from hrm_fast.report import main as report_main
 
