@@ -181,6 +181,35 @@ def summary_table(rows: list[dict], controls: list[dict]) -> str:
     return "\n".join(lines)
 
 
+THRESHOLDS = {"probe_differ": (0.05, 0.1, 0.25, 0.5, 0.75),
+              "probe_tv": (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2)}  # fmt: skip
+
+
+def separation_table(rows: list[dict], controls: list[dict]) -> str:
+    """The probe as a classifier. Trained: every probe point of a non-shuffled variant (step 0
+    included: a fresh model must pass). Invariant: the zeroed controls and the shuffled
+    variant's last point. Per criterion and threshold: the fraction of trained points that
+    pass it and of invariant points that fail it."""
+    last = max((r["step"] for r in rows), default=0)
+    trained = [r for r in rows if r["variant"] != "shuffled"]
+    invariant = list(controls) + [
+        r for r in rows if r["variant"] == "shuffled" and r["step"] == last
+    ]
+    if not trained or not invariant:
+        return ""
+    lines = [f"probe separation: {len(trained)} trained-model points, {len(invariant)} invariant",
+             "criterion      threshold  trained pass  invariant fail"]  # fmt: skip
+    for key, ths in THRESHOLDS.items():
+        for th in ths:
+            ok = sum(r[key] >= th for r in trained) / len(trained)
+            caught = sum(r[key] < th for r in invariant) / len(invariant)
+            lines.append(f"{key:14s} {th:9g}  {ok:12.2f}  {caught:14.2f}")
+        lo = min(r[key] for r in trained)
+        hi = max(r[key] for r in invariant)
+        lines.append(f"{key:14s} lowest trained {lo:.4g}, highest invariant {hi:.4g}")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -215,12 +244,22 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _comparable(value, other=None):
+    """A config dict restricted to the fields both sides know (a field added by a later
+    version of hrm-fast, at its default, does not make two runs different)."""
+    if not isinstance(value, dict):
+        return value
+    keys = value.keys() if not isinstance(other, dict) else value.keys() & other.keys()
+    return {k: _comparable(value[k], other.get(k) if isinstance(other, dict) else None)
+            for k in keys}  # fmt: skip
+
+
 def _load(path: Path, settings: dict) -> dict:
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable ({e})") from None
-    if any(old.get(k) != settings[k] for k in settings):
+    if any(_comparable(old.get(k)) != _comparable(settings[k], old.get(k)) for k in settings):
         raise UserError(f"{path}: holds an ablation with other settings (preset, steps, "
                         "probe points or config)")  # fmt: skip
     return old
@@ -304,5 +343,8 @@ def ablate(
     controls = [c for c in payload["controls"] if c["variant"] in variants]
     plot(rows, out / "ablation.png")
     print(summary_table(rows, controls))
+    sep = separation_table(rows, controls)
+    if sep:
+        print(sep)
     log(f"hrm-fast: wrote {path} and {out / 'ablation.png'} in {time.perf_counter() - t0:.0f} s")
     return 0
