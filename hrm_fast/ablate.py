@@ -276,6 +276,7 @@ def ablate(
     threads: int = 1,
     quiet: bool = False,
     merge: list[str] | None = None,
+    first_seed: int = 0,
 ) -> int:
     """Run (or resume) the ablation; ``merge``: other DIRs whose finished runs to take over
     (same settings), so a sweep split over several processes ends in one table and plot."""
@@ -311,7 +312,8 @@ def ablate(
             ]
     if merge:
         write_atomic(path, payload)
-    todo = [(v, s) for v in variants for s in range(seeds) if (v, s) not in done]
+    seed_list = range(first_seed, first_seed + seeds)
+    todo = [(v, s) for v in variants for s in seed_list if (v, s) not in done]
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if len(todo) < len(variants) * seeds:
         log(f"hrm-fast: {path} holds {len(variants) * seeds - len(todo)} finished runs; "

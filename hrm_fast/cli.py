@@ -197,7 +197,8 @@ def cmd_ablate(args) -> int:
     steps = cfg.train.steps
     probe_every = args.probe_every or max(1, steps // 4)
     return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
-                  threads=args.threads, quiet=args.quiet, merge=args.merge)  # fmt: skip
+                  threads=args.threads, quiet=args.quiet, merge=args.merge,
+                  first_seed=args.first_seed)  # fmt: skip
 
 
 def cmd_report(args) -> int:
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
     ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))
     ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--first-seed", type=int, default=0, help="seeds are first .. first+N-1")
     ab.add_argument("--out", required=True, help="directory for ablation.json / ablation.png")
     ab.add_argument("--variants", default="all,none,div,dist,halt",
                     help="comma list of all,none,div,dist,halt,shuffled")  # fmt: skip
