@@ -331,7 +331,7 @@ def arc_loss_fused(
 def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    B = {"seed": 20, "paper": 768}[preset]
+    B = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
     S, V = 900, 12
     NB = _num_blocks(S)
     fwd_sig = {
