@@ -218,6 +218,18 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from hrm_fast.ablate import ablate
+
+    cfg = _apply_overrides(from_name(args.preset), args)  # --steps K is the config's own flag
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps = cfg.train.steps
+    probe_every = args.probe_every or max(1, steps // 4)
+    return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
+                  threads=args.threads, quiet=args.quiet, merge=args.merge,
+                  first_seed=args.first_seed)  # fmt: skip
+
+
 def cmd_report(args) -> int:
     from hrm_fast.report import main as report_main
 
@@ -298,6 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
 
+    ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
+    ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--first-seed", type=int, default=0, help="seeds are first .. first+N-1")
+    ab.add_argument("--out", required=True, help="directory for ablation.json / ablation.png")
+    ab.add_argument("--variants", default="all,none,div,dist,halt",
+                    help="comma list of all,none,div,dist,halt,shuffled")  # fmt: skip
+    ab.add_argument("--probe-every", type=int, default=None, help="default: steps / 4")
+    ab.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
+    ab.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="take over finished runs from other ablation DIRs (same settings)",
+    )
+    ab.add_argument("--quiet", action="store_true")
+    _add_config_flags(ab)
+    ab.set_defaults(func=cmd_ablate)
     r = sub.add_parser("report", help="draw a run's metrics.jsonl (and eval.json) as one PNG")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: compared)")
     r.add_argument("--out", default=None, help="PNG path (default: RUN/report.png)")

@@ -60,6 +60,9 @@ class LossConfig:
     w_div: float = 0.1
     w_dist: float = 0.1
     w_halt: float = 0.05
+    # Diversity term: temperature of the sharpened (soft-argmax) histogram it compares with the
+    # labels' (hrm_fast/loss.py, docs/safeguards.md).
+    div_temperature: float = 0.25
     min_steps: int = 2  # halt penalty: halting before this many ACT steps is penalised
 
 
@@ -113,6 +116,10 @@ class TrainConfig:
     # Trackers (rank 0 only, from the values the loop already reads; see hrm_fast/trackers.py).
     tensorboard: bool = False  # scalars, probe numbers and prediction grids to RUN/tb/
     wandb: str = ""  # Weights & Biases project name; "" = off (offline without a network)
+    # Early warnings (hrm_fast/early_warning.py): logged, never a stop.
+    warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
+    warn_intervals: int = 3  # ... for this many log intervals in a row
+    warn_probe_shrink: float = 0.5  # probe headroom fell below this fraction of the last one
 
 
 @dataclass
@@ -245,6 +252,25 @@ def _debug() -> RunConfig:
     )
 
 
+def _collapse() -> RunConfig:
+    # The seed run's early phase at CPU cost (docs/safeguards.md): the seed's optimiser, schedule
+    # (lr 1e-4, 2000 warm-up steps), H/L cycles and loss, on a narrower, shallower model, a
+    # 12x12 canvas (the ARC-AGI-1 training tasks that fit) and batch 4 -- the setting in which
+    # the seed architecture's argmax collapses within a few hundred steps.
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=64,
+            num_heads=2,
+            H_layers=2,
+            L_layers=2,
+            halt_max_steps=4,
+            puzzle_emb_ndim=64,
+        ),
+        data=DataConfig(canvas=12),
+        train=TrainConfig(batch_size=4, steps=300, log_every=25, probe_pairs=8),
+    )
+
+
 def _trm_arc1() -> RunConfig:
     # TRM's README ARC-AGI-1 run (cfg_pretrain.yaml + arch/trm.yaml + its overrides): one
     # 2-layer network, T=3 cycles of n=4 latent updates, 16 puzzle-embedding positions,
@@ -328,6 +354,7 @@ PRESETS = {
     "paper": _paper,
     "smoke": _smoke,
     "debug": _debug,
+    "collapse": _collapse,
     "trm-arc1": _trm_arc1,
     "trm-arc2": _trm_arc2,
     "trm-smoke": _trm_smoke,

@@ -28,6 +28,7 @@ from hrm_fast.arch import build_model
 from hrm_fast.config import RunConfig
 from hrm_fast.device import check_device_options, default_dtype, resolve_device
 from hrm_fast.distributed import DataParallel, rank_seed
+from hrm_fast.early_warning import CollapseWatch
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
@@ -590,6 +591,8 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             metrics_f.close()
             raise
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
+    w = cfg.train
+    watch = CollapseWatch(w.warn_unique_below, w.warn_intervals, w.warn_probe_shrink)
     progress: Progress | None = None  # created when the loop starts
 
     def fail(msg: str) -> WriteFailed:
@@ -641,6 +644,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
         report, passed = trainer.checked_probe()
         if report is not None:
             emit({"event": "probe", **report.to_dict()})
+            watch.on_probe(report)  # the baseline headroom
             log(f"hrm-fast: {report.summary()}")
         if not passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
@@ -674,10 +678,14 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                 m["it_s"] = (step - tick[1]) / max(now - tick[0], 1e-9)
                 tick = (now, step)
                 emit({"event": "train", "step": step, **m})
+                warning = watch.on_log(step, m["unique_classes"])
+                if warning is not None:
+                    emit(warning)
                 progress.update(
                     step,
                     f"loss {m['loss']:.4f} acc {m['accuracy']:.3f} exact {m['exact_accuracy']:.3f}"
-                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}",
+                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}"
+                    + (f" | WARNING: {warning['message']}" if warning else ""),
                 )
                 if not math.isfinite(m["loss"]):
                     progress.close()
@@ -690,6 +698,10 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                     emit({"event": "probe", **report.to_dict(), "checkpoint": str(path)})
                     progress.close()
                     log(f"hrm-fast: checkpoint {path.name} | {report.summary()}")
+                    warning = watch.on_probe(report)
+                    if warning is not None:
+                        emit(warning)
+                        log(f"hrm-fast: WARNING at step {step}: {warning['message']}")
                 if not passed:
                     log(
                         f"hrm-fast: input-sensitivity probe FAILED at step {step}; training stopped"
