@@ -1,6 +1,7 @@
-"""End to end: training it/s of ``Trainer.step()`` at the ``seed`` preset (batch 20) for the
-reference, compiled, fused and fused + CUDA-graph variants. ``--quick`` uses the ``smoke``
-preset. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, process ru_maxrss on CPU."""
+"""End to end: training it/s of ``Trainer.step()`` at the ``seed`` preset (batch 20) and TRM's
+``trm-arc1`` (batch 20 too) for the reference, compiled, fused and fused + CUDA-graph variants.
+``--quick`` uses the ``smoke`` and ``trm-smoke`` presets. Peak memory:
+``torch.cuda.max_memory_allocated`` on CUDA, process ru_maxrss on CPU."""
 
 from __future__ import annotations
 
@@ -35,17 +36,25 @@ def _steps(device: str, quick: bool) -> tuple[int, int]:
     return (2, 1) if quick else (2, 1)
 
 
+# (arch, quick) -> preset
+PRESET = {("hrm", True): "smoke", ("hrm", False): "seed",
+          ("trm", True): "trm-smoke", ("trm", False): "trm-arc1"}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["hrm", "trm"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_train_step(record, benchmark, device, quick, tmp_path, variant):
+def test_train_step(record, benchmark, device, quick, tmp_path, variant, arch):
     if device != "cuda" and variant in CPU_SKIP:
         pytest.skip(CPU_SKIP[variant])
-    preset = "smoke" if quick else "seed"
+    if device != "cuda" and arch == "trm" and not quick:
+        pytest.skip("a trm-arc1 step (15 applications at hidden 512, S=916) takes minutes on CPU")
+    preset = PRESET[(arch, quick)]
     cfg = from_name(preset)
     backend, compile_, graphs = VARIANTS[variant]
     t = cfg.train
     t.device, t.backend, t.compile, t.cuda_graphs = device, backend, compile_, graphs
     if not quick:
-        t.batch_size = 20  # the user's seed run
+        t.batch_size = 20  # the user's seed run; TRM at the same batch for comparison
     benchmark.group = f"train:{preset}"
     trainer = Trainer(cfg, quiet=True)
     measured, warmup = _steps(device, quick)

@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, discovery, and rebuilding a model from one.
 
 A checkpoint is one ``torch.save`` file ``DIR/checkpoints/step_{step:09d}.pt`` holding
-``{"version", "step", "config", "model", "optimizer", "sparse", "carry", "rng", "dataset"}``:
+``{"version", "step", "config", "model", "optimizer", "sparse", "ema", "carry", "rng", "dataset"}``
+(``ema``: the averaged network weights as a plain {name: tensor} dict, or None):
 tensors and plain Python data only (dicts, lists, tuples, str, numbers, bools, None). It is written
 to a temporary file in the same folder, fsynced, then renamed over the final name, so a crash or a
 full disk mid-write leaves every earlier checkpoint intact.
@@ -216,8 +217,9 @@ def load_latest(run_dir: Path, map_location="cpu", on_skip=None) -> dict | None:
 
 
 def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.float32):
-    """Rebuild the HRM in a checkpoint. Returns (model in eval mode, RunConfig, payload)."""
-    from hrm_fast.model import HRM
+    """Rebuild the model (HRM or TRM) in a checkpoint, with its EMA weights where it has
+    them. Returns (model in eval mode, RunConfig, payload)."""
+    from hrm_fast.arch import build_model
 
     payload = load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])
@@ -227,7 +229,7 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
     # Shapes before allocation: a config claiming a huge model must not get to build it.
     from hrm_fast.convert import expected_shapes
 
-    for key, shape in expected_shapes(cfg.model, n_ids).items():
+    for key, shape in expected_shapes(cfg.model, n_ids, cfg.seq_len).items():
         t = payload["model"].get(key)
         if t is None or tuple(t.shape) != shape:
             got = "missing" if t is None else f"shape {tuple(t.shape)}"
@@ -236,7 +238,7 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
                 f"(key {key!r}: {got}, the config gives {shape})"
             )
     try:
-        model = HRM(
+        model = build_model(
             cfg.model,
             seq_len=cfg.seq_len,
             num_puzzle_ids=n_ids,
@@ -255,4 +257,11 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
             f"{payload['path']}: model state does not match its config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    if payload.get("ema") is not None:
+        from hrm_fast.ema import load_ema_weights
+
+        try:
+            load_ema_weights(model, payload["ema"])
+        except KeyError as e:
+            raise UserError(f"{payload['path']}: {e.args[0]}") from None
     return model.to(device).eval(), cfg, payload

@@ -7,6 +7,7 @@ never a traceback. A failed input-sensitivity probe exits 3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -50,6 +51,17 @@ def _validate(cfg: RunConfig) -> None:
     checks = [
         (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
         (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
+        (m.arch in ("hrm", "trm"), "--arch must be hrm or trm"),
+        (m.arch == "trm" or m.H_layers >= 1, "--H-layers must be >= 1 for HRM"),
+        (m.pos_encodings in ("rope", "none"), "--pos-encodings must be rope or none"),
+        (
+            m.arch == "trm" or (m.pos_encodings == "rope" and not m.mlp_t),
+            "--pos-encodings none and --mlp-t are TRM options (--arch trm)",
+        ),
+        (
+            m.puzzle_emb_ndim <= m.puzzle_emb_len * m.hidden_size,
+            "--puzzle-emb-ndim must fit in --puzzle-emb-tokens x --hidden-size",
+        ),
         (m.halt_max_steps >= 1, "--halt-max-steps must be >= 1"),
         (m.H_cycles >= 1 and m.L_cycles >= 1, "--H-cycles and --L-cycles must be >= 1"),
         (t.batch_size >= 1, "--batch-size must be >= 1"),
@@ -71,14 +83,24 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def _config_for_train(args) -> RunConfig:
-    """--resume starts from the run's config.json; an explicit --preset (or none stored) from
-    the preset. Flags override either; train() then checks the result against the checkpoint."""
+    """--resume starts from the run's config.json (else the preset); flags override it, and
+    train() checks the result against the checkpoint. A --preset given with --resume must
+    describe the run's model."""
     stored = Path(args.out) / "config.json"
-    if args.resume and args.preset is None and (stored.exists() or stored.is_symlink()):
-        cfg = _read_run_config(stored)
-    else:
-        cfg = from_name(args.preset or "seed")
-    return _apply_overrides(cfg, args)
+    if not (args.resume and (stored.exists() or stored.is_symlink())):
+        return _apply_overrides(from_name(args.preset or "seed"), args)
+    cfg = _apply_overrides(_read_run_config(stored), args)
+    if args.preset is not None:
+        preset = _apply_overrides(from_name(args.preset), args).model
+        for f in dataclasses.fields(preset):
+            ours, theirs = getattr(preset, f.name), getattr(cfg.model, f.name)
+            if ours != theirs:
+                raise UserError(
+                    f"--preset {args.preset}: {stored.parent} was trained with another model "
+                    f"(model.{f.name} = {theirs!r}, the preset gives {ours!r}); "
+                    "drop --preset to resume it"
+                )
+    return cfg
 
 
 def _read_run_config(path: Path) -> RunConfig:
@@ -125,8 +147,8 @@ def cmd_probe(args) -> int:
     if args.pairs is not None and args.pairs < 1:
         raise UserError(f"--pairs must be >= 1, got {args.pairs}")
     for flag, v in (("--min-differ", args.min_differ), ("--min-tv", args.min_tv)):
-        if v is not None and not 0 <= v <= 1:  # NaN fails too
-            raise UserError(f"{flag} must be in [0, 1], got {v}")
+        if v is not None and not v >= 0:  # NaN fails too; above 1 can never pass
+            raise UserError(f"{flag} must be >= 0, got {v}")
     if not 0 <= args.seed < 2**63:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     device = resolve_device(args.device)
@@ -161,7 +183,8 @@ def cmd_eval(args) -> int:
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
-    names = ("num_heads", "H_cycles", "L_cycles", "halt_max_steps")
+    names = ("num_heads", "H_cycles", "L_cycles", "halt_max_steps", "puzzle_emb_tokens",
+             "pos_encodings")  # fmt: skip
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     path = convert_to_checkpoint(args.src, args.out, **overrides)
     print(f"wrote {path}")
@@ -169,24 +192,42 @@ def cmd_convert(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from hrm_fast.model import HRM, count_parameters
+    from hrm_fast.arch import build_model
+    from hrm_fast.layers import count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
     if args.puzzle_ids is not None and args.puzzle_ids < 0:
         raise UserError(f"--puzzle-ids must be >= 0, got {args.puzzle_ids}")
     n_ids = args.puzzle_ids
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
-        n_tasks = 400 + (400 if cfg.data.include_eval_demos else 0)
+        sizes = {"arcagi": (400, 400), "arcagi2": (1000, 120)}  # (training, evaluation) tasks
+        if cfg.data.source not in sizes:
+            raise UserError(f"--source {cfg.data.source}: task count unknown; pass --puzzle-ids")
+        n_train, n_eval = sizes[cfg.data.source]
         if cfg.data.max_tasks:
-            n_tasks = min(n_tasks, cfg.data.max_tasks * (2 if cfg.data.include_eval_demos else 1))
+            n_train, n_eval = min(n_train, cfg.data.max_tasks), min(n_eval, cfg.data.max_tasks)
+        n_tasks = n_train + (n_eval if cfg.data.include_eval_demos else 0)
         n_ids = 1 + n_tasks * (cfg.data.n_aug if cfg.data.puzzle_id_per == "augmentation" else 1)
-    m = HRM(cfg.model, cfg.seq_len, 1, 1)
+    m = build_model(cfg.model, cfg.seq_len, 1, 1)
     c = count_parameters(m)
     table = n_ids * cfg.model.puzzle_emb_ndim
-    print(f"preset {args.preset}: {c['network']:,} network parameters ({c['network'] / 1e6:.2f}M)")
+    print(f"preset {args.preset} ({cfg.model.arch.upper()}): {c['network']:,} network parameters"
+          f" ({c['network'] / 1e6:.2f}M)")  # fmt: skip
     print(f"  + puzzle-embedding table {n_ids:,} ids x {cfg.model.puzzle_emb_ndim} = {table:,}")
     print(f"  = {c['network'] + table:,} in all ({(c['network'] + table) / 1e6:.2f}M)")
     return 0
+
+
+def cmd_ablate(args) -> int:
+    from hrm_fast.ablate import ablate
+
+    cfg = _apply_overrides(from_name(args.preset), args)  # --steps K is the config's own flag
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    steps = cfg.train.steps
+    probe_every = args.probe_every or max(1, steps // 4)
+    return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
+                  threads=args.threads, quiet=args.quiet, merge=args.merge,
+                  first_seed=args.first_seed)  # fmt: skip
 
 
 def cmd_report(args) -> int:
@@ -252,13 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("convert", help="official hrm_act_v1 state dict -> hrm-fast checkpoint")
+    c = sub.add_parser("convert", help="official HRM or TRM state dict -> hrm-fast checkpoint")
     c.add_argument("src")
     c.add_argument("--out", required=True)
     c.add_argument("--num-heads", type=int, default=None)
     c.add_argument("--H-cycles", dest="H_cycles", type=int, default=None)
     c.add_argument("--L-cycles", dest="L_cycles", type=int, default=None)
     c.add_argument("--halt-max-steps", type=int, default=None)
+    c.add_argument("--puzzle-emb-tokens", type=int, default=None, help="TRM: 16 for ARC")
+    c.add_argument("--pos-encodings", choices=["rope", "none"], default=None, help="TRM")
     c.set_defaults(func=cmd_convert)
 
     pa = sub.add_parser("params", help="parameter counts of a preset")
@@ -267,6 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
 
+    ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
+    ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))
+    ab.add_argument("--seeds", type=int, default=3)
+    ab.add_argument("--first-seed", type=int, default=0, help="seeds are first .. first+N-1")
+    ab.add_argument("--out", required=True, help="directory for ablation.json / ablation.png")
+    ab.add_argument("--variants", default="all,none,div,dist,halt",
+                    help="comma list of all,none,div,dist,halt,shuffled")  # fmt: skip
+    ab.add_argument("--probe-every", type=int, default=None, help="default: steps / 4")
+    ab.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
+    ab.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="take over finished runs from other ablation DIRs (same settings)",
+    )
+    ab.add_argument("--quiet", action="store_true")
+    _add_config_flags(ab)
+    ab.set_defaults(func=cmd_ablate)
     r = sub.add_parser("report", help="draw a run's metrics.jsonl (and eval.json) as one PNG")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: compared)")
     r.add_argument("--out", default=None, help="PNG path (default: RUN/report.png)")

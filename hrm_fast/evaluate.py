@@ -286,6 +286,13 @@ def _json_safe(x):
     return x
 
 
+def _default_eval_source(source: str) -> str:
+    from hrm_fast.data import BUILTIN_SOURCES, split_sources
+
+    builtins = [s for s in split_sources(source) if s in BUILTIN_SOURCES]
+    return f"{builtins[0]} evaluation" if builtins else f"{source} (own test pairs)"
+
+
 def default_out(ckpt_path: Path) -> Path:
     """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
     parent = ckpt_path.parent
@@ -330,8 +337,11 @@ def evaluate(
     )
     model, cfg, payload = ckpt.model_from_checkpoint(path, device=dev, backend=backend, dtype=dtype)
     if eval_source:
-        if eval_source != "none" and not Path(eval_source).exists():
-            raise UserError(f"--eval-source: {eval_source}: no such file or directory")
+        from hrm_fast.data import BUILTIN_SOURCES, split_sources
+
+        for part in split_sources(eval_source) if eval_source != "none" else []:
+            if part not in BUILTIN_SOURCES and not Path(part).exists():
+                raise UserError(f"--eval-source: {part}: no such file or directory")
         cfg.data.eval_source = eval_source
     dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
     trained = list(payload.get("dataset", {}).get("task_ids", dataset.task_ids))
@@ -401,8 +411,7 @@ def evaluate(
     report = {
         "checkpoint": str(path),
         "step": int(payload.get("step", 0)),
-        "eval_source": cfg.data.eval_source
-        or ("arcagi" if cfg.data.source == "arcagi" else f"{cfg.data.source} (own test pairs)"),
+        "eval_source": cfg.data.eval_source or _default_eval_source(cfg.data.source),
         "n_aug": int(k),
         "halt_max_steps": cfg.model.halt_max_steps,
         "overall": overall,

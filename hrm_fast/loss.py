@@ -3,11 +3,13 @@
 The loss is split in two so that the fused Triton path (``hrm_fast.kernels.arc_loss``) reuses
 every line after the one pass over the logits:
 
-* ``arc_loss_stats_ref(logits, labels, stablemax)`` -> per-example sums (``ArcStats``): CE sum,
-  valid count, correct count, soft histogram ``p_sum = sum softmax``, label histogram ``y_sum``,
-  argmax histogram ``a_sum``. The kernel computes exactly these.
+* ``arc_loss_stats_ref(logits, labels, stablemax, div_temperature)`` -> per-example sums
+  (``ArcStats``): CE sum, valid count, correct count, soft histogram ``p_sum = sum softmax``,
+  sharpened histogram ``q_sum = sum softmax(logits / T)`` (a differentiable stand-in for the
+  argmax histogram), label histogram ``y_sum``, argmax histogram ``a_sum``. The kernel computes
+  exactly these.
 * ``arc_loss_from_stats(stats, ...)`` -> (loss, metrics): the tiny ``[B]`` / ``[B, C]`` math.
-  Gradients reach the logits only through ``stats.ce_sum`` and ``stats.p_sum``.
+  Gradients reach the logits only through ``stats.ce_sum``, ``stats.p_sum`` and ``stats.q_sum``.
 
 Everything is masked arithmetic on fixed shapes (no ``.item()``, no boolean indexing), so the
 reference compiles with ``torch.compile(fullgraph=True)`` and is CUDA-graph safe.
@@ -24,8 +26,7 @@ import torch.nn.functional as F
 from hrm_fast.config import LossConfig
 
 IGNORE = -100
-_ENT_EPS = 1e-30  # clamp inside log for entropies: keeps d(p log p)/dp finite at p = 0
-_KL_EPS = 1e-8  # p-bar clamp in the distribution KL (docs/architecture.md)
+_KL_EPS = 1e-8  # histogram clamp inside the KLs (docs/architecture.md)
 
 
 # --- HRM's stablemax (models/losses.py) ---------------------------------------------------
@@ -76,6 +77,7 @@ class ArcStats(NamedTuple):
     n_valid: torch.Tensor  # [B] int32
     correct: torch.Tensor  # [B] int32: valid positions with argmax == label
     p_sum: torch.Tensor  # [B, C] float: sum of softmax over valid positions
+    q_sum: torch.Tensor  # [B, C] float: sum of softmax(logits / div_temperature), valid positions
     y_sum: torch.Tensor  # [B, C] int32: label counts
     a_sum: torch.Tensor  # [B, C] int32: argmax counts over valid positions
 
@@ -84,7 +86,9 @@ def compute_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def arc_loss_stats_ref(logits: torch.Tensor, labels: torch.Tensor, stablemax: bool) -> ArcStats:
+def arc_loss_stats_ref(
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, div_temperature: float = 1.0
+) -> ArcStats:
     """The one pass over the logits, in eager torch (what the fused kernel computes)."""
     dt = compute_dtype(logits)
     V = logits.shape[-1]
@@ -97,6 +101,7 @@ def arc_loss_stats_ref(logits: torch.Tensor, labels: torch.Tensor, stablemax: bo
         ce = softmax_cross_entropy(logits, labels)
     ce_sum = ce.sum(-1).to(dt)
     p_sum = (torch.softmax(x, dim=-1) * vf.unsqueeze(-1)).sum(1)
+    q_sum = (torch.softmax(x / div_temperature, dim=-1) * vf.unsqueeze(-1)).sum(1)
     y_oh = F.one_hot(torch.where(valid, labels, 0).to(torch.long), V) * valid.unsqueeze(-1)
     am = x.argmax(-1)
     a_oh = F.one_hot(am, V) * valid.unsqueeze(-1)
@@ -107,6 +112,7 @@ def arc_loss_stats_ref(logits: torch.Tensor, labels: torch.Tensor, stablemax: bo
         valid.sum(-1).to(i32),
         correct.to(i32),
         p_sum,
+        q_sum,
         y_oh.sum(1).to(i32),
         a_oh.sum(1).to(i32),
     )
@@ -115,8 +121,9 @@ def arc_loss_stats_ref(logits: torch.Tensor, labels: torch.Tensor, stablemax: bo
 # --- tiny [B, C] math shared by the reference and the fused path ---------------------------
 
 
-def _entropy(x: torch.Tensor) -> torch.Tensor:
-    return -(x * torch.log(x.clamp_min(_ENT_EPS))).sum(-1)
+def _kl(y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Elementwise terms of KL(y || p) (sum them over classes); 0 log 0 = 0, p clamped."""
+    return torch.xlogy(y, y) - y * torch.log(p.clamp_min(_KL_EPS))
 
 
 def _masked_mean(v: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -126,34 +133,48 @@ def _masked_mean(v: torch.Tensor, m: torch.Tensor, n: torch.Tensor) -> torch.Ten
 
 
 def penalties_from_histograms(
-    p_sum: torch.Tensor, y_sum: torch.Tensor, n_valid: torch.Tensor, batch_gather=None
+    p_sum: torch.Tensor,
+    q_sum: torch.Tensor,
+    y_sum: torch.Tensor,
+    n_valid: torch.Tensor,
+    batch_gather=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(diversity, distribution) from per-example SUMS over valid positions.
 
-    Differentiable w.r.t. ``p_sum``. Examples with no valid position are left out of every
-    batch mean (p-bar, y-bar, the entropy term and S_x). ``batch_gather`` (data parallel)
-    gathers every rank's rows first, so the batch statistics are the global batch's.
+    ``p_sum``: softmax histogram (distribution term); ``q_sum``: the sharpened histogram
+    ``sum softmax(logits / T)`` (diversity term). Differentiable w.r.t. both. Examples with no
+    valid position are left out of every batch mean. ``batch_gather`` (data parallel) gathers
+    every rank's rows first, so the batch statistics are the global batch's.
+
+    Diversity (docs/safeguards.md) is ``mean_b KL(y_b || q_b) / log C + relu(S_y - S_q)``: each
+    example's soft-argmax histogram must cover the colours of its labels, and examples must
+    differ from each other as much as their labels do. A collapsed prediction (one colour
+    everywhere) leaves the other label colours with ``q_c ~ exp(-margin / T)``, so the term
+    grows with the collapsed prediction's margin; confident correct predictions give q_b = y_b
+    and cost nothing. (The soft histogram ``p`` cannot see argmax collapse while predictions
+    are soft: its entropy stays above the labels' and the old entropy hinge stayed at 0.)
     """
     if batch_gather is not None:
-        p_sum, y_sum, n_valid = batch_gather(p_sum), batch_gather(y_sum), batch_gather(n_valid)
+        p_sum, q_sum = batch_gather(p_sum), batch_gather(q_sum)
+        y_sum, n_valid = batch_gather(y_sum), batch_gather(n_valid)
     dt = p_sum.dtype
     C = p_sum.shape[-1]
     n = n_valid.to(dt)
     has = (n > 0).to(dt)
     n_ex = has.sum().clamp_min(1)
-    p = p_sum / n.clamp_min(1).unsqueeze(-1)
-    y = y_sum.to(dt) / n.clamp_min(1).unsqueeze(-1)
+    per = n.clamp_min(1).unsqueeze(-1)
+    p, q, y = p_sum / per, q_sum / per, y_sum.to(dt) / per
     p_bar = _masked_mean(p, has, n_ex)
     y_bar = _masked_mean(y, has, n_ex)
+    q_bar = _masked_mean(q, has, n_ex)
 
     # KL(y-bar || p-bar), 0 log 0 = 0.
-    distribution = (torch.xlogy(y_bar, y_bar) - y_bar * torch.log(p_bar.clamp_min(_KL_EPS))).sum()
+    distribution = _kl(y_bar, p_bar).sum()
 
-    ent = torch.relu(_entropy(y) - _entropy(p)) / math.log(C)
-    ent_term = _masked_mean(ent, has, n_ex)
+    cover = _masked_mean(_kl(y, q).sum(-1), has, n_ex) / math.log(C)
     s_y = _masked_mean(0.5 * (y - y_bar).abs().sum(-1), has, n_ex)
-    s_p = _masked_mean(0.5 * (p - p_bar).abs().sum(-1), has, n_ex)
-    diversity = ent_term + torch.relu(s_y - s_p)
+    s_q = _masked_mean(0.5 * (q - q_bar).abs().sum(-1), has, n_ex)
+    diversity = cover + torch.relu(s_y - s_q)
     return diversity, distribution
 
 
@@ -185,7 +206,7 @@ def arc_loss_from_stats(
         q_continue_loss = F.binary_cross_entropy_with_logits(qc, target_q_continue.to(dt))
 
     diversity, distribution = penalties_from_histograms(
-        stats.p_sum, stats.y_sum, stats.n_valid, batch_gather
+        stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid, batch_gather
     )
     a_sum = stats.a_sum if batch_gather is None else batch_gather(stats.a_sum)
 
@@ -237,7 +258,7 @@ def arc_loss_ref(
 
     ``batch_gather`` (data parallel): the batch-level penalties and ``unique_classes`` are
     computed over every rank's examples (``hrm_fast.distributed``)."""
-    stats = arc_loss_stats_ref(logits, labels, use_stablemax(cfg))
+    stats = arc_loss_stats_ref(logits, labels, use_stablemax(cfg), cfg.div_temperature)
     return arc_loss_from_stats(
         stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )

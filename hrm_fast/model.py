@@ -1,8 +1,9 @@
 """The Hierarchical Reasoning Model, ``hrm_act_v1`` (Wang et al. 2025; sapientinc/HRM).
 
-Read top to bottom: layers, the post-norm block, the H/L reasoning modules, the inner model
-with its 1-step gradient, and the ACT wrapper. Parameter and buffer names follow the official
-code, so official state dicts load as they are (see ``hrm_fast.convert``).
+Read top to bottom: the inner model (H/L reasoning modules of post-norm blocks from
+``hrm_fast.layers``) with its 1-step gradient, then the ACT wrapper with its Q-learning halt.
+Parameter and buffer names follow the official code, so official state dicts load as they are
+(see ``hrm_fast.convert``).
 
 Two backends share the parameters: ``reference`` is HRM's eager torch code; ``fused`` routes the
 memory-bound work (RoPE + attention, residual + RMSNorm, SwiGLU, the injection add) through the
@@ -13,226 +14,31 @@ references, so both backends run anywhere.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hrm_fast.config import ModelConfig
+from hrm_fast.layers import (
+    Carry,
+    CastedEmbedding,
+    CastedLinear,
+    CastedSparseEmbedding,
+    InnerCarry,
+    Ops,
+    ReasoningModule,
+    RotaryEmbedding,
+    count_parameters,
+    embed_inputs,
+    exploration_min_steps,
+    initial_carry,
+    replace_halted,
+    trunc_normal_init_,
+)
 
-
-def trunc_normal_init_(
-    tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0
-):
-    """JAX-style truncated normal whose *actual* std is ``std`` (as HRM's common.py)."""
-    with torch.no_grad():
-        if std == 0:
-            return tensor.zero_()
-        sqrt2 = math.sqrt(2)
-        a, b = math.erf(lower / sqrt2), math.erf(upper / sqrt2)
-        z = (b - a) / 2
-        c = (2 * math.pi) ** -0.5
-        pdf_u, pdf_l = c * math.exp(-0.5 * lower**2), c * math.exp(-0.5 * upper**2)
-        comp_std = std / math.sqrt(
-            1 - (upper * pdf_u - lower * pdf_l) / z - ((pdf_u - pdf_l) / z) ** 2
-        )
-        tensor.uniform_(a, b)
-        tensor.erfinv_()
-        tensor.mul_(sqrt2 * comp_std)
-        tensor.clip_(lower * comp_std, upper * comp_std)
-    return tensor
-
-
-# --------------------------------------------------------------------------- layers
-
-
-class CastedLinear(nn.Module):
-    """fp32 master weights, cast to the activation dtype at use (HRM's mixed precision)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(
-            trunc_normal_init_(torch.empty(out_features, in_features), std=in_features**-0.5)
-        )
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
-
-
-class CastedEmbedding(nn.Module):
-    def __init__(self, num: int, dim: int, init_std: float, cast_to: torch.dtype):
-        super().__init__()
-        self.cast_to = cast_to
-        self.embedding_weight = nn.Parameter(
-            trunc_normal_init_(torch.empty(num, dim), std=init_std)
-        )
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
-
-
-class CastedSparseEmbedding(nn.Module):
-    """Puzzle-identifier embeddings, trained by sign-SGD on the rows a batch touches.
-
-    ``weights`` holds every puzzle's row; in training the batch's rows are copied into the leaf
-    ``local_weights`` whose gradient the sparse optimiser reads (HRM's design), so the step never
-    materialises a dense gradient for the whole table.
-    """
-
-    def __init__(self, num: int, dim: int, batch_size: int, cast_to: torch.dtype):
-        super().__init__()
-        self.cast_to = cast_to
-        self.register_buffer("weights", torch.zeros(num, dim), persistent=True)  # zero init
-        self.register_buffer(
-            "local_weights", torch.zeros(batch_size, dim).requires_grad_(True), persistent=False
-        )
-        self.register_buffer(
-            "local_ids", torch.zeros(batch_size, dtype=torch.int32), persistent=False
-        )
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return self.weights[ids].to(self.cast_to)
-        with torch.no_grad():
-            self.local_weights.copy_(self.weights[ids])
-            self.local_ids.copy_(ids)
-        return self.local_weights.to(self.cast_to)
-
-
-class RotaryEmbedding(nn.Module):
-    def __init__(self, dim: int, max_positions: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos_cached", emb.cos(), persistent=False)
-        self.register_buffer("sin_cached", emb.sin(), persistent=False)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin):
-    dtype = q.dtype
-    q, k = q.to(cos.dtype), k.to(cos.dtype)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    return (q * cos + rotate_half(q) * sin).to(dtype), (k * cos + rotate_half(k) * sin).to(dtype)
-
-
-def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """HRM's weightless RMSNorm: fp32 statistics, output in the input dtype."""
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-class Ops:
-    """The memory-bound ops of a block; ``fused`` swaps in the Triton kernels."""
-
-    def __init__(self, backend: str):
-        if backend not in ("reference", "fused"):
-            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
-        self.backend = backend
-        if backend == "fused":
-            from hrm_fast.kernels.attention import rope_attention
-            from hrm_fast.kernels.rms_norm import add3, add_rms_norm
-            from hrm_fast.kernels.swiglu import swiglu
-
-            self.attention, self.add_rms_norm, self.swiglu = rope_attention, add_rms_norm, swiglu
-            self.add3 = add3
-        else:
-            self.attention, self.add_rms_norm = _attention_reference, _add_rms_norm_reference
-            self.swiglu, self.add3 = _swiglu_reference, _add3_reference
-
-
-def _attention_reference(qkv, cos, sin):
-    b, s, h3, d = qkv.shape
-    h = h3 // 3
-    q, k, v = qkv[:, :, :h], qkv[:, :, h : 2 * h], qkv[:, :, 2 * h :]
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
-
-
-def _add_rms_norm_reference(x, r, eps):
-    return rms_norm(x + r, eps)
-
-
-def _swiglu_reference(gate_up):
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-def _add3_reference(a, b, c=None):
-    return a + b if c is None else a + b + c
-
-
-# --------------------------------------------------------------------------- blocks
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops):
-        super().__init__()
-        self.ops, self.num_heads, self.head_dim = ops, cfg.num_heads, cfg.head_dim
-        self.qkv_proj = CastedLinear(cfg.hidden_size, 3 * cfg.hidden_size, bias=False)
-        self.o_proj = CastedLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
-
-    def forward(self, cos_sin, x: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape
-        qkv = self.qkv_proj(x).view(b, s, 3 * self.num_heads, self.head_dim)
-        out = self.ops.attention(qkv, *cos_sin)
-        return self.o_proj(out.reshape(b, s, -1))
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops):
-        super().__init__()
-        self.ops = ops
-        self.gate_up_proj = CastedLinear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = CastedLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.swiglu(self.gate_up_proj(x)))
-
-
-class Block(nn.Module):
-    """Post-norm transformer block: norm after each residual add, no learnt norm weights."""
-
-    def __init__(self, cfg: ModelConfig, ops: Ops):
-        super().__init__()
-        self.ops, self.eps = ops, cfg.rms_norm_eps
-        self.self_attn = Attention(cfg, ops)
-        self.mlp = SwiGLU(cfg, ops)
-
-    def forward(self, cos_sin, h: torch.Tensor) -> torch.Tensor:
-        h = self.ops.add_rms_norm(h, self.self_attn(cos_sin, h), self.eps)
-        return self.ops.add_rms_norm(h, self.mlp(h), self.eps)
-
-
-class ReasoningModule(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_layers: int, ops: Ops):
-        super().__init__()
-        self.ops = ops
-        self.layers = nn.ModuleList(Block(cfg, ops) for _ in range(num_layers))
-
-    def forward(self, h, injection, cos_sin, extra=None):
-        h = self.ops.add3(h, injection, extra)  # input injection by addition
-        for layer in self.layers:
-            h = layer(cos_sin, h)
-        return h
-
+__all__ = ["HRM", "HRMInner", "Carry", "InnerCarry", "count_parameters"]
 
 # --------------------------------------------------------------------------- inner model
-
-
-@dataclass
-class InnerCarry:
-    z_H: torch.Tensor
-    z_L: torch.Tensor
 
 
 class HRMInner(nn.Module):
@@ -270,14 +76,7 @@ class HRMInner(nn.Module):
             self.q_head.bias.fill_(-5)
 
     def input_embeddings(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> torch.Tensor:
-        emb = self.embed_tokens(inputs)
-        if self.cfg.puzzle_emb_ndim > 0:
-            pe = self.puzzle_emb(puzzle_ids)
-            pad = self.puzzle_emb_len * self.cfg.hidden_size - pe.shape[-1]
-            if pad > 0:
-                pe = F.pad(pe, (0, pad))
-            emb = torch.cat((pe.view(-1, self.puzzle_emb_len, self.cfg.hidden_size), emb), dim=-2)
-        return self.embed_scale * emb
+        return embed_inputs(self, inputs, puzzle_ids)
 
     def empty_carry(self, batch_size: int, device=None) -> InnerCarry:
         shape = (batch_size, self.seq_len + self.puzzle_emb_len, self.cfg.hidden_size)
@@ -317,24 +116,6 @@ class HRMInner(nn.Module):
 # --------------------------------------------------------------------------- ACT wrapper
 
 
-@dataclass
-class Carry:
-    inner: InnerCarry
-    steps: torch.Tensor  # int32 [B]
-    halted: torch.Tensor  # bool [B]
-    data: dict[str, torch.Tensor]  # the examples currently being worked on
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {
-            "z_H": self.inner.z_H,
-            "z_L": self.inner.z_L,
-            "steps": self.steps,
-            "halted": self.halted,
-        }
-        out.update({f"data.{k}": v for k, v in self.data.items()})
-        return out
-
-
 class HRM(nn.Module):
     """``hrm_act_v1``: the inner model driven by adaptive computation time (ACT)."""
 
@@ -356,24 +137,11 @@ class HRM(nn.Module):
         return self.inner.H_level.ops.backend
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
-        b = batch["inputs"].shape[0]
-        device = batch["inputs"].device
-        return Carry(
-            inner=self.inner.empty_carry(b, device),
-            steps=torch.zeros(b, dtype=torch.int32, device=device),
-            halted=torch.ones(b, dtype=torch.bool, device=device),  # all start by fetching data
-            data={k: torch.zeros_like(v) for k, v in batch.items()},
-        )
+        return initial_carry(self.inner, batch)
 
     def forward(self, carry: Carry, batch: dict[str, torch.Tensor]):
         """One ACT step: halted examples are replaced by fresh ones from ``batch``."""
-        halted = carry.halted
-        inner_carry = self.inner.reset_carry(halted, carry.inner)
-        steps = torch.where(halted, 0, carry.steps)
-        data = {
-            k: torch.where(halted.view((-1,) + (1,) * (batch[k].ndim - 1)), batch[k], v)
-            for k, v in carry.data.items()
-        }
+        inner_carry, steps, data = replace_halted(self.inner, carry, batch)
         inner_carry, logits, q_halt, q_continue = self.inner(
             inner_carry, data["inputs"], data["puzzle_identifiers"]
         )
@@ -384,12 +152,7 @@ class HRM(nn.Module):
             new_halted = is_last
             if self.training and self.cfg.halt_max_steps > 1:
                 new_halted = new_halted | (q_halt > q_continue)
-                # Exploration: a random minimum number of steps for some examples.
-                explore = torch.rand_like(q_halt) < self.cfg.halt_exploration_prob
-                min_steps = explore * torch.randint_like(
-                    steps, low=2, high=self.cfg.halt_max_steps + 1
-                )
-                new_halted = new_halted & (steps >= min_steps)
+                new_halted = new_halted & (steps >= exploration_min_steps(q_halt, steps, self.cfg))
                 # Bootstrapped Q target from the next step (no replay buffer, as HRM/PQN).
                 _, _, next_halt, next_cont = self.inner(
                     inner_carry, data["inputs"], data["puzzle_identifiers"]
@@ -399,9 +162,18 @@ class HRM(nn.Module):
                 )
         return Carry(inner_carry, steps.to(torch.int32), new_halted, data), outputs
 
-
-def count_parameters(model: HRM) -> dict[str, int]:
-    """Trainable network parameters, and the puzzle-embedding table on top of them."""
-    network = sum(p.numel() for p in model.parameters())
-    table = model.inner.puzzle_emb.weights.numel() if model.cfg.puzzle_emb_ndim > 0 else 0
-    return {"network": network, "puzzle_embedding": table, "total": network + table}
+    def forward_loss(self, carry: Carry, batch: dict[str, torch.Tensor], loss_fn, loss_cfg):
+        """The training step's forward and loss: HRM's halt compares q_halt with q_continue,
+        and q_continue learns the bootstrapped target."""
+        new_carry, out = self(carry, batch)
+        loss, metrics = loss_fn(
+            out["logits"],
+            new_carry.data["labels"],
+            out["q_halt_logits"],
+            out["q_continue_logits"],
+            out["target_q_continue"] if "target_q_continue" in out else None,
+            new_carry.steps,
+            loss_cfg,
+            self.cfg.halt_max_steps,
+        )
+        return new_carry, loss, metrics

@@ -20,6 +20,11 @@ One training step (``hrm_fast.train.Trainer.step``) is:
   QK^T; that is reported apart as ``attention_recompute`` and left out of ``total``;
 * the puzzle-embedding sign-SGD's ``[B, B] @ [B, ndim]`` row-sum matmul.
 
+TRM (``arch="trm"``) has one network of ``L_layers`` blocks, applied T(n+1) times per ACT step
+(T = ``H_cycles``, n = ``L_cycles``): n latent updates and one answer update per cycle. Its
+backward spans the whole last cycle (n+1 applications), and it has no target-Q forward. Its
+``mlp_t`` variant replaces attention with a SwiGLU over the sequence axis.
+
 Minimum bytes (``step_bytes``) is a LOWER BOUND on DRAM traffic under these assumptions:
 
 * fp32 master weights, fp32 gradients and fp32 AdamW moments: the forward reads the weights
@@ -112,27 +117,67 @@ def _dims(cfg: RunConfig) -> dict:
     )
 
 
+def _token_mlp_width(cfg: RunConfig) -> int:
+    from hrm_fast.layers import swiglu_width
+
+    return swiglu_width(_dims(cfg)["S"], cfg.model.expansion)
+
+
+def _uses_token_mlp(cfg: RunConfig) -> bool:
+    return cfg.model.arch == "trm" and cfg.model.mlp_t
+
+
 def layer_flops(cfg: RunConfig) -> dict[str, float]:
-    """Forward FLOPs of one transformer block: projections and attention."""
+    """Forward FLOPs of one transformer block: projections and attention (or, for TRM's
+    ``mlp_t``, the sequence-axis SwiGLU in attention's place)."""
     k = _dims(cfg)
     B, S, d, H, D, I = k["B"], k["S"], k["d"], k["H"], k["D"], k["I"]
     tokens = B * S
-    proj = 2 * tokens * (d * 3 * d + d * d + d * 2 * I + I * d)  # qkv, o, gate_up, down
+    mlp = 2 * tokens * (d * 2 * I + I * d)  # gate_up, down
+    if _uses_token_mlp(cfg):
+        It = _token_mlp_width(cfg)
+        return {"matmul": float(mlp + 2 * B * d * (S * 2 * It + It * S)), "attention": 0.0}
+    proj = mlp + 2 * tokens * (d * 3 * d + d * d)  # qkv, o
     attn = 4 * B * H * S * S * D  # QK^T and PV
     return {"matmul": float(proj), "attention": float(attn)}
 
 
+@dataclass(frozen=True)
+class Applications:
+    """How often each module runs in one ACT step, and how many of those carry gradients.
+
+    ``L``/``H`` count module evaluations (TRM: latent and answer updates of its one network).
+    """
+
+    L: int
+    H: int
+    L_grad: int
+    H_grad: int
+    L_layers: int
+    H_layers: int
+    target_q: bool  # a second, gradient-free forward for HRM's bootstrapped Q target
+
+
+def applications(cfg: RunConfig, training: bool = True) -> Applications:
+    m = cfg.model
+    if m.arch == "trm":
+        T, n = m.H_cycles, m.L_cycles
+        return Applications(T * n, T, n, 1, m.L_layers, m.L_layers, False)
+    target_q = training and m.halt_max_steps > 1
+    return Applications(m.H_cycles * m.L_cycles, m.H_cycles, 1, 1, m.L_layers, m.H_layers, target_q)
+
+
 def step_flops(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     """FLOPs of one training step, by part; ``total`` is their sum."""
-    m, k = cfg.model, _dims(cfg)
+    m, k, a = cfg.model, _dims(cfg), applications(cfg, training)
     layer = sum(layer_flops(cfg).values())
-    L_eval, H_eval = m.L_layers * layer, m.H_layers * layer
+    L_eval, H_eval = a.L_layers * layer, a.H_layers * layer
     heads = 2 * k["B"] * k["S"] * k["d"] * k["V"] + 2 * k["B"] * k["d"] * 2  # lm_head + q_head
-    inner = m.H_cycles * m.L_cycles * L_eval + m.H_cycles * H_eval + heads
-    grad_part = L_eval + H_eval + heads  # the last L and H evaluation and the heads
+    inner = a.L * L_eval + a.H * H_eval + heads
+    grad_part = a.L_grad * L_eval + a.H_grad * H_eval + heads  # HRM: last L and H; TRM: n+1
     out = {
         "forward": float(inner),
-        "target_q_forward": float(inner if training and m.halt_max_steps > 1 else 0),
+        "target_q_forward": float(inner if a.target_q else 0),
         "backward": float(2 * grad_part if training else 0),
         "sparse_sgd": float(
             2 * k["B"] * k["B"] * m.puzzle_emb_ndim if training and m.puzzle_emb_ndim else 0
@@ -142,7 +187,7 @@ def step_flops(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     # Not in the total (model FLOPs): a flash-style attention backward recomputes S = QK^T
     # (2*B*H*S*S*D per layer, +1/2 of the forward attention). Our Triton kernel and torch's
     # SDPA backward do; FlopCounterMode's SDPA backward formula counts it (2.5x forward).
-    n_grad_layers = (m.L_layers + m.H_layers) if training else 0
+    n_grad_layers = (a.L_grad * a.L_layers + a.H_grad * a.H_layers) if training else 0
     out["attention_recompute"] = float(n_grad_layers * layer_flops(cfg)["attention"] / 2)
     return out
 
@@ -154,8 +199,13 @@ def network_params(cfg: RunConfig) -> int:
     """Trainable network parameters (as ``count_parameters(model)['network']``)."""
     m, k = cfg.model, _dims(cfg)
     d, I, V = k["d"], k["I"], k["V"]
-    layer = d * 3 * d + d * d + d * 2 * I + I * d
-    return (m.H_layers + m.L_layers) * layer + V * d + V * d + 2 * d + 2
+    mixer = d * 3 * d + d * d
+    if _uses_token_mlp(cfg):
+        It = _token_mlp_width(cfg)
+        mixer = k["S"] * 2 * It + It * k["S"]
+    layer = mixer + d * 2 * I + I * d
+    n_layers = m.L_layers if m.arch == "trm" else m.H_layers + m.L_layers  # TRM: one network
+    return n_layers * layer + V * d + V * d + 2 * d + 2
 
 
 def act_bytes(cfg: RunConfig) -> int:
@@ -165,21 +215,25 @@ def act_bytes(cfg: RunConfig) -> int:
 
 def step_bytes(cfg: RunConfig, training: bool = True) -> dict[str, float]:
     """Lower bound on DRAM bytes of one training step, by part (assumptions: module docstring)."""
-    m, k = cfg.model, _dims(cfg)
+    m, k, a = cfg.model, _dims(cfg), applications(cfg, training)
     e = act_bytes(cfg)
     state = k["B"] * k["S"] * k["d"] * e  # one hidden-state tensor
     n_params = network_params(cfg)
-    # Module evaluations in one inner forward: L reads (z_L, z_H, x), H reads (z_H, z_L).
-    n_L, n_H = m.H_cycles * m.L_cycles, m.H_cycles
-    inner_fwd = n_L * 4 * state + n_H * 3 * state
+    # Module evaluations in one inner forward: L reads (z_L, z_H, x), H reads (z_H, z_L); each
+    # writes one state.
+    inner_fwd = a.L * 4 * state + a.H * 3 * state
+    grad_inputs = a.L_grad * 3 + a.H_grad * 2
+    n_grad = a.L_grad + a.H_grad
     logits = k["B"] * cfg.seq_len * k["V"]
     out = {
         "params": float(4 * n_params),  # forward read of fp32 weights
         "grads_optimizer": float((4 + 28) * n_params if training else 0),
         "activations_forward": float(inner_fwd + logits * e),
-        "target_q_forward": float(inner_fwd if training and m.halt_max_steps > 1 else 0),
+        "target_q_forward": float(inner_fwd if a.target_q else 0),
         # Backward: re-read each grad module's inputs (L: 3, H: 2) + write/read 1 grad each.
-        "activations_backward": float((3 + 2 + 2 * 2) * state + logits * 4 * 2 if training else 0),
+        "activations_backward": float(
+            (grad_inputs + 2 * n_grad) * state + logits * 4 * 2 if training else 0
+        ),
         "carry_data": float(4 * state + 2 * k["B"] * cfg.seq_len * 4 + logits * e),
         "puzzle_rows": float(2 * k["B"] * m.puzzle_emb_ndim * 4),
     }
@@ -341,7 +395,7 @@ def format_scaling(cfg: RunConfig, preset: str, gpu: str = "h100", worlds=(2, 4,
 if __name__ == "__main__":
     from hrm_fast.config import from_name
 
-    for name in ("seed", "paper"):
+    for name in ("seed", "paper", "trm-arc1"):
         print(format_ceilings(from_name(name), name))
         print()
     print(format_scaling(from_name("paper"), "paper"))

@@ -1,8 +1,9 @@
 """The trainer: one static training step, and the loop around it.
 
 ``Trainer.step()`` is the whole iteration: sample + augment a batch on the device, the ACT carry
-update (halted examples are replaced), the forward with HRM's 1-step gradient, the target-Q
-forward, the loss, backward, gradient clipping, AdamW and the puzzle-embedding sign-SGD. Shapes
+update (halted examples are replaced), the model's forward and loss (``model.forward_loss``:
+HRM's 1-step gradient and target-Q forward, or TRM's recursion), backward, gradient clipping,
+AdamW, the puzzle-embedding sign-SGD and, when on, the weights' EMA. Shapes
 are fixed, the carry and the metric sums are updated in place, and nothing in it reads a value
 back to the host, so it can be compiled (``--compile``) and captured in a CUDA graph
 (``--cuda-graphs``). The loop reads the metric sums only every ``log_every`` steps.
@@ -10,6 +11,7 @@ back to the host, so it can be compiled (``--compile``) and captured in a CUDA g
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -22,12 +24,15 @@ from pathlib import Path
 import torch
 
 from hrm_fast import checkpoint as ckpt
+from hrm_fast.arch import build_model
 from hrm_fast.config import RunConfig
 from hrm_fast.device import check_device_options, default_dtype, resolve_device
 from hrm_fast.distributed import DataParallel, rank_seed
+from hrm_fast.early_warning import CollapseWatch
+from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
-from hrm_fast.model import HRM, Carry, count_parameters
+from hrm_fast.layers import Carry, count_parameters
 from hrm_fast.trackers import Trackers, open_trackers
 
 EXIT_PROBE_FAILED = 3
@@ -131,7 +136,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
         self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
-        self.model = HRM(
+        self.model = build_model(
             cfg.model,
             seq_len=cfg.seq_len,
             num_puzzle_ids=self.dataset.num_puzzle_ids,
@@ -170,6 +175,7 @@ class Trainer:
             if cfg.model.puzzle_emb_ndim > 0
             else None
         )
+        self.ema = EMA(self.model, t.ema_rate) if t.ema else None
 
         # Static state: the ACT carry and the metric sums live in fixed buffers.
         example = self.sampler.sample(self.batch_size)
@@ -189,18 +195,7 @@ class Trainer:
 
     def _forward_loss(self, carry: Carry):
         batch = self.sampler.sample(self.batch_size)
-        new_carry, out = self.model(carry, batch)
-        loss, metrics = self.loss_fn(
-            out["logits"],
-            new_carry.data["labels"],
-            out["q_halt_logits"],
-            out["q_continue_logits"],
-            out.get("target_q_continue"),
-            new_carry.steps,
-            self.cfg.loss,
-            self.cfg.model.halt_max_steps,
-        )
-        return new_carry, loss, metrics
+        return self.model.forward_loss(carry, batch, self.loss_fn, self.cfg.loss)
 
     def _step_body(self) -> None:
         new_carry, loss, metrics = self._forward_loss_fn(self.carry)
@@ -215,6 +210,8 @@ class Trainer:
             self.sparse.step()
             self.sparse.zero_grad()
         self.opt.zero_grad(set_to_none=False)
+        if self.ema is not None:
+            self.ema.update()
         with torch.no_grad():
             for dst, src in zip(
                 self.carry.tensors().values(), new_carry.tensors().values(), strict=True
@@ -243,6 +240,8 @@ class Trainer:
         """Every tensor the step mutates, so warm-up and capture can be undone in place."""
         ts = list(self.carry.tensors().values()) + list(self.sums.values())
         ts += list(self.model.state_dict(keep_vars=True).values())
+        if self.ema is not None:
+            ts += self.ema.shadow
         for st in self.opt.state.values():
             ts += [v for v in st.values() if isinstance(v, torch.Tensor)]
         return ts
@@ -330,6 +329,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "sparse": None,  # its state is the table itself, inside "model"
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "carry": carry,
             "rng": rng,
             "world_size": self.world_size,
@@ -352,6 +352,11 @@ class Trainer:
             self.model.load_state_dict(payload["model"], strict=False)
             if payload.get("optimizer") is not None:
                 self.opt.load_state_dict(payload["optimizer"])
+            if self.ema is not None:  # a checkpoint without one (convert) starts it afresh
+                if payload.get("ema") is not None:
+                    self.ema.load_state_dict(payload["ema"])
+                else:
+                    self.ema = EMA(self.model, self.cfg.train.ema_rate)
             carry, rng = payload.get("carry"), payload.get("rng") or {}
             if int(payload.get("world_size", 1)) != self.world_size:
                 carry, rng = None, {}
@@ -401,8 +406,9 @@ class Trainer:
         self.model.eval()
         # The probe draws its own inputs; fork the RNG so training (and resume) never sees it.
         devices = [self.device] if self.device.type == "cuda" else []
+        averaged = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), averaged:
                 torch.manual_seed(t.seed + self.step_count)
                 report = run_probe(
                     self.model, self.sampler, t.probe_pairs, t.probe_min_differ, t.probe_min_tv,
@@ -585,6 +591,8 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             metrics_f.close()
             raise
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
+    w = cfg.train
+    watch = CollapseWatch(w.warn_unique_below, w.warn_intervals, w.warn_probe_shrink)
     progress: Progress | None = None  # created when the loop starts
 
     def fail(msg: str) -> WriteFailed:
@@ -636,6 +644,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
         report, passed = trainer.checked_probe()
         if report is not None:
             emit({"event": "probe", **report.to_dict()})
+            watch.on_probe(report)  # the baseline headroom
             log(f"hrm-fast: {report.summary()}")
         if not passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
@@ -669,10 +678,14 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                 m["it_s"] = (step - tick[1]) / max(now - tick[0], 1e-9)
                 tick = (now, step)
                 emit({"event": "train", "step": step, **m})
+                warning = watch.on_log(step, m["unique_classes"])
+                if warning is not None:
+                    emit(warning)
                 progress.update(
                     step,
                     f"loss {m['loss']:.4f} acc {m['accuracy']:.3f} exact {m['exact_accuracy']:.3f}"
-                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}",
+                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}"
+                    + (f" | WARNING: {warning['message']}" if warning else ""),
                 )
                 if not math.isfinite(m["loss"]):
                     progress.close()
@@ -685,6 +698,10 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                     emit({"event": "probe", **report.to_dict(), "checkpoint": str(path)})
                     progress.close()
                     log(f"hrm-fast: checkpoint {path.name} | {report.summary()}")
+                    warning = watch.on_probe(report)
+                    if warning is not None:
+                        emit(warning)
+                        log(f"hrm-fast: WARNING at step {step}: {warning['message']}")
                 if not passed:
                     log(
                         f"hrm-fast: input-sensitivity probe FAILED at step {step}; training stopped"

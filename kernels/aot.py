@@ -9,7 +9,6 @@ shared memory / LDS and MMA / MFMA / WMMA usage from the cubin or the AMDGCN ass
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,19 +45,3 @@ def target_family(arch: int | str) -> str:
     if name.startswith("gfx1"):
         return "rdna3"
     raise ValueError(f"no launch configurations for GPU target {arch!r}")
-
-
-def device_target_family(device) -> str:
-    """The target family of a torch CUDA/ROCm device (ROCm devices are torch 'cuda' devices)."""
-    import torch
-
-    if torch.version.hip is None:
-        return "nvidia"
-    return _rocm_family(torch.device(device).index or 0)
-
-
-@functools.cache
-def _rocm_family(index: int) -> str:
-    import torch
-
-    return target_family(torch.cuda.get_device_properties(index).gcnArchName)

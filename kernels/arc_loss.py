@@ -1,14 +1,16 @@
 """Fused ARC loss: one Triton pass over the logits for every per-example statistic.
 
 The loss (``hrm_fast.loss``) only needs, per example b, the CE sum, the valid count, the
-correct count and three [C] histograms (soft ``sum softmax``, labels, argmax). The forward
+correct count and four [C] histograms (soft ``sum softmax``, sharpened ``sum softmax(x / T)``,
+labels, argmax). The forward
 kernel computes all of them in one read of ``logits[B, S, V]`` (V = 12 padded to a 16-wide
 tile); grid = (example, token block), each program writes its own partial row and torch sums
 the partials, so the result is deterministic (no atomics). The remaining [B] / [B, C] math is
 the reference's own ``arc_loss_from_stats``: its autograd hands the backward kernel
-``g_ce[b] = dL/dce_sum[b]`` and ``g_p[b, c] = dL/dp_sum[b, c]``, and one more pass writes
+``g_ce[b] = dL/dce_sum[b]``, ``g_p[b, c] = dL/dp_sum[b, c]`` and ``g_q[b, c] = dL/dq_sum[b, c]``,
+and one more pass writes (p = softmax(x), q = softmax(x / T), valid positions)
 
-    dlogits = g_ce[b] * dCE/dx + softmax * (g_p[b] - <g_p[b], softmax>)     (valid positions)
+    dlogits = g_ce[b] * dCE/dx + p * (g_p[b] - <g_p[b], p>) + q * (g_q[b] - <g_q[b], q>) / T
 
 in the logits' dtype (0 at ignored positions). No host sync anywhere.
 """
@@ -35,14 +37,17 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _row_terms(x, lab, cols, V: tl.constexpr, STABLEMAX: tl.constexpr):
-    """Per-row softmax, CE and its gradient pieces for a [BLOCK_S, BLOCK_V] fp32 tile."""
+def _row_terms(x, lab, cols, inv_t, V: tl.constexpr, STABLEMAX: tl.constexpr):
+    """Per-row softmax, sharpened softmax (x / T), CE and its gradient pieces for a
+    [BLOCK_S, BLOCK_V] fp32 tile."""
     cmask = cols[None, :] < V
     x = tl.where(cmask, x, float("-inf"))
     m = tl.max(x, 1)
     e = tl.exp(x - m[:, None])  # padding columns -> 0
     z = tl.sum(e, 1)
     p = e / z[:, None]
+    e_q = tl.exp((x - m[:, None]) * inv_t)  # T > 0: the same row max
+    q = e_q / tl.sum(e_q, 1)[:, None]
     onehot = cols[None, :] == lab[:, None]  # IGNORE never matches
     x_y = tl.sum(tl.where(onehot, x, 0.0), 1)
     if STABLEMAX:
@@ -54,7 +59,7 @@ def _row_terms(x, lab, cols, V: tl.constexpr, STABLEMAX: tl.constexpr):
         ce = tl.log(ssum) - tl.log(s_y)
     else:
         ce = tl.log(z) + m - x_y
-    return x, p, onehot, ce
+    return x, p, q, onehot, ce
 
 
 @triton.jit
@@ -64,10 +69,12 @@ def _arc_loss_stats_fwd_kernel(
     ce_ptr,  # [B, NB] fp32 partial CE sums
     cnt_ptr,  # [B, NB, 2] int32 partial (valid, correct)
     p_ptr,  # [B, NB, V] fp32 partial soft histogram
+    q_ptr,  # [B, NB, V] fp32 partial sharpened histogram
     y_ptr,  # [B, NB, V] int32 partial label histogram
     a_ptr,  # [B, NB, V] int32 partial argmax histogram
     S,
     NB,
+    inv_t,  # 1 / div_temperature
     V: tl.constexpr,
     STABLEMAX: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -86,7 +93,7 @@ def _arc_loss_stats_fwd_kernel(
         mask=rmask[:, None] & (cols[None, :] < V),
         other=0.0,
     ).to(tl.float32)
-    x, p, onehot, ce = _row_terms(x, lab, cols, V, STABLEMAX)
+    x, p, q, onehot, ce = _row_terms(x, lab, cols, inv_t, V, STABLEMAX)
 
     am = tl.argmax(x, 1, tie_break_left=True)  # first maximum, as torch.argmax
     vcol = valid[:, None]
@@ -94,6 +101,7 @@ def _arc_loss_stats_fwd_kernel(
     n_part = tl.sum(valid.to(tl.int32), 0)
     c_part = tl.sum(((am == lab) & valid).to(tl.int32), 0)
     p_part = tl.sum(tl.where(vcol, p, 0.0), 0)
+    q_part = tl.sum(tl.where(vcol, q, 0.0), 0)
     y_part = tl.sum(onehot.to(tl.int32), 0)
     a_part = tl.sum(((cols[None, :] == am[:, None]) & vcol).to(tl.int32), 0)
 
@@ -103,6 +111,7 @@ def _arc_loss_stats_fwd_kernel(
     tl.store(cnt_ptr + part * 2, n_part)
     tl.store(cnt_ptr + part * 2 + 1, c_part)
     tl.store(p_ptr + part * V + cols, p_part, mask=cm)
+    tl.store(q_ptr + part * V + cols, q_part, mask=cm)
     tl.store(y_ptr + part * V + cols, y_part, mask=cm)
     tl.store(a_ptr + part * V + cols, a_part, mask=cm)
 
@@ -113,8 +122,10 @@ def _arc_loss_stats_bwd_kernel(
     labels_ptr,  # [B, S] int32
     gce_ptr,  # [B] fp32: dL/dce_sum
     gp_ptr,  # [B, V] fp32: dL/dp_sum
+    gq_ptr,  # [B, V] fp32: dL/dq_sum
     dx_ptr,  # [B, S, V] out, logits' dtype
     S,
+    inv_t,  # 1 / div_temperature
     V: tl.constexpr,
     STABLEMAX: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -132,9 +143,10 @@ def _arc_loss_stats_bwd_kernel(
     offs = tok[:, None] * V + cols[None, :]
     mask2 = rmask[:, None] & cm[None, :]
     x = tl.load(logits_ptr + offs, mask=mask2, other=0.0).to(tl.float32)
-    x, p, onehot, ce = _row_terms(x, lab, cols, V, STABLEMAX)
+    x, p, q, onehot, ce = _row_terms(x, lab, cols, inv_t, V, STABLEMAX)
     g_ce = tl.load(gce_ptr + b)
     g_p = tl.load(gp_ptr + b * V + cols, mask=cm, other=0.0)
+    g_q = tl.load(gq_ptr + b * V + cols, mask=cm, other=0.0)
 
     if STABLEMAX:
         # d/dx_c [log sum s - log s_y] = s'(x_c) / sum s - [c = y] s'(x_y) / s(x_y),
@@ -147,7 +159,8 @@ def _arc_loss_stats_bwd_kernel(
     else:
         dce = p - onehot.to(tl.float32)
     dp = p * (g_p[None, :] - tl.sum(p * g_p[None, :], 1)[:, None])
-    dx = tl.where(valid[:, None] & cm[None, :], g_ce * dce + dp, 0.0)
+    dq = q * (g_q[None, :] - tl.sum(q * g_q[None, :], 1)[:, None]) * inv_t
+    dx = tl.where(valid[:, None] & cm[None, :], g_ce * dce + dp + dq, 0.0)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask2)
 
 
@@ -166,13 +179,18 @@ def _alloc_stats_partials(B: int, S: int, V: int, device) -> tuple[torch.Tensor,
         torch.empty(B, NB, dtype=f32, device=device),
         torch.empty(B, NB, 2, dtype=i32, device=device),
         torch.empty(B, NB, V, dtype=f32, device=device),
+        torch.empty(B, NB, V, dtype=f32, device=device),
         torch.empty(B, NB, V, dtype=i32, device=device),
         torch.empty(B, NB, V, dtype=i32, device=device),
     )
 
 
 def _arc_loss_stats_fwd(
-    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, out=None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    stablemax: bool,
+    div_temperature: float = 1.0,
+    out=None,
 ) -> ArcStats:
     """Per-example statistics (fp32 sums, int32 counts). ``out``: partial buffers to fill."""
     B, S, V = logits.shape
@@ -180,9 +198,9 @@ def _arc_loss_stats_fwd(
     logits = logits.contiguous()
     labels = labels.contiguous()
     parts = _alloc_stats_partials(B, S, V, logits.device) if out is None else out
-    ce_p, cnt_p, p_p, y_p, a_p = parts
+    ce_p, cnt_p, p_p, q_p, y_p, a_p = parts
     torch.library.wrap_triton(_arc_loss_stats_fwd_kernel)[(B, _num_blocks(S))](
-        logits, labels, ce_p, cnt_p, p_p, y_p, a_p, S, _num_blocks(S),
+        logits, labels, ce_p, cnt_p, p_p, q_p, y_p, a_p, S, _num_blocks(S), 1.0 / div_temperature,
         V=V, STABLEMAX=stablemax, BLOCK_S=BLOCK_S, BLOCK_V=triton.next_power_of_2(V),
         num_warps=NUM_WARPS,
     )  # fmt: skip
@@ -193,6 +211,7 @@ def _arc_loss_stats_fwd(
         cnt[:, 0].clone(),  # clones: op outputs must not alias each other
         cnt[:, 1].clone(),
         p_p.sum(1),
+        q_p.sum(1),
         y_p.sum(1, dtype=torch.int32),
         a_p.sum(1, dtype=torch.int32),
     )
@@ -203,18 +222,21 @@ def _arc_loss_stats_bwd(
     labels: torch.Tensor,
     g_ce: torch.Tensor,
     g_p: torch.Tensor,
+    g_q: torch.Tensor,
     stablemax: bool,
+    div_temperature: float = 1.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dL/dlogits from g_ce = dL/dce_sum [B] and g_p = dL/dp_sum [B, V]."""
+    """dL/dlogits from g_ce = dL/dce_sum [B], g_p = dL/dp_sum and g_q = dL/dq_sum [B, V]."""
     B, S, V = logits.shape
     logits = logits.contiguous()
     labels = labels.contiguous()
     g_ce = g_ce.to(torch.float32).contiguous()
     g_p = g_p.to(torch.float32).contiguous()
+    g_q = g_q.to(torch.float32).contiguous()
     dx = torch.empty_like(logits) if out is None else out
     torch.library.wrap_triton(_arc_loss_stats_bwd_kernel)[(B, _num_blocks(S))](
-        logits, labels, g_ce, g_p, dx, S,
+        logits, labels, g_ce, g_p, g_q, dx, S, 1.0 / div_temperature,
         V=V, STABLEMAX=stablemax, BLOCK_S=BLOCK_S, BLOCK_V=triton.next_power_of_2(V),
         num_warps=NUM_WARPS,
     )  # fmt: skip
@@ -226,9 +248,11 @@ def _arc_loss_stats_bwd(
 
 @torch.library.triton_op("hrm_fast::arc_loss_stats", mutates_args=())
 def _arc_loss_stats_op(
-    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(_arc_loss_stats_fwd(logits, labels, stablemax))
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, div_temperature: float
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    return tuple(_arc_loss_stats_fwd(logits, labels, stablemax, div_temperature))
 
 
 @torch.library.triton_op("hrm_fast::arc_loss_stats_bwd", mutates_args=())
@@ -237,27 +261,35 @@ def _arc_loss_stats_bwd_op(
     labels: torch.Tensor,
     g_ce: torch.Tensor,
     g_p: torch.Tensor,
+    g_q: torch.Tensor,
     stablemax: bool,
+    div_temperature: float,
 ) -> torch.Tensor:
-    return _arc_loss_stats_bwd(logits, labels, g_ce, g_p, stablemax)
+    return _arc_loss_stats_bwd(logits, labels, g_ce, g_p, g_q, stablemax, div_temperature)
 
 
 def _setup_context(ctx, inputs, output):
-    logits, labels, stablemax = inputs
+    logits, labels, stablemax, div_temperature = inputs
     ctx.save_for_backward(logits, labels)
     ctx.stablemax = stablemax
+    ctx.div_temperature = div_temperature
 
 
-def _backward(ctx, g_ce, g_n, g_corr, g_p, g_y, g_a):
-    # Counts and integer histograms are piecewise constant: only ce_sum and p_sum carry grads.
+def _backward(ctx, g_ce, g_n, g_corr, g_p, g_q, g_y, g_a):
+    # Counts and integer histograms are piecewise constant: only ce_sum, p_sum and q_sum
+    # carry grads.
     logits, labels = ctx.saved_tensors
     B, _, V = logits.shape
     if g_ce is None:
         g_ce = logits.new_zeros(B, dtype=torch.float32)
     if g_p is None:
         g_p = logits.new_zeros(B, V, dtype=torch.float32)
-    dx = torch.ops.hrm_fast.arc_loss_stats_bwd(logits, labels, g_ce, g_p, ctx.stablemax)
-    return dx, None, None
+    if g_q is None:
+        g_q = logits.new_zeros(B, V, dtype=torch.float32)
+    dx = torch.ops.hrm_fast.arc_loss_stats_bwd(
+        logits, labels, g_ce, g_p, g_q, ctx.stablemax, ctx.div_temperature
+    )
+    return dx, None, None, None
 
 
 torch.library.register_autograd("hrm_fast::arc_loss_stats", _backward, setup_context=_setup_context)
@@ -266,10 +298,13 @@ torch.library.register_autograd("hrm_fast::arc_loss_stats", _backward, setup_con
 # --- public API ---------------------------------------------------------------------------
 
 
-def arc_loss_stats(logits: torch.Tensor, labels: torch.Tensor, stablemax: bool) -> ArcStats:
+def arc_loss_stats(
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, div_temperature: float = 1.0
+) -> ArcStats:
     if use_triton(logits):
-        return ArcStats(*torch.ops.hrm_fast.arc_loss_stats(logits, labels, stablemax))
-    return arc_loss_stats_ref(logits, labels, stablemax)
+        stats = torch.ops.hrm_fast.arc_loss_stats(logits, labels, stablemax, div_temperature)
+        return ArcStats(*stats)
+    return arc_loss_stats_ref(logits, labels, stablemax, div_temperature)
 
 
 def arc_loss_fused(
@@ -284,7 +319,7 @@ def arc_loss_fused(
     batch_gather=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Same signature and outputs as ``hrm_fast.loss.arc_loss_ref``; one Triton pass on CUDA."""
-    stats = arc_loss_stats(logits, labels, use_stablemax(cfg))
+    stats = arc_loss_stats(logits, labels, use_stablemax(cfg), cfg.div_temperature)
     return arc_loss_from_stats(
         stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )
@@ -296,17 +331,18 @@ def arc_loss_fused(
 def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    B = {"seed": 20, "paper": 768}[preset]
+    B = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
     S, V = 900, 12
     NB = _num_blocks(S)
     fwd_sig = {
         "logits_ptr": "*bf16", "labels_ptr": "*i32", "ce_ptr": "*fp32", "cnt_ptr": "*i32",
-        "p_ptr": "*fp32", "y_ptr": "*i32", "a_ptr": "*i32", "S": "i32", "NB": "i32",
+        "p_ptr": "*fp32", "q_ptr": "*fp32", "y_ptr": "*i32", "a_ptr": "*i32", "S": "i32",
+        "NB": "i32", "inv_t": "fp32",
         "V": "constexpr", "STABLEMAX": "constexpr", "BLOCK_S": "constexpr", "BLOCK_V": "constexpr",
     }  # fmt: skip
     bwd_sig = {
         "logits_ptr": "*bf16", "labels_ptr": "*i32", "gce_ptr": "*fp32", "gp_ptr": "*fp32",
-        "dx_ptr": "*bf16", "S": "i32",
+        "gq_ptr": "*fp32", "dx_ptr": "*bf16", "S": "i32", "inv_t": "fp32",
         "V": "constexpr", "STABLEMAX": "constexpr", "BLOCK_S": "constexpr", "BLOCK_V": "constexpr",
     }  # fmt: skip
     specs = []

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec, device_target_family
-from .dispatch import use_triton
+from .aot import AotSpec
+from .dispatch import device_target_family, use_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -531,7 +531,13 @@ def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
 # Ahead-of-time compile specs
 # --------------------------------------------------------------------------------------------
 
-_PRESET_SHAPES = {"seed": (20, 901, 8, 32), "paper": (768, 901, 8, 64)}  # B, S, H, D (bf16)
+# B, S, H, D (bf16). TRM prepends 16 puzzle-embedding positions: S = 916.
+_PRESET_SHAPES = {
+    "seed": (20, 901, 8, 32),
+    "paper": (768, 901, 8, 64),
+    "trm-arc1": (768, 916, 8, 64),
+    "trm-arc2": (768, 916, 8, 64),
+}
 
 _SIG_FWD = {
     "QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16", "LSE": "*fp32",

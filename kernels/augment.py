@@ -307,7 +307,7 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs of the trainer (sampler: int64 indices, uint8 colour maps) and evaluator."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    batch = {"seed": 20, "paper": 768}[preset]
+    batch = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
     canvas = 30
     nblk = triton.cdiv(canvas * canvas, BLOCK)
     aug_sig = {

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .aot import target_family
+
 _triton_on_cpu = False
 
 
@@ -32,3 +34,18 @@ def triton_on_cpu():
         yield
     finally:
         _triton_on_cpu = previous
+
+
+def device_target_family(device: torch.device) -> str:
+    """Target family (kernels/aot.py) of a torch CUDA device: ROCm GPUs are torch "cuda"
+    devices too, told apart by torch.version.hip and the gfx name."""
+    if torch.version.hip is None:
+        return "nvidia"
+    return _rocm_family(torch.device(device).index or 0)
+
+
+# A constant for torch.compile: the fused step is traced with fullgraph=True, and the device's
+# properties are fixed for the life of the process.
+@torch.compiler.assume_constant_result
+def _rocm_family(index: int) -> str:
+    return target_family(torch.cuda.get_device_properties(index).gcnArchName)

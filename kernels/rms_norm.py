@@ -276,6 +276,8 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
         rows, N, note = 20 * 901, 256, "B=20 S=901 hidden=256 bf16"
     elif preset == "paper":
         rows, N, note = 768 * 901, 512, "B=768 S=901 hidden=512 bf16"
+    elif preset in ("trm-arc1", "trm-arc2"):
+        rows, N, note = 768 * 916, 512, "B=768 S=916 hidden=512 bf16"
     else:
         raise KeyError(f"no AOT specs for preset {preset!r}")
     block_m, block_n, warps = _norm_config(N)

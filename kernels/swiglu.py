@@ -180,6 +180,8 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
         rows, I, note = 20 * 901, 768, "rows=B*S=20*901 I=768 bf16"
     elif preset == "paper":
         rows, I, note = 768 * 901, 1536, "rows=B*S=768*901 I=1536 bf16"
+    elif preset in ("trm-arc1", "trm-arc2"):
+        rows, I, note = 768 * 916, 1536, "rows=B*S=768*916 I=1536 bf16"
     else:
         raise KeyError(f"no AOT specs for preset {preset!r}")
     block_m, block_i, warps = _config(I)

@@ -25,7 +25,8 @@ V = 12
 SHAPES = [(1, 901), (2, 37), (3, 130)]
 DTYPES = [torch.float32, torch.float16]
 # fp32 floors for sums over up to ~900 positions (ce_sum ~ 3 per position, p_sum <= 1).
-FLOOR = {"ce_sum": 2e-4, "p_sum": 5e-5}
+FLOOR = {"ce_sum": 2e-4, "p_sum": 5e-5, "q_sum": 5e-5}
+T = 0.25  # diversity temperature: the default; sharpening makes the q-histogram's gradient 4x
 
 
 def make_inputs(B, S, dtype, seed):
@@ -53,14 +54,14 @@ def poisoned_partials(B, S, device):
 @pytest.mark.parametrize("B,S", SHAPES)
 def test_stats_fwd(B, S, dtype, stablemax):
     x, y, *_ = make_inputs(B, S, dtype, seed=B * 1000 + S)
-    got = _arc_loss_stats_fwd(x, y, stablemax, out=poisoned_partials(B, S, x.device))
-    want = arc_loss_stats_ref(x.cpu().double(), y.cpu(), stablemax)
-    eager = arc_loss_stats_ref(x.cpu(), y.cpu(), stablemax)
+    got = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device))
+    want = arc_loss_stats_ref(x.cpu().double(), y.cpu(), stablemax, T)
+    eager = arc_loss_stats_ref(x.cpu(), y.cpu(), stablemax, T)
     for name in ("n_valid", "correct", "y_sum", "a_sum"):
         g = getattr(got, name)
         assert g.dtype == torch.int32, name
         assert torch.equal(g.cpu(), getattr(want, name)), name
-    for name in ("ce_sum", "p_sum"):
+    for name in ("ce_sum", "p_sum", "q_sum"):
         g, w = getattr(got, name), getattr(want, name)
         assert g.dtype == torch.float32
         atol = FLOOR[name]
@@ -69,23 +70,29 @@ def test_stats_fwd(B, S, dtype, stablemax):
         assert_close(g, w, atol=atol, rtol=1e-6, name=name)
     if B > 1:  # the all-ignored example
         assert got.n_valid[-1] == 0 and got.ce_sum[-1] == 0 and got.p_sum[-1].abs().max() == 0
+        assert got.q_sum[-1].abs().max() == 0
 
 
 @pytest.mark.parametrize("stablemax", [False, True], ids=["softmax", "stablemax"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("B,S", SHAPES)
 def test_fused_loss_and_dlogits(B, S, dtype, stablemax):
-    cfg = LossConfig(ce="stablemax" if stablemax else "softmax", w_div=0.5, w_dist=0.3)
+    cfg = LossConfig(
+        ce="stablemax" if stablemax else "softmax", w_div=0.5, w_dist=0.3, div_temperature=T
+    )
     x, y, qh, qc, tg, steps = make_inputs(B, S, dtype, seed=7 + B * 1000 + S)
 
     # Fused path, by hand: kernel stats -> penalty autograd -> bwd kernel.
-    st = _arc_loss_stats_fwd(x, y, stablemax, out=poisoned_partials(B, S, x.device))
+    st = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device))
     ce = st.ce_sum.detach().requires_grad_()
     p = st.p_sum.detach().requires_grad_()
-    loss, metrics = arc_loss_from_stats(st._replace(ce_sum=ce, p_sum=p), qh, qc, tg, steps, cfg, 8)
+    q = st.q_sum.detach().requires_grad_()
+    leaves = st._replace(ce_sum=ce, p_sum=p, q_sum=q)
+    loss, metrics = arc_loss_from_stats(leaves, qh, qc, tg, steps, cfg, 8)
     loss.backward()
+    assert q.grad.abs().max() > 0  # the diversity term really reaches the kernel
     dx = torch.full_like(x, float("nan"))
-    _arc_loss_stats_bwd(x, y, ce.grad, p.grad, stablemax, out=dx)
+    _arc_loss_stats_bwd(x, y, ce.grad, p.grad, q.grad, stablemax, T, out=dx)
     assert dx.dtype == x.dtype
 
     def ref(xin):
@@ -115,7 +122,7 @@ def test_argmax_ties_pick_first_class():
     """Integer logits tie often: correct counts and argmax histogram use torch's first max."""
     x, y, *_ = make_inputs(2, 130, torch.float32, seed=13)
     x = x.clamp(-1, 1).round()
-    got = _arc_loss_stats_fwd(x, y, False, out=poisoned_partials(2, 130, x.device))
+    got = _arc_loss_stats_fwd(x, y, False, T, out=poisoned_partials(2, 130, x.device))
     want = arc_loss_stats_ref(x.cpu().double(), y.cpu(), False)
     assert torch.equal(got.a_sum.cpu(), want.a_sum)
     assert torch.equal(got.correct.cpu(), want.correct)
@@ -124,8 +131,8 @@ def test_argmax_ties_pick_first_class():
 @pytest.mark.parametrize("stablemax", [False, True], ids=["softmax", "stablemax"])
 def test_deterministic(stablemax):
     x, y, *_ = make_inputs(3, 130, torch.float32, seed=11)
-    a = _arc_loss_stats_fwd(x, y, stablemax)
-    b = _arc_loss_stats_fwd(x, y, stablemax, out=poisoned_partials(3, 130, x.device))
+    a = _arc_loss_stats_fwd(x, y, stablemax, T)
+    b = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(3, 130, x.device))
     for t1, t2 in zip(a, b, strict=True):
         assert torch.equal(t1, t2)
 
@@ -133,11 +140,11 @@ def test_deterministic(stablemax):
 def test_registered_op_autograd():
     """torch.ops.hrm_fast.arc_loss_stats + register_autograd give the reference gradient."""
     x, y, qh, qc, tg, steps = make_inputs(2, 37, torch.float32, seed=5)
-    cfg = LossConfig(w_div=0.5, w_dist=0.3)
+    cfg = LossConfig(w_div=0.5, w_dist=0.3, div_temperature=T)
     xo = x.detach().clone().requires_grad_()
     from hrm_fast.loss import ArcStats
 
-    st = ArcStats(*torch.ops.hrm_fast.arc_loss_stats(xo, y, False))
+    st = ArcStats(*torch.ops.hrm_fast.arc_loss_stats(xo, y, False, T))
     loss, _ = arc_loss_from_stats(st, qh, qc, tg, steps, cfg, 8)
     loss.backward()
     xr = x.detach().cpu().double().requires_grad_()

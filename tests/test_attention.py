@@ -86,7 +86,7 @@ def lse_reference(qkv, cos, sin):
 
 
 # (B, S, H, D, strided, random_tables): odd lengths exercise the row/column masks; S=901 is
-# the ARC length.
+# HRM's ARC length, S=916 TRM's (16 puzzle-embedding positions) at its head dim 64.
 FP32_CASES = [
     (2, 37, 2, 32, False, False),
     (2, 37, 1, 64, False, True),
@@ -94,12 +94,14 @@ FP32_CASES = [
     (3, 37, 1, 128, False, False),
     (1, 130, 2, 128, True, False),
     (1, 901, 1, 32, False, False),
+    (1, 916, 1, 64, False, False),
 ]
 FP16_CASES = [
     (2, 37, 2, 32, True),
     (1, 130, 2, 64, False),
     (2, 37, 1, 128, False),
     (1, 901, 1, 64, False),
+    (1, 916, 1, 64, False),
 ]
 
 
@@ -181,7 +183,7 @@ def test_triton_op_registered():
     assert "Tensor qkv" in schema and "Tensor cos" in schema and "Tensor sin" in schema
 
 
-@pytest.mark.parametrize("preset", ["seed", "paper"])
+@pytest.mark.parametrize("preset", ["seed", "paper", "trm-arc1", "trm-arc2"])
 def test_aot_specs_match_kernel_signatures(preset):
     specs = attn.aot_specs(preset)
     assert {s.name for s in specs} == {
@@ -197,7 +199,7 @@ def test_aot_specs_match_kernel_signatures(preset):
         assert s.has_dot == (s.name != "attention_bwd_preprocess")
     # GPU launch configs even though this process runs the interpreter.
     fwd = next(s for s in specs if s.name == "attention_fwd")
-    D = {"seed": 32, "paper": 64}[preset]
+    D = {"seed": 32, "paper": 64, "trm-arc1": 64, "trm-arc2": 64}[preset]
     assert fwd.constexprs["HALF"] == D // 2
     assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == attn._FWD_CFG["nvidia"][D][:2]
     assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG["nvidia"][D][2:]
@@ -219,3 +221,28 @@ def test_sdpa_fallback_matches_reference():
     cos, sin = pos.cos(), pos.sin()
     ref = attn.rope_attention_ref(qkv, cos, sin)
     assert (attn.rope_attention_sdpa(qkv, cos, sin) - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    "hip, gcn, family",
+    [
+        (None, None, "nvidia"),
+        ("6.2", "gfx942:sramecc+:xnack-", "cdna"),
+        ("6.2", "gfx1100", "rdna3"),
+    ],
+)
+def test_rocm_device_family_constant_under_fullgraph_compile(monkeypatch, hip, gcn, family):
+    from hrm_fast.kernels.dispatch import device_target_family
+
+    monkeypatch.setattr(torch.version, "hip", hip)
+    props = type("Props", (), {"gcnArchName": gcn})()
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    dev = torch.device("cuda", 0)
+    assert device_target_family(dev) == family
+
+    def pick(x):  # the launchers read the family while the fused step is being traced
+        return x * (2.0 if device_target_family(dev) == "rdna3" else 3.0)
+
+    torch._dynamo.reset()
+    out = torch.compile(pick, fullgraph=True, backend="eager")(torch.ones(2))
+    assert out.tolist() == ([2.0, 2.0] if family == "rdna3" else [3.0, 3.0])

@@ -72,7 +72,7 @@ FLAG_CASES = [
     (["--seed", "-1"], "--seed"),
     (["--canvas", "0"], "--canvas"),
     (["--canvas", "31"], "--canvas"),
-    (["--probe-min-differ", "2"], "--probe-min-differ"),
+    (["--probe-min-differ", "-0.5"], "--probe-min-differ"),
     (["--probe-min-tv", "-1"], "--probe-min-tv"),
     (["--compile", "maybe"], "--compile"),
     (["--dtype", "fp8"], "--dtype"),
@@ -175,7 +175,7 @@ def test_resume_from_a_different_preset_names_the_field(run_dir, tmp_path, capsy
             "--canvas", "8", "--quiet"]  # fmt: skip
     assert cli_main(argv) == 2
     line = _one_line(capsys)
-    assert "--hidden-size 64" in line and "model.hidden_size = 32" in line
+    assert "--preset smoke" in line and "model.hidden_size = 32" in line
     assert {p.name: p.read_bytes() for p in [*ckpt.list_checkpoints(run), run / "config.json",
                                              run / "metrics.jsonl"]} == before  # fmt: skip
 
@@ -230,7 +230,7 @@ def test_resume_with_broken_config_json(content, run_dir, tmp_path, capsys):
         (["probe", "{run}", "--pairs", "0"], "--pairs"),
         (["probe", "{run}", "--pairs", "-3"], "--pairs"),
         (["probe", "{run}", "--min-differ", "nan"], "--min-differ"),
-        (["probe", "{run}", "--min-tv", "2"], "--min-tv"),
+        (["probe", "{run}", "--min-tv", "-2"], "--min-tv"),
         (["probe", "{run}", "--seed", "-1"], "--seed"),
         (["convert", "{tmp}/missing.pt", "--out", "{tmp}/c"], "missing.pt"),
         (["params", "--puzzle-ids", "-1"], "--puzzle-ids"),

@@ -347,3 +347,83 @@ def test_sampler_compiles_fullgraph(dataset):
     assert torch.equal(out["inputs"], again["inputs"])
     assert out["inputs"].shape == (16, 49) and out["labels"].dtype == torch.int32
     assert not (out["labels"] == 0).any() and (out["inputs"] >= 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# ARC-AGI-2, the ARC Prize / Kaggle format, mixed sources
+# ---------------------------------------------------------------------------------------------
+
+
+def test_arcagi2_loads_1000_120():
+    train = load_tasks("arcagi2", "training")
+    evals = load_tasks("arcagi2", "evaluation")
+    assert len(train) == 1000 and len(evals) == 120
+    assert not {t.id for t in train} & {t.id for t in evals}
+
+
+def _write_kaggle(root: Path, name: str, tasks: dict, solutions: dict | None = None):
+    """``{name}_challenges.json`` (test outputs removed) + ``{name}_solutions.json``."""
+    root.mkdir(parents=True, exist_ok=True)
+    challenges = {
+        tid: {"train": t["train"], "test": [{"input": p["input"]} for p in t["test"]]}
+        for tid, t in tasks.items()
+    }
+    if solutions is None:
+        solutions = {tid: [p["output"] for p in t["test"]] for tid, t in tasks.items()}
+    (root / f"{name}_challenges.json").write_text(json.dumps(challenges))
+    (root / f"{name}_solutions.json").write_text(json.dumps(solutions))
+    return root / f"{name}_challenges.json"
+
+
+def test_kaggle_format_file_and_directory(tmp_path):
+    raw = {f"k{t}": _task(n_test=2, seed=t) for t in range(3)}
+    path = _write_kaggle(tmp_path / "kaggle", "arc-agi_concept", raw)
+    tasks = load_tasks(path, "training")
+    assert [t.id for t in tasks] == ["k0", "k1", "k2"]
+    for task in tasks:
+        want = raw[task.id]
+        assert len(task.train_pairs) == 2 and len(task.test_pairs) == 2
+        for (a, b), w in zip(task.test_pairs, want["test"], strict=True):  # outputs from solutions
+            np.testing.assert_array_equal(a, w["input"])
+            np.testing.assert_array_equal(b, w["output"])
+    # A directory of challenges/solutions files: every file's tasks.
+    _write_kaggle(tmp_path / "kaggle", "other", {"z9": _task(seed=9)})
+    assert [t.id for t in load_tasks(tmp_path / "kaggle", "training")] == ["k0", "k1", "k2", "z9"]
+
+
+@pytest.mark.parametrize(
+    "solutions, needles",
+    [
+        ({"k0": [[[1]]]}, ["_solutions.json", "no solutions for task k1"]),
+        ({"k0": [[[1]]], "k1": []}, ["task k1: 0 test outputs for 1 test inputs"]),
+        ({"k0": [[[1]]], "k1": [[[1, 12]]]}, ["task k1", "test[0].output[0][1]", "12"]),
+    ],
+)
+def test_kaggle_format_errors_are_one_line(tmp_path, solutions, needles):
+    path = _write_kaggle(tmp_path, "x", {"k0": _task(seed=0), "k1": _task(seed=1)}, solutions)
+    with pytest.raises(DataError) as err:
+        load_tasks(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_kaggle_format_needs_solutions_file(tmp_path):
+    path = _write_kaggle(tmp_path, "x", {"k0": _task()})
+    (tmp_path / "x_solutions.json").unlink()
+    with pytest.raises(DataError, match=r"x_challenges\.json: no x_solutions\.json beside it"):
+        load_tasks(path)
+
+
+def test_mixed_sources(tmp_path):
+    a = _write_dir(tmp_path / "a", 2)
+    b = _write_kaggle(tmp_path / "b", "c", {"k0": _task(seed=5)})
+    tasks = load_tasks(f"{a},{b}", "training")
+    assert [t.id for t in tasks] == ["task000", "task001", "k0"]
+    with pytest.raises(DataError, match="task task000 is also in"):
+        load_tasks(f"{a},{a}", "training")
+    # Mixing a built-in set: its evaluation split is the held-out one.
+    cfg = DataConfig(source=f"arcagi,{b}", max_tasks=0, n_aug=2, include_eval_demos=False)
+    ds = ArcDataset.build(cfg, seed=0)
+    assert ds.num_tasks == 401 and ds.task_ids[-1] == "k0" and len(ds.eval_task_ids) == 400

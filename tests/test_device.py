@@ -100,3 +100,13 @@ def test_mps_reference_steps_train(debug_cfg):
         assert all(math.isfinite(metrics[k]) for k in METRIC_KEYS), metrics
     after = [p.detach().cpu() for p in trainer.params]
     assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_data_parallel_refuses_mps(monkeypatch):
+    from hrm_fast import distributed
+
+    _machine(monkeypatch, cuda=False, mps=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match=r"^--device mps: data-parallel training"):
+        distributed.setup("auto")

@@ -240,8 +240,6 @@ def test_train_resume_is_bit_exact(straight_two_nodes, tmp_path):
             "-m",
             "hrm_fast",
             "train",
-            "--preset",
-            "debug",
             "--out",
             str(split),
             "--resume",
@@ -327,8 +325,9 @@ def test_sigterm_one_rank_then_kill_one_rank_then_resume(tiny_tasks, tmp_path):
     _wait_for(lambda: last_step(out) > step, "training to go on after the resume")
     os.kill(_rank_pids(p.pid)[1], signal.SIGKILL)
     t0 = time.monotonic()
-    p.communicate(timeout=TIMEOUT)
+    _, err = p.communicate(timeout=TIMEOUT)
     assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "hrm-fast: rank 0: lost contact with another rank" in err, err[-3000:]
     assert ckpt.list_checkpoints(out) == [saved] and ckpt.load(saved)["step"] == step
 
     # --resume finishes the run.
@@ -353,8 +352,8 @@ def test_failed_probe_stops_every_rank_with_exit_3(tiny_tasks, tmp_path):
         str(tiny_tasks),
         "--out",
         str(tmp_path / "run"),
-        "--probe-min-differ",
-        "1.01",
+        "--probe-min-tv",
+        "1",
     ]
     procs = [
         subprocess.Popen(

@@ -9,12 +9,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hrm_fast.config import LossConfig
-from hrm_fast.loss import IGNORE, arc_loss_ref, penalties_from_histograms
+from hrm_fast.loss import IGNORE, arc_loss_ref, arc_loss_stats_ref, penalties_from_histograms
 
 L2, L3 = math.log(2), math.log(3)
-NO_PEN = LossConfig(w_div=0.0, w_dist=0.0, w_halt=0.0)
+# div_temperature 1: the diversity term's sharpened histogram q equals the softmax one, p.
+NO_PEN = LossConfig(w_div=0.0, w_dist=0.0, w_halt=0.0, div_temperature=1.0)
 
 
 def sig(x):
@@ -87,44 +89,96 @@ def test_distribution_kl():
     # p_b = [5/8, 3/8], y_b = [1, 0]: KL = 1 * (ln 1 - ln 5/8) = ln 8/5.
     _, m = run([[[L3, 0], [0, 0]]], [[0, 0]])
     assert m["distribution"] == pytest.approx(math.log(8 / 5), abs=1e-12)
-    assert m["diversity"] == pytest.approx(0.0, abs=1e-12)  # H(y) = 0 < H(p); B = 1 -> S = 0
+    # Diversity at T = 1: the same KL per example over log C (B = 1: no spread term).
+    assert m["diversity"] == pytest.approx(math.log(8 / 5) / L2, abs=1e-12)
 
 
-def test_diversity_entropy_term():
-    # Labels [0, 1] -> y = [1/2, 1/2], H(y) = ln 2. Both tokens predict [3/4, 1/4].
+def test_diversity_cover_term():
+    # Labels [0, 1] -> y = [1/2, 1/2]. Both tokens predict [3/4, 1/4]: KL(y || q) / ln 2.
     _, m = run([[[L3, 0], [L3, 0]]], [[0, 1]])
-    h_p = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    assert m["diversity"] == pytest.approx((L2 - h_p) / L2, abs=1e-12)
+    kl = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert m["diversity"] == pytest.approx(kl / L2, abs=1e-12)
+    assert m["distribution"] == pytest.approx(kl, abs=1e-12)
+
+
+def test_diversity_uses_sharpened_histogram():
+    # T = 1/2: softmax([ln 3, 0] / T) = [9/10, 1/10]; the distribution term keeps p = [3/4, 1/4].
+    cfg = LossConfig(w_div=0.0, w_dist=0.0, w_halt=0.0, div_temperature=0.5)
+    _, m = run([[[L3, 0], [L3, 0]]], [[0, 1]], cfg=cfg)
+    assert m["diversity"] == pytest.approx(
+        (0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)) / L2, abs=1e-12
+    )
     kl = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
     assert m["distribution"] == pytest.approx(kl, abs=1e-12)
 
 
 def test_diversity_spread_identical_predictions_is_positive():
     # Two inputs, same prediction [3/4, 1/4] everywhere; labels all 0 vs all 1.
-    # y-bar = [1/2, 1/2], S_y = 1/2 (each example is 1/2 away in half-L1), S_p = 0.
-    # Entropy terms: H(y_b) = 0 -> relu(.) = 0. diversity = 1/2.
+    # y-bar = [1/2, 1/2], S_y = 1/2 (each example is 1/2 away in half-L1), S_q = 0.
+    # Cover: KL = ln 4/3 and ln 4 over ln 2, averaged. diversity = that + 1/2.
     _, m = run([[[L3, 0], [L3, 0]], [[L3, 0], [L3, 0]]], [[0, 0], [1, 1]])
-    assert m["diversity"] == pytest.approx(0.5, abs=1e-12)
+    cover = (math.log(4 / 3) + math.log(4)) / 2 / L2
+    assert m["diversity"] == pytest.approx(cover + 0.5, abs=1e-12)
 
 
 def test_diversity_spread_matching_labels_is_zero():
     # Labels: ex0 [0, 1] -> y0 = [1/2, 1/2]; ex1 [0, 0] -> y1 = [1, 0]. y-bar = [3/4, 1/4],
-    # S_y = 1/2 (1/4 + 1/4) = 1/4. Predictions: ex0 [1/4, 3/4], ex1 [3/4, 1/4] -> p-bar
-    # = [1/2, 1/2], S_p = 1/4 too: spread term 0. Entropy: ex0 (ln2 - H(3/4,1/4)) / ln 2, ex1 0.
+    # S_y = 1/2 (1/4 + 1/4) = 1/4. Predictions: ex0 [1/4, 3/4], ex1 [3/4, 1/4] -> q-bar
+    # = [1/2, 1/2], S_q = 1/4 too: spread term 0. Cover: ex0 KL([1/2,1/2] || [1/4,3/4]),
+    # ex1 KL([1, 0] || [3/4, 1/4]) = ln 4/3.
     _, m = run([[[0, L3], [0, L3]], [[L3, 0], [L3, 0]]], [[0, 1], [0, 0]])
-    h_p = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    assert m["diversity"] == pytest.approx((L2 - h_p) / L2 / 2, abs=1e-12)
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert m["diversity"] == pytest.approx((kl0 + math.log(4 / 3)) / 2 / L2, abs=1e-12)
     # KL(y-bar || p-bar) = 3/4 ln(3/2) + 1/4 ln(1/2)
     assert m["distribution"] == pytest.approx(
         0.75 * math.log(1.5) + 0.25 * math.log(0.5), abs=1e-12
     )
 
 
+def _collapsed(margin, labels, V=12, colour=2):
+    """Logits that predict ``colour`` at every position, ``margin`` above every other class."""
+    x = torch.zeros(labels.shape + (V,), dtype=torch.float64)
+    x[..., colour] = margin
+    return x
+
+
+def test_diversity_rises_with_margin_of_collapsed_prediction():
+    # The issue's case: B = 8, labels of many colours, argmax the same colour everywhere. The
+    # term must grow as the collapsed prediction gets more confident (margin 0.2 -> 1.0);
+    # the old soft-histogram entropy hinge stayed flat here.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(2, 12, (8, 60), generator=g, dtype=torch.int32)
+    cfg = LossConfig()  # the shipped temperature
+    divs = []
+    for margin in [0.2 + 0.1 * i for i in range(9)]:
+        stats = arc_loss_stats_ref(_collapsed(margin, labels), labels, False, cfg.div_temperature)
+        div, _ = penalties_from_histograms(stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid)
+        divs.append(float(div))
+    steps = [b - a for a, b in zip(divs, divs[1:], strict=False)]
+    assert min(steps) > 1e-3, divs
+    assert divs[-1] > 1.5 * divs[0], divs
+
+
+def test_diversity_ignores_confident_correct_predictions_of_many_colours():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(1, 12, (8, 60), generator=g, dtype=torch.int32)
+    labels[:, :5] = IGNORE
+    x = 8.0 * F.one_hot(labels.clamp_min(0).long(), 12).double()
+    stats = arc_loss_stats_ref(x, labels, False, LossConfig().div_temperature)
+    div, _ = penalties_from_histograms(stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid)
+    assert float(div) < 1e-6
+    # ... while the same labels with one colour predicted everywhere at margin 8 cost a lot.
+    stats = arc_loss_stats_ref(_collapsed(8.0, labels), labels, False, 0.25)
+    div_c, _ = penalties_from_histograms(stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid)
+    assert float(div_c) > 1.0
+
+
 def test_empty_example_excluded_from_histogram_means():
     # Same as the spread-positive case plus an all-ignored third example: unchanged penalties.
     logits = [[[L3, 0], [L3, 0]], [[L3, 0], [L3, 0]], [[9, 0], [0, 9]]]
     _, m = run(logits, [[0, 0], [1, 1], [IGNORE, IGNORE]])
-    assert m["diversity"] == pytest.approx(0.5, abs=1e-12)
+    cover = (math.log(4 / 3) + math.log(4)) / 2 / L2
+    assert m["diversity"] == pytest.approx(cover + 0.5, abs=1e-12)
     # y-bar = [1/2, 1/2], p-bar = [3/4, 1/4]
     kl = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
     assert m["distribution"] == pytest.approx(kl, abs=1e-12)
@@ -220,7 +274,7 @@ def test_gradient_finite_and_compile_matches(ce):
         assert float(m_c[k]) == pytest.approx(float(m[k]), rel=1e-5, abs=1e-6), k
 
 
-def test_penalties_differentiable_wrt_soft_histogram():
+def test_penalties_differentiable_wrt_soft_histograms():
     torch.manual_seed(2)
     B, C = 4, 5
     n = torch.tensor([7, 3, 0, 5], dtype=torch.int32)
@@ -229,13 +283,15 @@ def test_penalties_differentiable_wrt_soft_histogram():
         [[3, 0, 2, 1, 1], [0, 1, 1, 1, 0], [0] * 5, [1, 1, 1, 1, 1]], dtype=torch.int32
     )
     p = torch.softmax(torch.randn(B, C, dtype=torch.float64), -1) * n.double().unsqueeze(-1)
+    q = torch.softmax(torch.randn(B, C, dtype=torch.float64), -1) * n.double().unsqueeze(-1)
     p.requires_grad_()
+    q.requires_grad_()
 
-    def f(p):
-        div, dist = penalties_from_histograms(p, y, n)
+    def f(p, q):
+        div, dist = penalties_from_histograms(p, q, y, n)
         return div + 2 * dist
 
-    assert torch.autograd.gradcheck(f, (p,))
+    assert torch.autograd.gradcheck(f, (p, q))
 
 
 def test_unknown_ce_rejected():

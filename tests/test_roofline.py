@@ -43,7 +43,7 @@ def _counted_step_flops(cfg) -> tuple[int, dict]:
     return fc.get_total_flops(), by_op
 
 
-@pytest.mark.parametrize("variant", ["debug", "no_target_q", "wide"])
+@pytest.mark.parametrize("variant", ["debug", "no_target_q", "wide", "trm", "trm_mlp_t"])
 def test_flops_match_flop_counter(debug_cfg, variant):
     cfg = debug_cfg
     if variant == "no_target_q":  # halt_max_steps 1: no target-Q forward
@@ -54,9 +54,14 @@ def test_flops_match_flop_counter(debug_cfg, variant):
         cfg.model.H_cycles, cfg.model.L_cycles = 3, 2
         cfg.model.puzzle_emb_ndim = 40  # 1 puzzle token, zero-padded to hidden
         cfg.train.batch_size = 5
+    if variant.startswith("trm"):  # one network applied T(n+1) times, backward through n+1
+        m = cfg.model
+        m.arch, m.H_layers, m.L_layers, m.H_cycles, m.L_cycles = "trm", 0, 2, 2, 3
+        m.puzzle_emb_tokens, m.mlp_t = 2, variant == "trm_mlp_t"
     counted, by_op = _counted_step_flops(cfg)
     predicted = roofline.step_flops(cfg)
-    assert any("flash_attention_for_cpu" in k for k in by_op), by_op  # attention was counted
+    if not cfg.model.mlp_t:  # attention was counted
+        assert any("flash_attention_for_cpu" in k for k in by_op), by_op
     # torch's SDPA backward formula includes the flash recompute of QK^T, which our model
     # FLOPs (the total) leave out by convention; add it back explicitly.
     want = predicted["total"] + predicted["attention_recompute"]
@@ -86,6 +91,23 @@ def test_network_params_match_model():
         cfg = from_name(name)
         model = HRM(cfg.model, cfg.seq_len, 3, 2)
         assert roofline.network_params(cfg) == count_parameters(model)["network"], name
+    from hrm_fast.arch import build_model
+
+    for name, mlp_t in (("trm-smoke", False), ("trm-smoke", True), ("trm-arc1", False)):
+        cfg = from_name(name)
+        cfg.model.mlp_t = mlp_t
+        model = build_model(cfg.model, cfg.seq_len, 3, 2)
+        assert roofline.network_params(cfg) == count_parameters(model)["network"], (name, mlp_t)
+
+
+def test_trm_backward_spans_the_last_cycle():
+    cfg = from_name("trm-arc1")
+    f = roofline.step_flops(cfg)
+    layer = sum(roofline.layer_flops(cfg).values())
+    T, n, L = cfg.model.H_cycles, cfg.model.L_cycles, cfg.model.L_layers
+    heads = f["forward"] - T * (n + 1) * L * layer
+    assert f["target_q_forward"] == 0
+    assert f["backward"] == pytest.approx(2 * ((n + 1) * L * layer + heads))
 
 
 def test_ceilings_scale_with_batch():

@@ -13,7 +13,8 @@ from test_rms_norm import aot_resource_usage
 pytestmark = pytest.mark.interpret
 
 # (leading shape, I): rows 1, 37, 130 (= 2 x 65); I = the seed's 768 plus odd widths.
-SHAPES = [((1,), 80), ((37,), 300), ((2, 65), 768), ((37,), 80)]
+# TRM at ARC (fp32 only): I = 1536 (hidden 512) and its mlp_t sequence-axis width 2560 (S = 916).
+SHAPES = [((1,), 80), ((37,), 300), ((2, 65), 768), ((37,), 80), ((3,), 1536), ((2,), 2560)]
 
 
 def _inputs(lead, I, dtype, seed):

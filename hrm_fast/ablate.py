@@ -1,0 +1,352 @@
+"""``hrm-fast ablate``: do the loss penalties and the probe do their job? (docs/safeguards.md)
+
+Trains one short run per (variant, seed) with the preset's model and data and the loss weights
+the variant names, probes input sensitivity at fixed steps, and writes ``DIR/ablation.json``
+(one row per variant x seed x probe point), ``DIR/ablation.png`` (the curves) and a table.
+
+Variants: ``all`` (the preset's weights), ``none`` (no penalties), ``div`` / ``dist`` / ``halt``
+(that penalty alone, at the preset's weight), and the control ``shuffled``: every penalty on,
+but each example's input is swapped with another example's, so the labels cannot be predicted
+from the input and a healthy learner becomes input-invariant. At the last probe point of every
+run two more invariant controls are probed on copies of the model: ``zero_head`` (output head
+zeroed) and ``zero_embed`` (token embeddings zeroed).
+
+The JSON is rewritten atomically after every run, and a rerun with the same settings skips the
+runs it already holds, so an interrupted sweep loses at most the run in flight.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hrm_fast.config import RunConfig
+from hrm_fast.errors import UserError
+
+VARIANTS = ("all", "none", "div", "dist", "halt", "shuffled")
+ROW_KEYS = ("variant", "seed", "step", "unique_classes", "probe_differ", "probe_tv",
+            "probe_passed", "lm_loss", "train_exact", "accuracy", "diversity")  # fmt: skip
+
+
+def variant_config(base: RunConfig, variant: str, seed: int, steps: int) -> RunConfig:
+    cfg = copy.deepcopy(base)
+    lw = cfg.loss
+    weights = {"div": lw.w_div, "dist": lw.w_dist, "halt": lw.w_halt}
+    if variant in ("div", "dist", "halt"):
+        lw.w_div, lw.w_dist, lw.w_halt = (weights[k] if k == variant else 0.0 for k in weights)
+    elif variant == "none":
+        lw.w_div = lw.w_dist = lw.w_halt = 0.0
+    elif variant not in ("all", "shuffled"):
+        raise UserError(
+            f"--variants: unknown variant {variant!r}; choose from " + ", ".join(VARIANTS)
+        )
+    cfg.train.seed = seed
+    cfg.train.steps = steps
+    return cfg
+
+
+def _shuffle_inputs(sampler) -> None:
+    """Make the sampler pair each example's labels with another example's input."""
+    sample = sampler.sample
+
+    def shuffled(batch_size: int):
+        batch = sample(batch_size)
+        perm = torch.roll(torch.arange(batch_size, device=batch["inputs"].device), 1)
+        return {**batch, "inputs": batch["inputs"][perm]}
+
+    sampler.sample = shuffled
+
+
+def _probe(trainer, model=None):
+    from hrm_fast.probe import run_probe
+
+    if model is None:
+        return trainer.probe()
+    t = trainer.cfg.train
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed + trainer.step_count)
+        return run_probe(model, trainer.sampler, t.probe_pairs, t.probe_min_differ,
+                         t.probe_min_tv, generator_seed=t.seed)  # fmt: skip
+
+
+def _controls(trainer) -> dict[str, object]:
+    """Input-invariant copies of the trained model."""
+    out = {}
+    head = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        head.inner.lm_head.weight.zero_()
+    out["zero_head"] = head
+    emb = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        emb.inner.embed_tokens.embedding_weight.zero_()
+    out["zero_embed"] = emb
+    return out
+
+
+def run_one(cfg: RunConfig, variant: str, probe_every: int, on_step=None) -> tuple[list, list]:
+    """Train one variant; returns (rows, control rows)."""
+    from hrm_fast.train import Trainer
+
+    trainer = Trainer(cfg, quiet=True)
+    if variant == "shuffled":
+        _shuffle_inputs(trainer.sampler)
+    seed, steps = cfg.train.seed, cfg.train.steps
+    rows, controls = [], []
+
+    def record(step: int, m: dict | None) -> None:
+        r = _probe(trainer)
+        nan = float("nan")
+        m = m or {}
+        rows.append({
+            "variant": variant, "seed": seed, "step": step,
+            "unique_classes": m.get("unique_classes", nan), "probe_differ": r.frac_differ,
+            "probe_tv": r.mean_tv, "probe_passed": r.passed, "lm_loss": m.get("lm_loss", nan),
+            "train_exact": m.get("exact_accuracy", nan), "accuracy": m.get("accuracy", nan),
+            "diversity": m.get("diversity", nan),
+        })  # fmt: skip
+
+    record(0, None)
+    while trainer.step_count < steps:
+        trainer.step()
+        if on_step is not None:
+            on_step()
+        if trainer.step_count % probe_every == 0 or trainer.step_count == steps:
+            record(trainer.step_count, trainer.read_metrics())
+    for name, model in _controls(trainer).items():
+        r = _probe(trainer, model)
+        controls.append({"control": name, "variant": variant, "seed": seed, "step": steps,
+                         "probe_differ": r.frac_differ, "probe_tv": r.mean_tv,
+                         "probe_passed": r.passed})  # fmt: skip
+    return rows, controls
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    clean = {k: v for k, v in payload.items() if k not in ("rows", "controls")}
+    clean["rows"] = [{k: _json_safe(v) for k, v in r.items()} for r in payload["rows"]]
+    clean["controls"] = [{k: _json_safe(v) for k, v in r.items()} for r in payload["controls"]]
+    tmp.write_text(json.dumps(clean, indent=1))
+    os.replace(tmp, path)
+
+
+def summary_table(rows: list[dict], controls: list[dict]) -> str:
+    """Per variant, at the last step: mean (min..max over seeds) of each column."""
+    last = max((r["step"] for r in rows), default=0)
+    lines = ["variant   seeds  step  uniq (min..max)   differ (min..max)  tv (min..max)        "
+             "lm_loss  exact  probe pass"]  # fmt: skip
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v and r["step"] == last]
+        if not rs:
+            continue
+
+        def col(k, fmt, rs=rs):
+            xs = [r[k] for r in rs if r[k] is not None and math.isfinite(r[k])]
+            if not xs:
+                return "-"
+            lo, hi = fmt.format(min(xs)), fmt.format(max(xs))
+            return f"{fmt.format(statistics.mean(xs))} ({lo}..{hi})"
+
+        def mean(k, fmt, rs=rs):
+            xs = [r[k] for r in rs if r[k] is not None and math.isfinite(r[k])]
+            return fmt.format(statistics.mean(xs)) if xs else "-"
+
+        passed = sum(bool(r["probe_passed"]) for r in rs)
+        lines.append(
+            f"{v:9s} {len(rs):5d} {last:5d}  {col('unique_classes', '{:.1f}'):16s} "
+            f"{col('probe_differ', '{:.2f}'):18s} {col('probe_tv', '{:.3f}'):20s} "
+            f"{mean('lm_loss', '{:.3f}'):8s} {mean('train_exact', '{:.2f}'):6s} "
+            f"{passed}/{len(rs)}"
+        )
+    for name in dict.fromkeys(c["control"] for c in controls):
+        cs = [c for c in controls if c["control"] == name]
+        passed = sum(bool(c["probe_passed"]) for c in cs)
+        tv = max(c["probe_tv"] for c in cs)
+        dif = max(c["probe_differ"] for c in cs)
+        lines.append(f"{name:9s} {len(cs):5d} {last:5d}  (control)   max differ {dif:.2f}, "
+                     f"max tv {tv:.4f}, probe pass {passed}/{len(cs)}")  # fmt: skip
+    return "\n".join(lines)
+
+
+THRESHOLDS = {"probe_differ": (0.05, 0.1, 0.25, 0.5, 0.75),
+              "probe_tv": (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2)}  # fmt: skip
+
+
+def separation_table(rows: list[dict], controls: list[dict]) -> str:
+    """The probe as a classifier. Trained: every probe point of a non-shuffled variant (step 0
+    included: a fresh model must pass). Invariant: the zeroed controls and the shuffled
+    variant's last point. Per criterion and threshold: the fraction of trained points that
+    pass it and of invariant points that fail it."""
+    last = max((r["step"] for r in rows), default=0)
+    trained = [r for r in rows if r["variant"] != "shuffled"]
+    invariant = list(controls) + [
+        r for r in rows if r["variant"] == "shuffled" and r["step"] == last
+    ]
+    if not trained or not invariant:
+        return ""
+    lines = [f"probe separation: {len(trained)} trained-model points, {len(invariant)} invariant",
+             "criterion      threshold  trained pass  invariant fail"]  # fmt: skip
+    for key, ths in THRESHOLDS.items():
+        for th in ths:
+            ok = sum(r[key] >= th for r in trained) / len(trained)
+            caught = sum(r[key] < th for r in invariant) / len(invariant)
+            lines.append(f"{key:14s} {th:9g}  {ok:12.2f}  {caught:14.2f}")
+        lo = min(r[key] for r in trained)
+        hi = max(r[key] for r in invariant)
+        lines.append(f"{key:14s} lowest trained {lo:.4g}, highest invariant {hi:.4g}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("unique_classes", "unique argmax classes"), ("probe_differ", "probe: grids differ"),
+              ("probe_tv", "probe: mean TV"), ("lm_loss", "lm loss")]  # fmt: skip
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, v in enumerate(variants):
+            steps = sorted({r["step"] for r in rows if r["variant"] == v})
+            mean, lo, hi, xs = [], [], [], []
+            for s in steps:
+                vals = [r[key] for r in rows if r["variant"] == v and r["step"] == s]
+                vals = [x for x in vals if x is not None and math.isfinite(x)]
+                if vals:
+                    xs.append(s)
+                    mean.append(statistics.mean(vals))
+                    lo.append(min(vals))
+                    hi.append(max(vals))
+            colour = f"C{i}"
+            ax.plot(xs, mean, label=v, color=colour)
+            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("hrm-fast ablate: mean over seeds, band = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _comparable(value, other=None):
+    """A config dict restricted to the fields both sides know (a field added by a later
+    version of hrm-fast, at its default, does not make two runs different)."""
+    if not isinstance(value, dict):
+        return value
+    keys = value.keys() if not isinstance(other, dict) else value.keys() & other.keys()
+    return {k: _comparable(value[k], other.get(k) if isinstance(other, dict) else None)
+            for k in keys}  # fmt: skip
+
+
+def _load(path: Path, settings: dict) -> dict:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if any(_comparable(old.get(k)) != _comparable(settings[k], old.get(k)) for k in settings):
+        raise UserError(f"{path}: holds an ablation with other settings (preset, steps, "
+                        "probe points or config)")  # fmt: skip
+    return old
+
+
+def ablate(
+    base: RunConfig,
+    preset: str,
+    steps: int,
+    seeds: int,
+    out: str | Path,
+    variants: list[str],
+    probe_every: int,
+    threads: int = 1,
+    quiet: bool = False,
+    merge: list[str] | None = None,
+    first_seed: int = 0,
+) -> int:
+    """Run (or resume) the ablation; ``merge``: other DIRs whose finished runs to take over
+    (same settings), so a sweep split over several processes ends in one table and plot."""
+    # fmt: skip
+    from hrm_fast.train import Progress
+
+    if steps < 1 or seeds < 1 or probe_every < 1:
+        raise UserError("--steps, --seeds and --probe-every must be >= 1")
+    for v in variants:
+        if v not in VARIANTS:
+            raise UserError(f"--variants: unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "ablation.json"
+    settings = {"preset": preset, "steps": steps, "probe_every": probe_every,
+                "config": base.to_dict()}  # fmt: skip
+    payload = {**settings, "rows": [], "controls": [], "runs_done": []}
+    if path.exists():
+        payload = _load(path, settings)
+    done = {(v, s) for v, s in payload["runs_done"]}
+    for other in merge or []:
+        theirs = _load(Path(other) / "ablation.json", settings)
+        for v, s in theirs["runs_done"]:
+            if (v, s) in done:
+                continue
+            done.add((v, s))
+            payload["runs_done"].append([v, s])
+            payload["rows"] += [r for r in theirs["rows"] if (r["variant"], r["seed"]) == (v, s)]
+            payload["controls"] += [
+                c for c in theirs["controls"] if (c["variant"], c["seed"]) == (v, s)
+            ]
+    if merge:
+        write_atomic(path, payload)
+    seed_list = range(first_seed, first_seed + seeds)
+    todo = [(v, s) for v in variants for s in seed_list if (v, s) not in done]
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if len(todo) < len(variants) * seeds:
+        log(f"hrm-fast: {path} holds {len(variants) * seeds - len(todo)} finished runs; "
+            f"{len(todo)} to go")  # fmt: skip
+    progress = Progress(len(todo) * steps, 0, quiet)
+    count = {"n": 0}
+    t0 = time.perf_counter()
+    for i, (v, s) in enumerate(todo):
+        cfg = variant_config(base, v, s, steps)
+
+        def tick(v=v, s=s, i=i):
+            count["n"] += 1
+            if count["n"] % 10 == 0:
+                progress.update(count["n"], f"run {i + 1}/{len(todo)}: {v} seed {s}")
+
+        rows, controls = run_one(cfg, v, probe_every, on_step=tick)
+        payload["rows"] += rows
+        payload["controls"] += controls
+        payload["runs_done"].append([v, s])
+        write_atomic(path, payload)
+        last = rows[-1]
+        progress.close()
+        log(f"hrm-fast: {v} seed {s} done: uniq {last['unique_classes']:.1f} "
+            f"differ {last['probe_differ']:.2f} tv {last['probe_tv']:.4f} "
+            f"lm_loss {last['lm_loss']:.3f}")  # fmt: skip
+    progress.close()
+    payload = json.loads(path.read_text())
+    rows = [r for r in payload["rows"] if r["variant"] in variants]
+    controls = [c for c in payload["controls"] if c["variant"] in variants]
+    plot(rows, out / "ablation.png")
+    print(summary_table(rows, controls))
+    sep = separation_table(rows, controls)
+    if sep:
+        print(sep)
+    log(f"hrm-fast: wrote {path} and {out / 'ablation.png'} in {time.perf_counter() - t0:.0f} s")
+    return 0

@@ -1,0 +1,128 @@
+"""The safeguards around a run: early warnings, the ablation harness, and the probe's default
+thresholds on healthy and input-invariant models (docs/safeguards.md)."""
+
+import json
+import math
+import types
+
+import torch
+
+from hrm_fast.cli import main as cli_main
+from hrm_fast.config import TrainConfig
+from hrm_fast.early_warning import CollapseWatch, probe_headroom
+from hrm_fast.train import Trainer, train
+
+
+def _report(differ, tv, step=0, passed=True):
+    return types.SimpleNamespace(frac_differ=differ, mean_tv=tv, min_differ=0.25, min_tv=0.01,
+                                 passed=passed, step=step)  # fmt: skip
+
+
+def test_low_unique_warns_after_consecutive_intervals_only():
+    w = CollapseWatch(unique_below=2.5, intervals=3, probe_shrink=0.5)
+    seq = [5.0, 2.0, 2.0, 4.0, 1.0, 1.2, 1.1, 1.0, 1.0, 1.0]
+    fired = [s for s, u in enumerate(seq) if w.on_log(s, u) is not None]
+    assert fired == [6, 9]  # the streak restarts after the healthy interval; repeats every 3
+    rec = CollapseWatch(2.5, 1, 0.5).on_log(7, 1.0)
+    assert rec["event"] == "warning" and rec["kind"] == "low_unique" and rec["step"] == 7
+
+
+def test_probe_margin_warning_when_headroom_halves():
+    assert probe_headroom(_report(0.5, 0.1)) == 2.0  # differ is the tighter criterion
+    w = CollapseWatch(2.5, 3, 0.5)
+    assert w.on_probe(_report(1.0, 0.3, 0)) is None  # the baseline
+    assert w.on_probe(_report(0.9, 0.2, 10)) is None  # 3.6x after 4x: not halved
+    rec = w.on_probe(_report(0.4, 0.2, 20))  # 1.6x after 3.6x
+    assert rec["kind"] == "probe_margin" and rec["step"] == 20
+    assert math.isclose(rec["headroom"], 1.6) and math.isclose(rec["previous_headroom"], 3.6)
+    assert w.on_probe(_report(0.0, 0.0, 30, passed=False)) is None  # a failure stops, not warns
+
+
+def test_train_writes_warning_records_and_says_so(debug_cfg, tmp_path, capsys, monkeypatch):
+    t = debug_cfg.train
+    t.steps, t.checkpoint_every, t.log_every = 6, 3, 1
+    t.warn_unique_below, t.warn_intervals = 100.0, 2  # every interval counts as "low"
+    t.probe_min_differ, t.probe_min_tv = 0.0, 1e-9  # the weakened model must still pass
+    real_step = Trainer.step
+
+    def weaken_after_4(self):
+        real_step(self)
+        if self.step_count == 4:  # almost erase the input: the probe's TV collapses
+            with torch.no_grad():
+                self.model.inner.embed_tokens.embedding_weight.mul_(1e-4)
+
+    monkeypatch.setattr(Trainer, "step", weaken_after_4)
+    assert train(debug_cfg, tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
+               if x]  # fmt: skip
+    warnings = [r for r in records if r["event"] == "warning"]
+    assert [r["step"] for r in warnings if r["kind"] == "low_unique"] == [2, 4, 6]
+    assert [r["step"] for r in warnings if r["kind"] == "probe_margin"] == [6]
+    assert "WARNING: argmax collapse?" in err
+    assert "WARNING at step 6: input sensitivity fading" in err
+
+
+def test_ablate_tiny_budget_writes_table_json_and_png(tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["ablate", "--preset", "debug", "--source", str(tiny_tasks), "--canvas", "8",
+            "--steps", "2", "--seeds", "1", "--variants", "all,none", "--probe-every", "1",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert cli_main(args) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("variant")
+    assert {line.split()[0] for line in table.splitlines()[1:]} == {
+        "all",
+        "none",
+        "zero_head",
+        "zero_embed",
+    }
+    d = json.loads((out / "ablation.json").read_text())
+    assert [(r["variant"], r["step"]) for r in d["rows"]] == [
+        (v, s) for v in ("all", "none") for s in (0, 1, 2)
+    ]
+    keys = {"variant", "seed", "step", "unique_classes", "probe_differ", "probe_tv", "lm_loss",
+            "train_exact"}  # fmt: skip
+    for r in d["rows"]:
+        assert keys <= set(r)
+        assert 0 <= r["probe_differ"] <= 1 and r["probe_tv"] >= 0
+        if r["step"] > 0:
+            assert r["unique_classes"] >= 1 and math.isfinite(r["lm_loss"])
+    # The variants really differ in their loss weights: "none" has no penalty gradient.
+    by = {(r["variant"], r["step"]): r for r in d["rows"]}
+    assert by[("all", 2)]["lm_loss"] != by[("none", 2)]["lm_loss"]
+    # Invariant controls always fail the probe.
+    assert d["controls"] and not any(c["probe_passed"] for c in d["controls"])
+    assert (out / "ablation.png").stat().st_size > 1000
+    # Rerun: nothing to redo, same rows.
+    assert cli_main(args) == 0
+    assert json.loads((out / "ablation.json").read_text())["rows"] == d["rows"]
+
+
+def test_ablate_bad_variant_is_one_line(tmp_path, capsys):
+    code = cli_main(["ablate", "--preset", "debug", "--variants", "all,bogus", "--out",
+                     str(tmp_path / "x")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bogus" in err
+
+
+def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg):
+    from hrm_fast.ablate import _controls, _probe, _shuffle_inputs
+
+    defaults = TrainConfig()
+    t = debug_cfg.train
+    t.probe_min_differ, t.probe_min_tv = defaults.probe_min_differ, defaults.probe_min_tv
+    t.probe_pairs, t.lr, t.warmup_steps = 8, 3e-3, 5
+    trainer = Trainer(debug_cfg, quiet=True)
+    for _ in range(40):
+        trainer.step()
+    assert trainer.probe().passed
+    for name, model in _controls(trainer).items():
+        report = _probe(trainer, model)
+        assert not report.passed, name
+        assert report.frac_differ == 0 and report.mean_tv < 1e-6, name
+    shuffled = Trainer(debug_cfg, quiet=True)
+    _shuffle_inputs(shuffled.sampler)
+    for _ in range(40):
+        shuffled.step()
+    assert shuffled.probe().mean_tv < trainer.probe().mean_tv
