@@ -50,7 +50,7 @@ from hrm_fast.config import PRESETS as CONFIG_PRESETS
 FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment")
 # Every GPU-sized preset in hrm_fast/config.py, so a new preset is compiled (and must have
 # aot_specs in every family) without editing this file; smoke and debug are CPU-sized.
-CPU_PRESETS = ("smoke", "debug", "trm-smoke")
+CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse")
 PRESETS = tuple(name for name in CONFIG_PRESETS if name not in CPU_PRESETS)
 DEFAULT_ARCHS = (80, 86, 89, 90)
 MMA_OPCODES = ("HGMMA", "HMMA", "IMMA", "QGMMA", "IGMMA", "DMMA")  # sm_90 WGMMA -> *GMMA
