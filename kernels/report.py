@@ -41,6 +41,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hrm_fast.kernels.aot import TARGET_FAMILIES, target_family
@@ -901,8 +902,18 @@ def run_report(archs=DEFAULT_ARCHS, presets=PRESETS, workers: int | None = None)
     }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, exit 2 (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    from hrm_fast.errors import UserError
+    from hrm_fast.files import prepare_dir, write_output
+
+    p = _OneLineParser(
         prog="hrm-fast kernels-report",
         description="Ahead-of-time compile every Triton kernel spec and report registers, "
         "spills, shared memory, MMA use and occupancy. Exits 1 on any failure.",
@@ -916,14 +927,26 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=None, help="compile processes (default min(2, cpus))"
     )
     args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        p.error(f"argument --workers: expected a whole number >= 1, got {args.workers}")
+    try:  # before minutes of compiling, not after
+        if args.json:
+            json_path = Path(args.json)
+            if json_path.is_dir():
+                raise UserError(f"--json {json_path}: is a directory, expected a file path")
+            prepare_dir(json_path.parent, "--json")
+    except UserError as e:
+        print(f"hrm-fast: {e}", file=sys.stderr)
+        return e.exit_code
 
     report = run_report(args.arch, args.preset, args.workers)
     print(format_table(report["rows"]))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+        try:
+            write_output(json_path, json.dumps(report, indent=2) + "\n")
+        except UserError as e:
+            print(f"hrm-fast: {e}", file=sys.stderr)
+            return e.exit_code
     n = sum(1 for r in report["rows"] if "regs" in r)
     if report["failures"]:
         print(f"\nkernels-report: {len(report['failures'])} failure(s):", file=sys.stderr)
@@ -932,7 +955,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\nkernels-report: {n} compiles OK, no spills ({report['wall_s']} s)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

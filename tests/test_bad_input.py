@@ -312,3 +312,19 @@ def test_subprocess_one_line(args, needle, tmp_path):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("hrm-fast") and needle in lines[0]
     assert not Path("/proc/x").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--arch", "sm_99"], "--arch"),
+        (["--bogus"], "--bogus"),
+        (["--workers", "0"], "--workers"),
+        (["--json", "/proc/no-such-dir/report.json"], "--json /proc/no-such-dir"),
+        (["--json", "."], "is a directory"),
+    ],
+)
+def test_kernels_report_bad_input_before_compiling(args, needle, capsys):
+    # Refused before any compile (which takes minutes): one line, exit 2.
+    assert _run(["kernels-report", *args]) == 2
+    assert needle in _one_line(capsys)
