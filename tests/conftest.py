@@ -89,3 +89,14 @@ def debug_cfg(tiny_tasks):
     cfg.data.source = str(tiny_tasks)
     cfg.data.canvas = 8
     return cfg
+
+
+@pytest.fixture
+def inductor_eager_random():
+    """Inductor draws random numbers with eager's generator, so a compiled step sees the same
+    batches and exploration draws as the eager one. ``config.patch``, not monkeypatch: undoing a
+    monkeypatch on inductor's config module deletes the option for every later test."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        yield

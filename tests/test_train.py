@@ -41,15 +41,12 @@ def test_different_seed_different_losses(debug_cfg):
     assert [m["loss"] for m in a] != [m["loss"] for m in b]
 
 
-def test_compiled_step_matches_reference(debug_cfg, monkeypatch):
+def test_compiled_step_matches_reference(debug_cfg, inductor_eager_random):
     """torch.compile (inductor, CPU) of the step gives the reference losses to fp32 tolerance.
 
-    Inductor draws random numbers with its own generator; ``fallback_random`` makes it use
-    eager's, so both runs see the same batches and exploration draws.
+    Inductor draws random numbers with eager's generator (``inductor_eager_random``), so both
+    runs see the same batches and exploration draws.
     """
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     _, ref = _losses(debug_cfg, 3)
     debug_cfg.train.compile = True
     _, comp = _losses(debug_cfg, 3)
@@ -141,16 +138,13 @@ DTYPE_TOL = {"fp32": dict(rel=1e-4, abs=1e-5), "bf16": dict(rel=3e-2, abs=3e-2)}
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("variant", list(CUDA_VARIANTS))
-def test_cuda_step_variants_match_reference(debug_cfg, monkeypatch, variant, dtype):
+def test_cuda_step_variants_match_reference(debug_cfg, inductor_eager_random, variant, dtype):
     """On a GPU (TRITON_INTERPRET=0): every fast-path combination gives the reference losses.
 
     Skipped on machines without one; ``scripts/gpu-check.sh`` runs it.
     """
     if INTERPRET or not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     debug_cfg.train.device, debug_cfg.train.dtype = "cuda", dtype
     debug_cfg.train.backend = "reference"
     _, ref = _losses(debug_cfg, 4)

@@ -259,10 +259,7 @@ def test_trm_step_is_one_graph(trm_cfg):
     loss.backward()
 
 
-def test_trm_compiled_step_matches_reference(trm_cfg, monkeypatch):
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
+def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
     _, ref = _losses(trm_cfg, 2)
     trm_cfg.train.compile = True
     _, comp = _losses(trm_cfg, 2)
