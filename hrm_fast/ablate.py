@@ -5,7 +5,9 @@ the variant names, probes input sensitivity at fixed steps, and writes ``DIR/abl
 (one row per variant x seed x probe point), ``DIR/ablation.png`` (the curves) and a table.
 
 Variants: ``all`` (the preset's weights), ``none`` (no penalties), ``div`` / ``dist`` / ``halt``
-(that penalty alone, at the preset's weight), and the control ``shuffled``: every penalty on,
+(that penalty alone, at the preset's weight), a weight point such as ``w_div=1.0`` (``all`` with
+that one weight changed, so a weight sweep shares one table, one plot and the same seeds), and
+the control ``shuffled``: every penalty on,
 but each example's input is swapped with another example's, so the labels cannot be predicted
 from the input and a healthy learner becomes input-invariant. At the last probe point of every
 run two more invariant controls are probed on copies of the model: ``zero_head`` (output head
@@ -36,18 +38,42 @@ ROW_KEYS = ("variant", "seed", "step", "unique_classes", "probe_differ", "probe_
             "probe_passed", "lm_loss", "train_exact", "accuracy", "diversity")  # fmt: skip
 
 
+WEIGHTS = ("w_div", "w_dist", "w_halt")
+
+
+def parse_weight_point(variant: str) -> tuple[str, float] | None:
+    """``"w_div=1.0"`` -> ``("w_div", 1.0)``; None for a named variant; UserError if malformed."""
+    if "=" not in variant:
+        return None
+    name, _, value = variant.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if name not in WEIGHTS or not (math.isfinite(weight) and weight >= 0):
+        raise UserError(f"--variants: {variant!r} is not a weight point; write e.g. w_div=1.0 "
+                        f"with one of {', '.join(WEIGHTS)} and a value >= 0")  # fmt: skip
+    return name, weight
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS and parse_weight_point(variant) is None:
+        raise UserError(f"--variants: unknown variant {variant!r}; choose from "
+                        f"{', '.join(VARIANTS)} or a weight point such as w_div=1.0")  # fmt: skip
+
+
 def variant_config(base: RunConfig, variant: str, seed: int, steps: int) -> RunConfig:
+    check_variant(variant)
     cfg = copy.deepcopy(base)
     lw = cfg.loss
     weights = {"div": lw.w_div, "dist": lw.w_dist, "halt": lw.w_halt}
-    if variant in ("div", "dist", "halt"):
+    point = parse_weight_point(variant)
+    if point is not None:
+        setattr(lw, point[0], point[1])
+    elif variant in ("div", "dist", "halt"):
         lw.w_div, lw.w_dist, lw.w_halt = (weights[k] if k == variant else 0.0 for k in weights)
     elif variant == "none":
         lw.w_div = lw.w_dist = lw.w_halt = 0.0
-    elif variant not in ("all", "shuffled"):
-        raise UserError(
-            f"--variants: unknown variant {variant!r}; choose from " + ", ".join(VARIANTS)
-        )
     cfg.train.seed = seed
     cfg.train.steps = steps
     return cfg
@@ -146,7 +172,7 @@ def write_atomic(path: Path, payload: dict) -> None:
 def summary_table(rows: list[dict], controls: list[dict]) -> str:
     """Per variant, at the last step: mean (min..max over seeds) of each column."""
     last = max((r["step"] for r in rows), default=0)
-    lines = ["variant   seeds  step  uniq (min..max)   differ (min..max)  tv (min..max)        "
+    lines = ["variant      seeds  step  uniq (min..max)   differ (min..max)  tv (min..max)        "
              "lm_loss  exact  probe pass"]  # fmt: skip
     for v in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == v and r["step"] == last]
@@ -166,7 +192,7 @@ def summary_table(rows: list[dict], controls: list[dict]) -> str:
 
         passed = sum(bool(r["probe_passed"]) for r in rs)
         lines.append(
-            f"{v:9s} {len(rs):5d} {last:5d}  {col('unique_classes', '{:.1f}'):16s} "
+            f"{v:12s} {len(rs):5d} {last:5d}  {col('unique_classes', '{:.1f}'):16s} "
             f"{col('probe_differ', '{:.2f}'):18s} {col('probe_tv', '{:.3f}'):20s} "
             f"{mean('lm_loss', '{:.3f}'):8s} {mean('train_exact', '{:.2f}'):6s} "
             f"{passed}/{len(rs)}"
@@ -176,8 +202,43 @@ def summary_table(rows: list[dict], controls: list[dict]) -> str:
         passed = sum(bool(c["probe_passed"]) for c in cs)
         tv = max(c["probe_tv"] for c in cs)
         dif = max(c["probe_differ"] for c in cs)
-        lines.append(f"{name:9s} {len(cs):5d} {last:5d}  (control)   max differ {dif:.2f}, "
+        lines.append(f"{name:12s} {len(cs):5d} {last:5d}  (control)   max differ {dif:.2f}, "
                      f"max tv {tv:.4f}, probe pass {passed}/{len(cs)}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict], baseline: str = "none") -> str:
+    """Each variant against ``baseline`` at the last step, seed by seed (a seed fixes the data
+    order and the initial weights, so the pair differs only in the loss weights): the mean
+    difference of each column and in how many seeds the variant has more unique classes."""
+    last = max((r["step"] for r in rows), default=0)
+    at_last = {(r["variant"], r["seed"]): r for r in rows if r["step"] == last}
+    base = {s: r for (v, s), r in at_last.items() if v == baseline}
+    if not base:
+        return ""
+    lines = [f"paired with {baseline!r} at step {last} (variant minus {baseline}, same seed)",
+             "variant        pairs  d_uniq (min..max)     more uniq  d_differ  d_tv     "
+             "d_lm_loss  d_pixel_acc"]  # fmt: skip
+
+    def diffs(pairs, key):
+        out = [a[key] - b[key] for a, b in pairs if a[key] is not None and b[key] is not None]
+        return [x for x in out if math.isfinite(x)]
+
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        pairs = [(r, base[s]) for (vv, s), r in at_last.items() if vv == v and s in base]
+        if v == baseline or not pairs:
+            continue
+        du = diffs(pairs, "unique_classes")
+        more = sum(x > 0 for x in du)
+
+        def m(key, pairs=pairs):
+            xs = diffs(pairs, key)
+            return f"{statistics.mean(xs):+.3f}" if xs else "-"
+
+        span = f"{statistics.mean(du):+.2f} ({min(du):+.2f}..{max(du):+.2f})" if du else "-"
+        lines.append(f"{v:14s} {len(pairs):5d}  {span:21s} {more:3d}/{len(du):<5d} "
+                     f"{m('probe_differ'):9s} {m('probe_tv'):8s} {m('lm_loss'):10s} "
+                     f"{m('accuracy')}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -286,8 +347,7 @@ def ablate(
     if steps < 1 or seeds < 1 or probe_every < 1:
         raise UserError("--steps, --seeds and --probe-every must be >= 1")
     for v in variants:
-        if v not in VARIANTS:
-            raise UserError(f"--variants: unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        check_variant(v)
     if threads > 0:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -345,6 +405,9 @@ def ablate(
     controls = [c for c in payload["controls"] if c["variant"] in variants]
     plot(rows, out / "ablation.png")
     print(summary_table(rows, controls))
+    paired = paired_table(rows)
+    if paired:
+        print(paired)
     sep = separation_table(rows, controls)
     if sep:
         print(sep)

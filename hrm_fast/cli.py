@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--first-seed", type=int, default=0, help="seeds are first .. first+N-1")
     ab.add_argument("--out", required=True, help="directory for ablation.json / ablation.png")
     ab.add_argument("--variants", default="all,none,div,dist,halt",
-                    help="comma list of all,none,div,dist,halt,shuffled")  # fmt: skip
+                    help="comma list of all,none,div,dist,halt,shuffled and weight points "
+                         "such as w_div=1.0 (all, with that weight changed)")  # fmt: skip
     ab.add_argument("--probe-every", type=int, default=None, help="default: steps / 4")
     ab.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
     ab.add_argument(

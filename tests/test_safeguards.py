@@ -126,3 +126,45 @@ def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg
     for _ in range(40):
         shuffled.step()
     assert shuffled.probe().mean_tv < trainer.probe().mean_tv
+
+
+def test_weight_point_variant_changes_one_weight_only():
+    from hrm_fast.ablate import variant_config
+    from hrm_fast.config import from_name
+
+    base = from_name("collapse")
+    cfg = variant_config(base, "w_div=1.5", seed=3, steps=7)
+    assert (cfg.loss.w_div, cfg.loss.w_dist, cfg.loss.w_halt) == (1.5, base.loss.w_dist,
+                                                                 base.loss.w_halt)  # fmt: skip
+    assert (cfg.train.seed, cfg.train.steps) == (3, 7)
+    assert base.loss.w_div != 1.5  # the base is not mutated
+    alone = variant_config(base, "dist", seed=0, steps=1).loss
+    assert (alone.w_div, alone.w_dist, alone.w_halt) == (0.0, base.loss.w_dist, 0.0)
+
+
+def test_ablate_malformed_weight_point_is_one_line(tmp_path, capsys):
+    for bad in ("w_div=-1", "w_div=abc", "w_foo=1", "w_div=nan"):
+        code = cli_main(["ablate", "--preset", "debug", "--variants", f"none,{bad}", "--out",
+                         str(tmp_path / "x")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and bad in err, bad
+
+
+def test_paired_table_differences_are_per_seed():
+    from hrm_fast.ablate import paired_table
+
+    def row(variant, seed, uniq, step=300):
+        return {"variant": variant, "seed": seed, "step": step, "unique_classes": uniq,
+                "probe_differ": 0.5, "probe_tv": 0.2, "lm_loss": 2.0, "accuracy": 0.3}  # fmt: skip
+
+    rows = [row("none", 0, 2.0), row("none", 1, 4.0), row("none", 2, 3.0),
+            row("w_div=1.0", 0, 3.0), row("w_div=1.0", 1, 4.5), row("w_div=1.0", 2, 2.5),
+            row("w_div=1.0", 0, 9.0, step=150),  # not the last step: ignored
+            row("halt", 5, 9.0)]  # fmt: skip
+    lines = paired_table(rows).splitlines()
+    assert lines[0].startswith("paired with 'none' at step 300")
+    w = next(line.split() for line in lines if line.startswith("w_div=1.0"))
+    # differences +1.0, +0.5, -0.5: mean +0.33, 2 of 3 seeds higher
+    assert w[1:5] == ["3", "+0.33", "(-0.50..+1.00)", "2/3"]
+    assert not any(line.startswith("halt") for line in lines)  # seed 5 has no baseline
+    assert paired_table([row("all", 0, 2.0)]) == ""  # no baseline in the table
