@@ -34,8 +34,10 @@ from hrm_fast.config import RunConfig
 from hrm_fast.errors import UserError
 
 VARIANTS = ("all", "none", "div", "dist", "halt", "shuffled")
-ROW_KEYS = ("variant", "seed", "step", "unique_classes", "probe_differ", "probe_tv",
-            "probe_passed", "lm_loss", "train_exact", "accuracy", "diversity")  # fmt: skip
+ROW_KEYS = (
+    "variant", "seed", "step", "unique_classes", "label_classes", "probe_differ", "probe_tv",
+    "probe_passed", "lm_loss", "train_exact", "accuracy", "diversity",
+)  # fmt: skip
 
 
 WEIGHTS = ("w_div", "w_dist", "w_halt")
@@ -133,7 +135,8 @@ def run_one(cfg: RunConfig, variant: str, probe_every: int, on_step=None) -> tup
         m = m or {}
         rows.append({
             "variant": variant, "seed": seed, "step": step,
-            "unique_classes": m.get("unique_classes", nan), "probe_differ": r.frac_differ,
+            "unique_classes": m.get("unique_classes", nan),
+            "label_classes": m.get("label_classes", nan), "probe_differ": r.frac_differ,
             "probe_tv": r.mean_tv, "probe_passed": r.passed, "lm_loss": m.get("lm_loss", nan),
             "train_exact": m.get("exact_accuracy", nan), "accuracy": m.get("accuracy", nan),
             "diversity": m.get("diversity", nan),
@@ -338,6 +341,7 @@ def ablate(
     quiet: bool = False,
     merge: list[str] | None = None,
     first_seed: int = 0,
+    baseline: str = "none",
 ) -> int:
     """Run (or resume) the ablation; ``merge``: other DIRs whose finished runs to take over
     (same settings), so a sweep split over several processes ends in one table and plot."""
@@ -348,6 +352,7 @@ def ablate(
         raise UserError("--steps, --seeds and --probe-every must be >= 1")
     for v in variants:
         check_variant(v)
+    check_variant(baseline)
     if threads > 0:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -405,7 +410,7 @@ def ablate(
     controls = [c for c in payload["controls"] if c["variant"] in variants]
     plot(rows, out / "ablation.png")
     print(summary_table(rows, controls))
-    paired = paired_table(rows)
+    paired = paired_table(rows, baseline)
     if paired:
         print(paired)
     sep = separation_table(rows, controls)

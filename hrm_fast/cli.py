@@ -227,7 +227,7 @@ def cmd_ablate(args) -> int:
     probe_every = args.probe_every or max(1, steps // 4)
     return ablate(cfg, args.preset, steps, args.seeds, args.out, variants, probe_every,
                   threads=args.threads, quiet=args.quiet, merge=args.merge,
-                  first_seed=args.first_seed)  # fmt: skip
+                  first_seed=args.first_seed, baseline=args.baseline)  # fmt: skip
 
 
 def cmd_report(args) -> int:
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="take over finished runs from other ablation DIRs (same settings)",
     )
+    ab.add_argument("--baseline", default="none",
+                    help="the variant the paired table compares each variant with")  # fmt: skip
     ab.add_argument("--quiet", action="store_true")
     _add_config_flags(ab)
     ab.set_defaults(func=cmd_ablate)

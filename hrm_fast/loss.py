@@ -209,6 +209,7 @@ def arc_loss_from_stats(
         stats.p_sum, stats.q_sum, stats.y_sum, stats.n_valid, batch_gather
     )
     a_sum = stats.a_sum if batch_gather is None else batch_gather(stats.a_sum)
+    y_sum = stats.y_sum if batch_gather is None else batch_gather(stats.y_sum)
 
     early = (steps < cfg.min_steps).to(dt)
     late = (steps >= halt_max_steps).to(dt)
@@ -236,6 +237,8 @@ def arc_loss_from_stats(
             "accuracy": (has * correct / n.clamp_min(1)).sum() / n_ex,
             "exact_accuracy": exact_f.sum() / n_ex,
             "unique_classes": (a_sum.sum(0) > 0).to(dt).sum(),
+            # The labels' own count: what unique_classes would be for a perfect prediction.
+            "label_classes": (y_sum.sum(0) > 0).to(dt).sum(),
             "q_halt_accuracy": (has * ((qh >= 0) == exact).to(dt)).sum() / n_ex,
             "correct": correct.sum(),
             "valid": n.sum(),

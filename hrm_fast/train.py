@@ -108,7 +108,7 @@ class SparseSignSGD:
 
 METRIC_KEYS = (
     "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
-    "accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy",
+    "accuracy", "exact_accuracy", "unique_classes", "label_classes", "q_halt_accuracy",
 )  # fmt: skip
 
 
@@ -684,7 +684,8 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                 progress.update(
                     step,
                     f"loss {m['loss']:.4f} acc {m['accuracy']:.3f} exact {m['exact_accuracy']:.3f}"
-                    f" uniq {m['unique_classes']:.1f} act {m['act_steps']:.2f}"
+                    f" uniq {m['unique_classes']:.1f}/{m['label_classes']:.1f}"
+                    f" act {m['act_steps']:.2f}"
                     + (f" | WARNING: {warning['message']}" if warning else ""),
                 )
                 if not math.isfinite(m["loss"]):

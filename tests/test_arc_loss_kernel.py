@@ -111,7 +111,14 @@ def test_fused_loss_and_dlogits(B, S, dtype, stablemax):
         g_tol = 2 * max_err(dx_e, dx64) + 1e-7
     assert_close(loss, loss64, atol=l_tol, rtol=1e-6, name="loss")
     assert_close(dx, dx64, atol=g_tol, rtol=1e-4, name="dlogits")
-    for k in ("accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy", "valid"):
+    for k in (
+        "accuracy",
+        "exact_accuracy",
+        "unique_classes",
+        "label_classes",
+        "q_halt_accuracy",
+        "valid",
+    ):
         assert_close(metrics[k], m64[k], atol=1e-6, rtol=0, name=k)
     if B > 1:
         assert dx[-1].abs().max() == 0  # all-ignored example gets no gradient

@@ -221,6 +221,7 @@ def test_metrics():
     assert m["accuracy"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["exact_accuracy"] == pytest.approx(1 / 2)
     assert m["unique_classes"] == 2.0
+    assert m["label_classes"] == 3.0  # labels 0, 1, 2; ignored positions do not count
     # ex0 exact & q >= 0: right; ex1 not exact & q >= 0: wrong; ex2 excluded.
     assert m["q_halt_accuracy"] == pytest.approx(1 / 2)
     assert m["correct"] == 3.0

@@ -70,9 +70,11 @@ def test_ablate_tiny_budget_writes_table_json_and_png(tiny_tasks, tmp_path, caps
             "--out", str(out), "--quiet"]  # fmt: skip
     assert cli_main(args) == 0
     table, separation = capsys.readouterr().out.split("probe separation:")
+    table, paired = table.split("paired with 'none'")
     assert table.splitlines()[0].startswith("variant")
     rows = {line.split()[0] for line in table.splitlines()[1:]}
     assert rows == {"all", "none", "zero_head", "zero_embed"}
+    assert [line.split()[:2] for line in paired.splitlines()[2:]] == [["all", "1"]]
     # The invariant controls are all caught at the default TV threshold.
     caught = [line.split() for line in separation.splitlines() if line.startswith("probe_tv")]
     assert ["probe_tv", "0.01", "1.00", "1.00"] in caught
@@ -80,13 +82,14 @@ def test_ablate_tiny_budget_writes_table_json_and_png(tiny_tasks, tmp_path, caps
     assert [(r["variant"], r["step"]) for r in d["rows"]] == [
         (v, s) for v in ("all", "none") for s in (0, 1, 2, 3)
     ]
-    keys = {"variant", "seed", "step", "unique_classes", "probe_differ", "probe_tv", "lm_loss",
-            "train_exact"}  # fmt: skip
+    keys = {"variant", "seed", "step", "unique_classes", "label_classes", "probe_differ",
+            "probe_tv", "lm_loss", "train_exact"}  # fmt: skip
     for r in d["rows"]:
         assert keys <= set(r)
         assert 0 <= r["probe_differ"] <= 1 and r["probe_tv"] >= 0
         if r["step"] > 0:
             assert r["unique_classes"] >= 1 and math.isfinite(r["lm_loss"])
+            assert 1 <= r["label_classes"] <= 12  # 10 colours, pad, EOS
     # The variants really differ in their loss weights: "none" has no penalty gradient (the
     # first update has lr 0 in warm-up, so step 3 is the first to show it).
     by = {(r["variant"], r["step"]): r for r in d["rows"]}
