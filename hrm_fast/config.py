@@ -84,13 +84,17 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 20
     steps: int = 200_000
+    # > 0: the run length in TRM/HRM's epochs, replacing `steps` once the data is loaded:
+    # steps = epochs * trainable pairs // batch_size (hrm_fast.train.steps_for_epochs).
+    epochs: int = 0
     lr: float = 1e-4
     lr_min_ratio: float = 0.1
     warmup_steps: int = 2000
     weight_decay: float = 0.1
+    optimizer: str = "adamw"  # "adamw" or "adam_atan2" (TRM's; hrm_fast/optim.py)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping (TRM's pretrain.py clips none)
     puzzle_emb_lr: float = 1e-2
     puzzle_emb_weight_decay: float = 0.1
     checkpoint_every: int = 10_000
@@ -274,8 +278,9 @@ def _collapse() -> RunConfig:
 def _trm_arc1() -> RunConfig:
     # TRM's README ARC-AGI-1 run (cfg_pretrain.yaml + arch/trm.yaml + its overrides): one
     # 2-layer network, T=3 cycles of n=4 latent updates, 16 puzzle-embedding positions,
-    # stablemax CE, constant lr after warm-up, EMA 0.999. ConceptARC (part of TRM's data) is not
-    # bundled: add it with --source (a directory of ARC Prize *_challenges.json files).
+    # stablemax CE, AdamATan2 (betas 0.9, 0.95) with no gradient clipping, constant lr after
+    # warm-up, EMA 0.999, 100000 epochs. ConceptARC (part of TRM's data) ships in no package:
+    # add it with --source (ARC Prize *_challenges.json + *_solutions.json files).
     return RunConfig(
         model=ModelConfig(
             arch="trm",
@@ -294,10 +299,15 @@ def _trm_arc1() -> RunConfig:
         data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True),
         train=TrainConfig(
             batch_size=768,
+            epochs=100_000,
             lr=1e-4,
             lr_min_ratio=1.0,
             warmup_steps=2000,
             weight_decay=0.1,
+            optimizer="adam_atan2",
+            beta1=0.9,
+            beta2=0.95,
+            grad_clip=0.0,
             puzzle_emb_lr=1e-2,
             puzzle_emb_weight_decay=0.1,
             ema=True,
@@ -394,13 +404,14 @@ _RANGES = {
     ("data", "canvas"): "[1, 30]",
     ("train", "batch_size"): "[1, inf)",
     ("train", "steps"): "[1, 999999999]",  # checkpoint names carry the step in 9 digits
+    ("train", "epochs"): "[0, inf)",
     ("train", "lr"): "[0, inf)",
     ("train", "lr_min_ratio"): "[0, 1]",
     ("train", "warmup_steps"): "[0, inf)",
     ("train", "weight_decay"): "[0, inf)",
     ("train", "beta1"): "[0, 1)",
     ("train", "beta2"): "[0, 1)",
-    ("train", "grad_clip"): "(0, inf)",
+    ("train", "grad_clip"): "[0, inf)",
     ("train", "puzzle_emb_lr"): "[0, inf)",
     ("train", "puzzle_emb_weight_decay"): "[0, inf)",
     ("train", "checkpoint_every"): "[1, inf)",
