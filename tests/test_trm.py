@@ -277,6 +277,20 @@ def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
 def test_trm_fused_step_through_triton_matches_reference(trm_cfg):
     """The fused TRM step (augmentation, every block kernel and its backward through the n+1
     applications, the loss) in Triton against the eager reference step, fp32."""
+    _check_fused_step_matches_reference(trm_cfg)
+
+
+@pytest.mark.interpret
+def test_trm_mlp_t_fused_step_through_triton_matches_reference(trm_cfg):
+    """The same for TRM's MLP variant (a SwiGLU across the sequence in place of attention, no
+    RoPE) at odd sizes: a 7x7 canvas + 2 puzzle positions = 51 tokens, hidden 24, batch 3."""
+    trm_cfg.model.mlp_t, trm_cfg.model.pos_encodings = True, "none"
+    trm_cfg.model.hidden_size, trm_cfg.model.puzzle_emb_ndim = 24, 24
+    trm_cfg.data.canvas, trm_cfg.train.batch_size = 7, 3
+    _check_fused_step_matches_reference(trm_cfg)
+
+
+def _check_fused_step_matches_reference(trm_cfg):
     device = kernel_device()
     trm_cfg.train.device, trm_cfg.train.dtype = device, "fp32"
     trm_cfg.train.backend = "reference"
