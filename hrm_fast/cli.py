@@ -81,6 +81,7 @@ def _validate(cfg: RunConfig) -> None:
         (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
         (t.optimizer in ("adamw", "adam_atan2"), "--optimizer must be adamw or adam_atan2"),
         (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
+        (d.sample_by in ("task", "pair"), "--sample-by must be task or pair"),
         (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),
     ]
     for ok, msg in checks:

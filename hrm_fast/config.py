@@ -76,6 +76,10 @@ class DataConfig:
     include_eval_demos: bool = False  # HRM protocol: also train on eval tasks' demonstrations
     max_tasks: int = 0  # 0 = all tasks; otherwise the first N (sorted by id) of each split
     puzzle_id_per: str = "augmentation"  # "augmentation" (HRM) or "task"
+    # What a training draw is uniform over: "task" (then a pair of it), or "pair" (every
+    # trainable pair equally often, so tasks weigh by their pair count: TRM's and HRM's
+    # epoch sampler, which takes every pair of every task once per epoch).
+    sample_by: str = "task"
     translate: bool = True  # random translation inside the canvas during training
     canvas: int = 30  # canvas side; HRM uses 30 (seq_len 900)
 
@@ -296,7 +300,7 @@ def _trm_arc1() -> RunConfig:
             puzzle_emb_tokens=16,
         ),
         loss=LossConfig(ce="stablemax"),
-        data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True),
+        data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True, sample_by="pair"),
         train=TrainConfig(
             batch_size=768,
             epochs=100_000,
@@ -347,6 +351,8 @@ def _trm_smoke() -> RunConfig:
             batch_size=8,
             steps=150,
             lr=1e-3,
+            optimizer="adam_atan2",  # as trm-arc1
+            grad_clip=0.0,
             lr_min_ratio=1.0,
             warmup_steps=10,
             checkpoint_every=50,

@@ -217,6 +217,7 @@ def test_trm_presets():
     )  # fmt: skip
     assert from_name("paper").train.optimizer == "adamw"  # HRM presets keep AdamW
     assert a1.data.n_aug == 1000 and a1.data.include_eval_demos and a1.data.source == "arcagi"
+    assert a1.data.sample_by == "pair" and from_name("paper").data.sample_by == "task"
     assert a2.data.source == "arcagi2" and a2.model == a1.model
 
 
