@@ -399,8 +399,13 @@ def test_steps_flag_replaces_the_presets_epochs(tmp_path, capsys):
     base = ["train", "--preset", "trm-arc1", "--out", str(tmp_path / "r")]
     assert cli_main([*base, "--steps", "5", "--epochs", "2"]) == 2
     assert "--steps and --epochs" in capsys.readouterr().err
-    assert cli_main([*base, "--optimizer", "sgd"]) == 2
-    assert "--optimizer must be adamw or adam_atan2" in capsys.readouterr().err
+    for flag, value, message in (
+        ("--optimizer", "sgd", "--optimizer must be adamw or adam_atan2"),
+        ("--sample-by", "group", "--sample-by must be task or pair"),
+        ("--epochs", "-1", "--epochs must be >= 0"),
+    ):
+        assert cli_main([*base, flag, value]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_trm_cli_train_eval_probe(trm_cfg, tmp_path):
