@@ -50,6 +50,7 @@ def variant_config(base: RunConfig, variant: str, seed: int, steps: int) -> RunC
         )
     cfg.train.seed = seed
     cfg.train.steps = steps
+    cfg.train.epochs = 0  # the ablation counts in steps, whatever the preset's epochs
     return cfg
 
 

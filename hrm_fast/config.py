@@ -77,8 +77,8 @@ class DataConfig:
     max_tasks: int = 0  # 0 = all tasks; otherwise the first N (sorted by id) of each split
     puzzle_id_per: str = "augmentation"  # "augmentation" (HRM) or "task"
     # What a training draw is uniform over: "task" (then a pair of it), or "pair" (every
-    # trainable pair equally often, so tasks weigh by their pair count: TRM's and HRM's
-    # epoch sampler, which takes every pair of every task once per epoch).
+    # trainable pair equally often, so tasks weigh by their pair count, as in TRM's
+    # puzzle_dataset.py, whose epoch takes every pair of every task once).
     sample_by: str = "task"
     translate: bool = True  # random translation inside the canvas during training
     canvas: int = 30  # canvas side; HRM uses 30 (seq_len 900)
