@@ -141,6 +141,31 @@ def test_state_dict_round_trip_is_bit_exact():
         assert opt2.state[b]["step"].device == b.device
 
 
+def test_step_is_one_graph_with_a_tensor_lr():
+    """After the first step has made the state, step() traces as one graph under
+    torch.compile(fullgraph=True): no host read, no branch on a tensor's value -- what CUDA-graph
+    capture needs. The traced step gives the eager step's weights."""
+    params, grads = _random_problem(2, seed=6)
+
+    def first_step():
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = AdamATan2(ps, lr=torch.tensor(1e-2), betas=(0.9, 0.95), weight_decay=0.1)
+        for p, g in zip(ps, grads[0], strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for p, g in zip(ps, grads[1], strict=True):
+            p.grad = g.clone()
+        return ps, opt
+
+    eager, opt = first_step()
+    opt.step()
+    traced, opt = first_step()
+    torch.compile(opt.step, fullgraph=True, backend="eager")()
+    for a, b in zip(eager, traced, strict=True):
+        assert torch.equal(a, b)
+    assert all(st["step"].item() == 2 for st in opt.state.values())
+
+
 @pytest.mark.parametrize(
     "kw", [dict(lr=-1.0), dict(betas=(0.9, 1.0)), dict(weight_decay=-0.1)], ids=str
 )
