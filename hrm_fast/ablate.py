@@ -78,6 +78,7 @@ def variant_config(base: RunConfig, variant: str, seed: int, steps: int) -> RunC
         lw.w_div = lw.w_dist = lw.w_halt = 0.0
     cfg.train.seed = seed
     cfg.train.steps = steps
+    cfg.train.epochs = 0  # the ablation counts in steps, whatever the preset's epochs
     return cfg
 
 

@@ -29,6 +29,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    given = {k for k, text in vars(args).items() if k.startswith("cfg__") and text is not None}
+    if "cfg__train__steps" in given and "cfg__train__epochs" not in given:
+        cfg.train.epochs = 0  # an explicit --steps replaces the preset's (or run's) epochs
     for key, text in vars(args).items():
         if not key.startswith("cfg__") or text is None:
             continue
@@ -38,6 +41,8 @@ def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
             setattr(sub, name, parse_value(text, getattr(sub, name)))
         except ValueError as e:
             raise UserError(f"{_flag(name)}: {e}") from None
+    if {"cfg__train__steps", "cfg__train__epochs"} <= given and cfg.train.epochs > 0:
+        raise UserError("--steps and --epochs both set the run length; give one of them")
     _validate(cfg)
     return cfg
 
@@ -74,7 +79,9 @@ def _validate(cfg: RunConfig) -> None:
         (d.source.strip() != "", "--source: empty; give a directory of task files or arcagi"),
         (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
         (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
+        (t.optimizer in ("adamw", "adam_atan2"), "--optimizer must be adamw or adam_atan2"),
         (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
+        (d.sample_by in ("task", "pair"), "--sample-by must be task or pair"),
         (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),
     ]
     for ok, msg in checks:

@@ -76,6 +76,10 @@ class DataConfig:
     include_eval_demos: bool = False  # HRM protocol: also train on eval tasks' demonstrations
     max_tasks: int = 0  # 0 = all tasks; otherwise the first N (sorted by id) of each split
     puzzle_id_per: str = "augmentation"  # "augmentation" (HRM) or "task"
+    # What a training draw is uniform over: "task" (then a pair of it), or "pair" (every
+    # trainable pair equally often, so tasks weigh by their pair count, as in TRM's
+    # puzzle_dataset.py, whose epoch takes every pair of every task once).
+    sample_by: str = "task"
     translate: bool = True  # random translation inside the canvas during training
     canvas: int = 30  # canvas side; HRM uses 30 (seq_len 900)
 
@@ -84,13 +88,17 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 20
     steps: int = 200_000
+    # > 0: the run length in TRM/HRM's epochs, replacing `steps` once the data is loaded:
+    # steps = epochs * trainable pairs // batch_size (hrm_fast.train.steps_for_epochs).
+    epochs: int = 0
     lr: float = 1e-4
     lr_min_ratio: float = 0.1
     warmup_steps: int = 2000
     weight_decay: float = 0.1
+    optimizer: str = "adamw"  # "adamw" or "adam_atan2" (TRM's; hrm_fast/optim.py)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping (TRM's pretrain.py clips none)
     puzzle_emb_lr: float = 1e-2
     puzzle_emb_weight_decay: float = 0.1
     checkpoint_every: int = 10_000
@@ -274,8 +282,9 @@ def _collapse() -> RunConfig:
 def _trm_arc1() -> RunConfig:
     # TRM's README ARC-AGI-1 run (cfg_pretrain.yaml + arch/trm.yaml + its overrides): one
     # 2-layer network, T=3 cycles of n=4 latent updates, 16 puzzle-embedding positions,
-    # stablemax CE, constant lr after warm-up, EMA 0.999. ConceptARC (part of TRM's data) is not
-    # bundled: add it with --source (a directory of ARC Prize *_challenges.json files).
+    # stablemax CE, AdamATan2 (betas 0.9, 0.95) with no gradient clipping, constant lr after
+    # warm-up, EMA 0.999, 100000 epochs. ConceptARC (part of TRM's data) ships in no package:
+    # add it with --source (ARC Prize *_challenges.json + *_solutions.json files).
     return RunConfig(
         model=ModelConfig(
             arch="trm",
@@ -291,13 +300,18 @@ def _trm_arc1() -> RunConfig:
             puzzle_emb_tokens=16,
         ),
         loss=LossConfig(ce="stablemax"),
-        data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True),
+        data=DataConfig(source="arcagi", n_aug=1000, include_eval_demos=True, sample_by="pair"),
         train=TrainConfig(
             batch_size=768,
+            epochs=100_000,
             lr=1e-4,
             lr_min_ratio=1.0,
             warmup_steps=2000,
             weight_decay=0.1,
+            optimizer="adam_atan2",
+            beta1=0.9,
+            beta2=0.95,
+            grad_clip=0.0,
             puzzle_emb_lr=1e-2,
             puzzle_emb_weight_decay=0.1,
             ema=True,
@@ -337,6 +351,8 @@ def _trm_smoke() -> RunConfig:
             batch_size=8,
             steps=150,
             lr=1e-3,
+            optimizer="adam_atan2",  # as trm-arc1
+            grad_clip=0.0,
             lr_min_ratio=1.0,
             warmup_steps=10,
             checkpoint_every=50,
@@ -394,13 +410,14 @@ _RANGES = {
     ("data", "canvas"): "[1, 30]",
     ("train", "batch_size"): "[1, inf)",
     ("train", "steps"): "[1, 999999999]",  # checkpoint names carry the step in 9 digits
+    ("train", "epochs"): "[0, inf)",
     ("train", "lr"): "[0, inf)",
     ("train", "lr_min_ratio"): "[0, 1]",
     ("train", "warmup_steps"): "[0, inf)",
     ("train", "weight_decay"): "[0, inf)",
     ("train", "beta1"): "[0, 1)",
     ("train", "beta2"): "[0, 1)",
-    ("train", "grad_clip"): "(0, inf)",
+    ("train", "grad_clip"): "[0, inf)",
     ("train", "puzzle_emb_lr"): "[0, inf)",
     ("train", "puzzle_emb_weight_decay"): "[0, inf)",
     ("train", "checkpoint_every"): "[1, inf)",

@@ -470,7 +470,9 @@ class DeviceSampler:
 
     Per example: r ~ U[0, T * n_aug) picks (task t, augmentation k) = divmod(r, n_aug); a pair
     uniform among t's trainable pairs; dihedral + colour map from the pool; a fresh
-    translation offset (0 when ``translate`` is off).
+    translation offset (0 when ``translate`` is off). With ``sample_by="pair"`` the pair is
+    uniform among all trainable pairs (t is its task) and k uniform: what TRM's epoch sampler
+    gives each pair on average.
     backend: "reference" (torch ops), "fused" (Triton kernel on CUDA), "auto" (fused on CUDA).
     """
 
@@ -484,6 +486,12 @@ class DeviceSampler:
         self.n_aug = dataset.n_aug
         self.num_tasks = dataset.num_tasks
         self.per_augmentation = dataset.cfg.puzzle_id_per == "augmentation"
+        if dataset.cfg.sample_by not in ("task", "pair"):
+            raise ValueError(f"sample_by must be 'task' or 'pair', got {dataset.cfg.sample_by!r}")
+        self.by_pair = dataset.cfg.sample_by == "pair"
+        # Trainable pairs fill the bank's first rows, task by task: pair -> its task.
+        pair_task = np.repeat(np.arange(dataset.num_tasks), dataset.pair_count)
+        self.pair_task = torch.as_tensor(pair_task, device=device)
         self.bank = dataset.bank.to(device)
         self.pair_start = torch.as_tensor(dataset.pair_start, device=device)
         self.pair_count = torch.as_tensor(dataset.pair_count, device=device)
@@ -500,13 +508,19 @@ class DeviceSampler:
     def draw(self, batch_size: int) -> dict[str, torch.Tensor]:
         """The random choices of one batch (int64 device tensors)."""
         dev = self.device
-        r = torch.randint(0, self.num_tasks * self.n_aug, (batch_size,), device=dev)
-        t = r // self.n_aug
-        k = r % self.n_aug
-        count = self.pair_count[t]
-        u = torch.rand(batch_size, device=dev)
-        within = torch.minimum((u * count.to(u.dtype)).long(), count - 1)
-        pair = self.pair_start[t] + within
+        if self.by_pair:
+            pair = torch.randint(0, len(self.pair_task), (batch_size,), device=dev)
+            t = self.pair_task[pair]
+            k = torch.randint(0, self.n_aug, (batch_size,), device=dev)
+            r = t * self.n_aug + k
+        else:
+            r = torch.randint(0, self.num_tasks * self.n_aug, (batch_size,), device=dev)
+            t = r // self.n_aug
+            k = r % self.n_aug
+            count = self.pair_count[t]
+            u = torch.rand(batch_size, device=dev)
+            within = torch.minimum((u * count.to(u.dtype)).long(), count - 1)
+            pair = self.pair_start[t] + within
         dihedral = self.dihedral[t, k]
         colour_map = self.colour_map[t, k]
         offset = random_offsets(self.bank.shapes[pair], dihedral, self.canvas, self.translate)

@@ -413,7 +413,7 @@ def build_figure(runs: list[RunData]):
     _train_panel(axes[5], runs, "q-halt accuracy", [("q_halt_accuracy", "q-halt")],
                  ylim=FRACTION)  # fmt: skip
     _train_panel(axes[6], runs, "gradient norm (before clipping)", [("grad_norm", "norm")],
-                 log=True, hline=(clip, "clip"))  # fmt: skip
+                 log=True, hline=(clip, "clip") if clip > 0 else None)  # fmt: skip
     _train_panel(axes[7], runs, "learning rate", [("lr", "lr")], smooth=False)
     _train_panel(axes[8], runs, "throughput (it/s)", [("it_s", "it/s")])
     _probe_panel(axes[9], runs, "frac_differ", "probe: pairs whose predictions differ",

@@ -33,6 +33,7 @@ from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import AppendLog, WriteFailed, os_reason, prepare_dir, write_output
 from hrm_fast.layers import Carry, count_parameters
+from hrm_fast.optim import AdamATan2
 from hrm_fast.trackers import Trackers, open_trackers
 
 EXIT_PROBE_FAILED = 3
@@ -70,6 +71,20 @@ def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float) -> 
     return base * (
         min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
     )
+
+
+def steps_for_epochs(epochs: int, num_train_pairs: int, batch_size: int) -> int:
+    """TRM's and HRM's run length: pretrain.py sets total_steps = int(epochs * total_groups *
+    mean_puzzle_examples / global_batch_size), where an epoch visits every task (group) once
+    and takes all the trainable pairs of one of its augmentations. With every task's pool the
+    same size, total_groups * mean_puzzle_examples is the number of trainable pairs."""
+    steps = epochs * num_train_pairs // batch_size
+    if not 1 <= steps <= 999_999_999:
+        raise UserError(
+            f"--epochs {epochs}: {epochs} x {num_train_pairs} trainable pairs / batch "
+            f"{batch_size} = {steps} steps, outside 1..999999999"
+        )
+    return steps
 
 
 class SparseSignSGD:
@@ -135,6 +150,10 @@ class Trainer:
                 raise UserError("--cuda-graphs with several ranks needs --dist-backend nccl")
         torch.manual_seed(cfg.train.seed)
         self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
+        if cfg.train.epochs > 0:  # the run length follows the data actually loaded
+            cfg.train.steps = steps_for_epochs(
+                cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
+            )
         self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
         self.model = build_model(
             cfg.model,
@@ -162,9 +181,14 @@ class Trainer:
         use_graphs = t.cuda_graphs
         self.lr = torch.tensor(t.lr, device=self.device) if use_graphs else t.lr
         opt_kwargs = dict(lr=self.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
-        if self.device.type == "cuda":
-            opt_kwargs.update(fused=True, capturable=use_graphs)
-        self.opt = torch.optim.AdamW(self.params, **opt_kwargs)
+        if t.optimizer == "adam_atan2":  # its step counters always live on the device
+            self.opt = AdamATan2(self.params, **opt_kwargs)
+        elif t.optimizer == "adamw":
+            if self.device.type == "cuda":
+                opt_kwargs.update(fused=True, capturable=use_graphs)
+            self.opt = torch.optim.AdamW(self.params, **opt_kwargs)
+        else:
+            raise UserError(f"--optimizer: expected adamw or adam_atan2, got {t.optimizer!r}")
         self.sparse = (
             SparseSignSGD(
                 self.model.inner.puzzle_emb,
@@ -204,7 +228,8 @@ class Trainer:
             self.dp.average_gradients()  # one all-reduce of the flat gradient buffer
         # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has none
         # and foreach=True would raise there.
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=None)
+        max_norm = self.cfg.train.grad_clip or math.inf  # inf: the norm only, for the log
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=None)
         self.opt.step()
         if self.sparse is not None:
             self.sparse.step()
@@ -465,7 +490,7 @@ RESUME_FIXED = {
     "model": None,  # every field
     "data": ("source", "eval_source", "n_aug", "include_eval_demos", "max_tasks", "puzzle_id_per",
              "canvas"),
-    "train": ("batch_size", "seed"),
+    "train": ("batch_size", "seed", "optimizer"),
 }  # fmt: skip
 
 
@@ -491,7 +516,7 @@ def check_resume_config(cfg: RunConfig, payload: dict) -> None:
                 raise UserError(
                     f"{flag} {getattr(new_sub, f.name)}: the checkpoint {payload.get('path')} "
                     f"was trained with {what} = {old!r}; a resumed run keeps its model, data, "
-                    "batch size and seed (start a new --out to change it)"
+                    "batch size, seed and optimizer (start a new --out to change it)"
                 )
 
 
@@ -574,6 +599,11 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"
     )
+    if cfg.train.epochs > 0:
+        log(
+            f"hrm-fast: {cfg.train.epochs} epochs x {trainer.dataset.num_train_pairs} trainable "
+            f"pairs / batch {cfg.train.batch_size} = {cfg.train.steps} steps"
+        )
     if payload is not None:
         trainer.load_state(payload)
     metrics_f = None  # rank 0 writes the run's files (every rank of a single process)

