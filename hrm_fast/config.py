@@ -127,7 +127,7 @@ class TrainConfig:
     # Early warnings (hrm_fast/early_warning.py): logged, never a stop.
     warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
     warn_intervals: int = 3  # ... for this many log intervals in a row
-    warn_probe_shrink: float = 0.5  # probe headroom fell below this fraction of the last one
+    warn_probe_shrink: float = 0.5  # probe TV fell below this fraction of the last one
 
 
 @dataclass

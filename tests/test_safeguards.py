@@ -27,15 +27,17 @@ def test_low_unique_warns_after_consecutive_intervals_only():
     assert rec["event"] == "warning" and rec["kind"] == "low_unique" and rec["step"] == 7
 
 
-def test_probe_margin_warning_when_headroom_halves():
-    assert probe_headroom(_report(0.5, 0.1)) == 2.0  # differ is the tighter criterion
+def test_probe_margin_warning_when_tv_halves():
+    assert probe_headroom(_report(0.5, 0.1)) == 10.0  # TV over its threshold
     w = CollapseWatch(2.5, 3, 0.5)
     assert w.on_probe(_report(1.0, 0.3, 0)) is None  # the baseline
-    assert w.on_probe(_report(0.9, 0.2, 10)) is None  # 3.6x after 4x: not halved
-    rec = w.on_probe(_report(0.4, 0.2, 20))  # 1.6x after 3.6x
+    assert w.on_probe(_report(0.3, 0.2, 10)) is None  # differ fell (argmax collapse): no warning
+    rec = w.on_probe(_report(1.0, 0.09, 20))  # TV 0.2 -> 0.09
     assert rec["kind"] == "probe_margin" and rec["step"] == 20
-    assert math.isclose(rec["headroom"], 1.6) and math.isclose(rec["previous_headroom"], 3.6)
-    assert w.on_probe(_report(0.0, 0.0, 30, passed=False)) is None  # a failure stops, not warns
+    assert math.isclose(rec["probe_tv"], 0.09) and math.isclose(rec["previous_probe_tv"], 0.2)
+    assert math.isclose(rec["headroom"], 9.0)
+    assert w.on_probe(_report(1.0, 0.05, 30)) is None  # 0.09 -> 0.05: not halved again
+    assert w.on_probe(_report(0.0, 0.0, 40, passed=False)) is None  # a failure stops, not warns
 
 
 def test_train_writes_warning_records_and_says_so(debug_cfg, tmp_path, capsys, monkeypatch):
