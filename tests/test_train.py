@@ -10,7 +10,14 @@ import sys
 
 import pytest
 import torch
-from conftest import INTERPRET, assert_close, kernel_device
+from conftest import (
+    INTERPRET,
+    assert_close,
+    assert_fused_step_matches_reference,
+    kernel_device,
+    logged_losses,
+    step_metrics,
+)
 from hrm_fast.kernels.dispatch import triton_on_cpu
 
 from hrm_fast import checkpoint as ckpt
@@ -18,26 +25,17 @@ from hrm_fast.cli import main as cli_main
 from hrm_fast.train import Trainer, lr_at, train
 
 
-def _losses(cfg, steps):
-    trainer = Trainer(cfg, quiet=True)
-    out = []
-    for _ in range(steps):
-        trainer.step()
-        out.append(trainer.read_metrics())
-    return trainer, out
-
-
-def test_same_seed_same_losses(debug_cfg):
-    _, a = _losses(debug_cfg, 3)
-    _, b = _losses(debug_cfg, 3)
+def test_same_seed_samestep_metrics(debug_cfg):
+    _, a = step_metrics(debug_cfg, 3)
+    _, b = step_metrics(debug_cfg, 3)
     assert [m["loss"] for m in a] == [m["loss"] for m in b]
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in a)
 
 
-def test_different_seed_different_losses(debug_cfg):
-    _, a = _losses(debug_cfg, 2)
+def test_different_seed_differentstep_metrics(debug_cfg):
+    _, a = step_metrics(debug_cfg, 2)
     debug_cfg.train.seed = 1
-    _, b = _losses(debug_cfg, 2)
+    _, b = step_metrics(debug_cfg, 2)
     assert [m["loss"] for m in a] != [m["loss"] for m in b]
 
 
@@ -47,9 +45,9 @@ def test_compiled_step_matches_reference(debug_cfg, inductor_eager_random):
     Inductor draws random numbers with eager's generator (``inductor_eager_random``), so both
     runs see the same batches and exploration draws.
     """
-    _, ref = _losses(debug_cfg, 3)
+    _, ref = step_metrics(debug_cfg, 3)
     debug_cfg.train.compile = True
-    _, comp = _losses(debug_cfg, 3)
+    _, comp = step_metrics(debug_cfg, 3)
     for r, c in zip(ref, comp, strict=True):
         for k in ("loss", "lm_loss", "diversity", "distribution", "q_halt_loss"):
             assert c[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), k
@@ -67,19 +65,7 @@ def test_fused_step_through_triton_matches_reference(debug_cfg):
     TRITON_INTERPRET=0 on a GPU it runs them on CUDA. fp32 in both, so the steps agree to
     fp32 tolerance and the weights stay within rounding of each other after three updates.
     """
-    device = kernel_device()
-    debug_cfg.train.device, debug_cfg.train.dtype = device, "fp32"
-    debug_cfg.train.backend = "reference"
-    ref_trainer, ref = _losses(debug_cfg, 3)
-    debug_cfg.train.backend = "fused"
-    with triton_on_cpu() if device == "cpu" else contextlib.nullcontext():
-        fused_trainer, fused = _losses(debug_cfg, 3)
-    for step, (r, f) in enumerate(zip(ref, fused, strict=True)):
-        for k in LOSS_KEYS:
-            assert f[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), (step, k)
-    ref_params = dict(ref_trainer.model.named_parameters())
-    for name, p in fused_trainer.model.named_parameters():
-        assert_close(p, ref_params[name], atol=1e-5, rtol=1e-4, name=name)
+    ref_trainer, fused_trainer = assert_fused_step_matches_reference(debug_cfg, 3, LOSS_KEYS)
     assert_close(
         fused_trainer.model.inner.puzzle_emb.weights,
         ref_trainer.model.inner.puzzle_emb.weights,
@@ -98,12 +84,12 @@ def test_fused_step_fp16_error_within_twice_eager(debug_cfg):
     device = kernel_device()
     debug_cfg.train.device, debug_cfg.train.backend = device, "reference"
     debug_cfg.train.dtype = "fp32"
-    _, ref32 = _losses(debug_cfg, 3)
+    _, ref32 = step_metrics(debug_cfg, 3)
     debug_cfg.train.dtype = "fp16"
-    _, eager16 = _losses(debug_cfg, 3)
+    _, eager16 = step_metrics(debug_cfg, 3)
     debug_cfg.train.backend = "fused"
     with triton_on_cpu() if device == "cpu" else contextlib.nullcontext():
-        _, fused16 = _losses(debug_cfg, 3)
+        _, fused16 = step_metrics(debug_cfg, 3)
     for k in LOSS_KEYS:
         eager_err = max(abs(e[k] - r[k]) for e, r in zip(eager16, ref32, strict=True))
         fused_err = max(abs(f[k] - r[k]) for f, r in zip(fused16, ref32, strict=True))
@@ -114,9 +100,9 @@ def test_bf16_step_close_to_fp32(debug_cfg):
     """The bf16 forward (HRM's CastedLinear casting, what CUDA runs by default) on the
     reference path stays within bf16 tolerance of the fp32 step."""
     debug_cfg.train.dtype = "fp32"
-    _, ref32 = _losses(debug_cfg, 3)
+    _, ref32 = step_metrics(debug_cfg, 3)
     debug_cfg.train.dtype = "bf16"
-    _, ref16 = _losses(debug_cfg, 3)
+    _, ref16 = step_metrics(debug_cfg, 3)
     for step, (r, b) in enumerate(zip(ref32, ref16, strict=True)):
         for k in LOSS_KEYS:
             assert b[k] == pytest.approx(r[k], **DTYPE_TOL["bf16"]), (step, k)
@@ -147,10 +133,10 @@ def test_cuda_step_variants_match_reference(debug_cfg, inductor_eager_random, va
         pytest.skip("needs a CUDA GPU and TRITON_INTERPRET=0")
     debug_cfg.train.device, debug_cfg.train.dtype = "cuda", dtype
     debug_cfg.train.backend = "reference"
-    _, ref = _losses(debug_cfg, 4)
+    _, ref = step_metrics(debug_cfg, 4)
     for k, v in CUDA_VARIANTS[variant].items():
         setattr(debug_cfg.train, k, v)
-    _, fast = _losses(debug_cfg, 4)
+    _, fast = step_metrics(debug_cfg, 4)
     for step, (r, f) in enumerate(zip(ref, fast, strict=True)):
         for k in LOSS_KEYS:
             assert f[k] == pytest.approx(r[k], **DTYPE_TOL[dtype]), (step, k)
@@ -254,11 +240,6 @@ def test_lr_schedule():
     assert lr_at(55, 1.0, 10, 100, 0.1) == pytest.approx(0.55)
 
 
-def _train_losses(run_dir):
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in recs if r["event"] == "train"]
-
-
 def test_resume_equals_straight_run(debug_cfg, tmp_path):
     debug_cfg.train.steps = 6
     debug_cfg.train.checkpoint_every = 3
@@ -271,7 +252,7 @@ def test_resume_equals_straight_run(debug_cfg, tmp_path):
     debug_cfg.train.steps = 6
     assert train(debug_cfg, split, resume=True, quiet=True) == 0
 
-    assert _train_losses(straight) == _train_losses(split)
+    assert logged_losses(straight) == logged_losses(split)
     a = ckpt.load(straight)["model"]
     b = ckpt.load(split)["model"]
     assert a.keys() == b.keys()

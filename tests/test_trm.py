@@ -2,13 +2,16 @@
 cycle's n+1 applications of one network, parameter counts, and the training step (compiled,
 fused under the Triton interpreter, EMA, resume)."""
 
-import contextlib
 import copy
 
 import pytest
 import torch
-from conftest import assert_close, kernel_device
-from hrm_fast.kernels.dispatch import triton_on_cpu
+from conftest import (
+    assert_close,
+    assert_fused_step_matches_reference,
+    logged_losses,
+    step_metrics,
+)
 from official_trm import (
     OfficialTRM,
     OfficialTRMConfig,
@@ -234,20 +237,11 @@ def trm_cfg(debug_cfg):
     return debug_cfg
 
 
-def _losses(cfg, steps):
-    trainer = Trainer(cfg, quiet=True)
-    out = []
-    for _ in range(steps):
-        trainer.step()
-        out.append(trainer.read_metrics())
-    return trainer, out
-
-
 LOSS_KEYS = ("loss", "lm_loss", "q_halt_loss", "diversity", "distribution", "halt")
 
 
 def test_trm_step_learns_and_has_no_continue_loss(trm_cfg):
-    trainer, ms = _losses(trm_cfg, 3)
+    trainer, ms = step_metrics(trm_cfg, 3)
     assert isinstance(trainer.model, TRM)
     assert all(m["q_continue_loss"] == 0.0 for m in ms)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in ms)
@@ -266,9 +260,9 @@ def test_trm_step_is_one_graph(trm_cfg):
 
 
 def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
-    _, ref = _losses(trm_cfg, 2)
+    _, ref = step_metrics(trm_cfg, 2)
     trm_cfg.train.compile = True
-    _, comp = _losses(trm_cfg, 2)
+    _, comp = step_metrics(trm_cfg, 2)
     for r, c in zip(ref, comp, strict=True):
         for k in LOSS_KEYS:
             assert c[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), k
@@ -278,7 +272,7 @@ def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
 def test_trm_fused_step_through_triton_matches_reference(trm_cfg):
     """The fused TRM step (augmentation, every block kernel and its backward through the n+1
     applications, the loss) in Triton against the eager reference step, fp32."""
-    _check_fused_step_matches_reference(trm_cfg)
+    assert_fused_step_matches_reference(trm_cfg, 2, LOSS_KEYS)
 
 
 @pytest.mark.interpret
@@ -288,30 +282,7 @@ def test_trm_mlp_t_fused_step_through_triton_matches_reference(trm_cfg):
     trm_cfg.model.mlp_t, trm_cfg.model.pos_encodings = True, "none"
     trm_cfg.model.hidden_size, trm_cfg.model.puzzle_emb_ndim = 24, 24
     trm_cfg.data.canvas, trm_cfg.train.batch_size = 7, 3
-    _check_fused_step_matches_reference(trm_cfg)
-
-
-def _check_fused_step_matches_reference(trm_cfg):
-    device = kernel_device()
-    trm_cfg.train.device, trm_cfg.train.dtype = device, "fp32"
-    trm_cfg.train.backend = "reference"
-    ref_trainer, ref = _losses(trm_cfg, 2)
-    trm_cfg.train.backend = "fused"
-    with triton_on_cpu() if device == "cpu" else contextlib.nullcontext():
-        fused_trainer, fused = _losses(trm_cfg, 2)
-    for step, (r, f) in enumerate(zip(ref, fused, strict=True)):
-        for k in LOSS_KEYS:
-            assert f[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), (step, k)
-    ref_params = dict(ref_trainer.model.named_parameters())
-    for name, p in fused_trainer.model.named_parameters():
-        assert_close(p, ref_params[name], atol=1e-5, rtol=1e-4, name=name)
-
-
-def _train_losses(run_dir):
-    import json
-
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in recs if r["event"] == "train"]
+    assert_fused_step_matches_reference(trm_cfg, 2, LOSS_KEYS)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
@@ -325,7 +296,7 @@ def test_trm_resume_equals_straight_run(trm_cfg, tmp_path, optimizer):
     assert train(trm_cfg, split, quiet=True) == 0
     trm_cfg.train.steps = 4
     assert train(trm_cfg, split, resume=True, quiet=True) == 0
-    assert _train_losses(straight) == _train_losses(split)
+    assert logged_losses(straight) == logged_losses(split)
     a, b = ckpt.load(straight), ckpt.load(split)
     states = (a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
     for sa, sb in zip(*states, strict=True):
@@ -382,7 +353,7 @@ def test_epochs_set_the_run_length(trm_cfg, tmp_path, capsys):
     assert train(trm_cfg, run) == 0
     # tiny_tasks: 3 tasks x 2 demonstrations (their test pairs are held out) = 6 pairs an epoch
     assert "3 epochs x 6 trainable pairs / batch 4 = 4 steps" in capsys.readouterr().err
-    assert _train_losses(run)[-1][0] == 4
+    assert logged_losses(run)[-1][0] == 4
     assert ckpt.load(run)["step"] == 4
 
 
