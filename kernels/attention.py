@@ -348,7 +348,10 @@ def _attn_bwd_dq_kernel(
 # fp32 accumulators.
 # cdna (gfx90a, gfx942; wave 64): the nvidia tables, except dq at D=64 (paper): 8 waves of
 # (64, 32) need 2 waves per SIMD, which caps a wave at 256 of the 512 VGPRs, and it spills
-# (25 VGPRs on gfx90a, 38 on gfx942); (64, 16) with 8 waves fits in 204 VGPRs.
+# (25 VGPRs on gfx90a, 38 on gfx942); (64, 16) with 8 waves fits in 204 VGPRs. At D=128 the
+# nvidia backward rows (8 waves, so 256 VGPRs each) spill on both (dk/dv 14-20 VGPRs, dq
+# 98-111); with 4 waves a wave may use AGPRs too: dk/dv (16, 32, 4) 293 VGPRs (37 AGPRs),
+# dq (32, 16, 4) 256 on gfx942 / 260 on gfx90a, no spills.
 # rdna3 (gfx1100; wave 32, at most 256 VGPRs per wave): every kernel runs with OPAQUE_TILES
 # (see _opaque_tile). Without it the backward spilled at every configuration, even dk/dv at
 # D=32 with 16x16 tiles and one wave (256 VGPRs + 124 spilled, 500 B scratch per lane): the
@@ -366,7 +369,8 @@ def _attn_bwd_dq_kernel(
 # 16x16 with 8 waves (dk/dv 255 VGPRs + 28 spilled, dq 256 + 26); 1 to 4 waves or wider
 # tiles spill more. The fixed part alone -- the owned K and V rows in WMMA operand layout,
 # and three fp32 accumulators -- takes most of the 256 VGPRs at D=128.
-# D=128 (nvidia, cdna): the rows below compile without spills (kernels-report).
+# D=128 on nvidia compiles without spills on sm_80/89/90 (sm_80: fwd 252, dk/dv 244, dq 248
+# registers; dq uses 64 KB of shared memory).
 _FWD_NVIDIA = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (64, 32, 8, 2)}
 _DKDV_NVIDIA = {32: (32, 64, 4, 2), 64: (16, 64, 8, 2), 128: (16, 32, 8, 2)}  # (M loop, N own)
 _DQ_NVIDIA = {32: (64, 32, 4, 2), 64: (64, 32, 8, 2), 128: (32, 32, 8, 2)}  # (M own, N loop)
@@ -377,12 +381,12 @@ _FWD_CFG = {
 }
 _DKDV_CFG = {
     "nvidia": _DKDV_NVIDIA,
-    "cdna": _DKDV_NVIDIA,
+    "cdna": {**_DKDV_NVIDIA, 128: (16, 32, 4, 2)},
     "rdna3": {32: (16, 64, 4, 1), 64: (16, 32, 4, 1)},
 }
 _DQ_CFG = {
     "nvidia": _DQ_NVIDIA,
-    "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2)},
+    "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2), 128: (32, 16, 4, 2)},
     "rdna3": {32: (64, 16, 4, 1), 64: (32, 16, 4, 1)},
 }
 # Backward kernels compiled with OPAQUE_TILES (an AMD-only asm barrier, see _opaque_tile).
