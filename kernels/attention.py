@@ -367,8 +367,9 @@ def _attn_bwd_dq_kernel(
 #   dq    D=32 (64, 16, 4, 1) 158   D=64 (32, 16, 4, 1) 209
 # D=128 has no rdna3 rows (SDPA): the backward still spills at every tile tried, least at
 # 16x16 with 8 waves (dk/dv 255 VGPRs + 28 spilled, dq 256 + 26); 1 to 4 waves or wider
-# tiles spill more. The fixed part alone -- the owned K and V rows in WMMA operand layout,
-# and three fp32 accumulators -- takes most of the 256 VGPRs at D=128.
+# tiles spill more. By the layout arithmetic the owned K and V rows alone take 128 of the
+# 256 VGPRs there: the WMMA A operand gives each lane a whole row of k1, k2 and v (64 + 64 +
+# 128 bf16), in every wave, before the loop's tiles and the three fp32 accumulators.
 # D=128 on nvidia compiles without spills on sm_80/89/90 (sm_80: fwd 252, dk/dv 244, dq 248
 # registers; dq uses 64 KB of shared memory).
 _FWD_NVIDIA = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (64, 32, 8, 2)}
@@ -389,7 +390,7 @@ _DQ_CFG = {
     "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2), 128: (32, 16, 4, 2)},
     "rdna3": {32: (64, 16, 4, 1), 64: (32, 16, 4, 1)},
 }
-# Backward kernels compiled with OPAQUE_TILES (an AMD-only asm barrier, see _opaque_tile).
+# Families whose kernels compile with OPAQUE_TILES (an AMD-only asm barrier, _opaque_tile).
 _OPAQUE_TILES = {"nvidia": False, "cdna": False, "rdna3": True}
 HEAD_DIMS = tuple(_FWD_NVIDIA)  # head dims the kernels take; a family's tables may lack some
 

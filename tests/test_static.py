@@ -436,3 +436,13 @@ def test_parse_arch():
     assert [report.parse_arch(a) for a in ("sm_80", "86", "sm89", "sm_90a")] == [80, 86, 89, 90]
     with pytest.raises(Exception, match="unsupported arch"):
         report.parse_arch("sm_75")
+
+
+def test_report_runs_as_a_module():
+    # CMakeLists.txt runs `python -m hrm_fast.kernels.report`; without the __main__ entry
+    # point that command did nothing and the build failed on the missing JSON.
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrm_fast.kernels.report", "--arch", "sm_99"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "unsupported arch" in proc.stderr, proc.stderr
