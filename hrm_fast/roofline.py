@@ -84,6 +84,21 @@ GPUS: dict[str, GpuPeak] = {
     "a100": GpuPeak("A100 SXM 80GB", 312.0, 2039.0, "A100 datasheet"),
     # H100 SXM: datasheet BF16 tensor 1979 TFLOP/s *with sparsity* -> 989.4 dense; 3.35 TB/s.
     "h100": GpuPeak("H100 SXM", 989.4, 3350.0, "H100 datasheet (dense = sparse / 2)"),
+    # AMD: the vendor's peak figures, ceilings only -- nothing in this project has run on an AMD
+    # GPU. Each TFLOP/s figure is compute units x dense matrix FLOP/clk/CU x peak engine clock.
+    # MI300X (CDNA3, gfx942): AMD Instinct MI300X data sheet, peak BF16 and FP16 matrix
+    # 1307.4 TFLOP/s dense (2614.9 with sparsity) = 304 CU x 2048 x 2.1 GHz; HBM3 5.3 TB/s.
+    "mi300x": GpuPeak("Instinct MI300X", 304 * 2048 * 2.1e9 / 1e12, 5300.0, "AMD data sheet"),
+    # MI250X (CDNA2, gfx90a): AMD Instinct MI250X data sheet, peak BF16 and FP16 matrix 383
+    # TFLOP/s = 220 CU x 1024 x 1.7 GHz; HBM2e 3.2 TB/s (8192-bit at 3.2 Gb/s = 3276.8 GB/s).
+    # Also used for the MI250 (208 CU), which ROCm names "MI250X/MI250": still a ceiling.
+    "mi250x": GpuPeak("Instinct MI250X", 220 * 1024 * 1.7e9 / 1e12, 3276.8, "AMD data sheet"),
+    # RX 7900 XTX (RDNA3, gfx1100): AMD product specifications, peak FP16 122.8 TFLOP/s =
+    # 96 CU x 512 x 2.5 GHz boost; WMMA runs BF16 at the FP16 rate (RDNA3 ISA guide). GDDR6,
+    # 384-bit at 20 Gb/s = 960 GB/s.
+    "rx7900xtx": GpuPeak(
+        "Radeon RX 7900 XTX", 96 * 512 * 2.5e9 / 1e12, 960.0, "AMD product specifications"
+    ),
 }
 
 
@@ -98,6 +113,10 @@ def gpu_peak(name: str) -> GpuPeak:
         return GPUS["a100"]
     if "h100" in low:
         return GPUS["h100"]
+    # ROCm names: "AMD Instinct MI300X", "AMD Instinct MI250X/MI250", "AMD Radeon RX 7900 XTX".
+    for part, key in (("mi300x", "mi300x"), ("mi250", "mi250x"), ("7900 xtx", "rx7900xtx")):
+        if part in low:
+            return GPUS[key]
     raise KeyError(f"no datasheet peak for GPU {name!r}; known: {', '.join(GPUS)}")
 
 

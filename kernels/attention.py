@@ -31,6 +31,7 @@ from .aot import AotSpec
 from .dispatch import device_target_family, use_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_IN_INTERPRETER = tl.constexpr(_INTERPRET)  # the same fact, readable inside @triton.jit code
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,7 +40,35 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _rope_load(X, COS, SIN, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr):
+def _opaque_tile(x, ON: tl.constexpr):
+    """Identity that Triton's layout pass cannot look through (``ON``; AMD targets only).
+
+    A streamed tile that feeds two dots (plain and transposed) is wanted in two WMMA operand
+    layouts. Without a barrier, Triton re-computes everything that produced the tile (RoPE's
+    four fp32 cos/sin tiles included) in each operand layout, which on RDNA3 holds every row
+    in every lane of a half-wave; through this non-pure empty asm the tile is computed once
+    and each copy is made through LDS. The interpreter skips the asm (it has no inline asm).
+    """
+    if ON and not _IN_INTERPRETER:
+        if x.dtype.primitive_bitwidth == 16:
+            bits = x.to(tl.int16, bitcast=True)
+            bits = tl.inline_asm_elementwise(
+                "", "=v,0", [bits], dtype=tl.int16, is_pure=False, pack=2
+            )
+        else:
+            bits = x.to(tl.int32, bitcast=True)
+            bits = tl.inline_asm_elementwise(
+                "", "=v,0", [bits], dtype=tl.int32, is_pure=False, pack=1
+            )
+        x = bits.to(x.dtype, bitcast=True)
+    return x
+
+
+@triton.jit
+def _rope_load(
+    X, COS, SIN, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr,
+    OPAQUE: tl.constexpr = False,
+):  # fmt: skip
     """Load rows ``offs_s`` of one head and return the rotated halves in the input dtype."""
     x_ptr = X + offs_s[:, None] * stride_s + offs_d[None, :]
     c_ptr = offs_s[:, None] * stride_cs + offs_d[None, :]
@@ -55,20 +84,24 @@ def _rope_load(X, COS, SIN, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF:
     x2f = x2.to(tl.float32)
     e1 = (x1f * c1 - x2f * s1).to(x1.dtype)
     e2 = (x2f * c2 + x1f * s2).to(x1.dtype)
-    return e1, e2
+    return _opaque_tile(e1, OPAQUE), _opaque_tile(e2, OPAQUE)
 
 
 @triton.jit
 def _rope_store_grad(
-    DX, COS, SIN, de1, de2, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr
-):
-    """Transpose of the rotation: fp32 grads w.r.t. the rotated halves -> grads of x."""
+    DX, COS, SIN, de1, de2, offs_s, offs_d, row_mask, stride_s, stride_cs, HALF: tl.constexpr,
+    RELOAD: tl.constexpr = False,
+):  # fmt: skip
+    """Transpose of the rotation: fp32 grads w.r.t. the rotated halves -> grads of x.
+
+    ``RELOAD`` reads cos/sin again (volatile) instead of letting the compiler keep the
+    prologue's copies of the same rows in registers through the whole loop (RDNA3)."""
     c_ptr = offs_s[:, None] * stride_cs + offs_d[None, :]
     m = row_mask[:, None]
-    c1 = tl.load(COS + c_ptr, mask=m, other=0.0)
-    c2 = tl.load(COS + c_ptr + HALF, mask=m, other=0.0)
-    s1 = tl.load(SIN + c_ptr, mask=m, other=0.0)
-    s2 = tl.load(SIN + c_ptr + HALF, mask=m, other=0.0)
+    c1 = tl.load(COS + c_ptr, mask=m, other=0.0, volatile=RELOAD)
+    c2 = tl.load(COS + c_ptr + HALF, mask=m, other=0.0, volatile=RELOAD)
+    s1 = tl.load(SIN + c_ptr, mask=m, other=0.0, volatile=RELOAD)
+    s2 = tl.load(SIN + c_ptr + HALF, mask=m, other=0.0, volatile=RELOAD)
     dx1 = de1 * c1 + de2 * s2
     dx2 = de2 * c2 - de1 * s1
     ptr = DX + offs_s[:, None] * stride_s + offs_d[None, :]
@@ -83,7 +116,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_os, stride_oh,
     S, H, sm_scale,
     HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, OPAQUE_TILES: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -108,7 +141,9 @@ def _attn_fwd_kernel(
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < S
-        k1, k2 = _rope_load(K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF)
+        k1, k2 = _rope_load(
+            K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF, OPAQUE_TILES
+        )
         qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
         qk = tl.dot(q2, tl.trans(k2), qk, input_precision=DOT_PRECISION)
         qk = tl.where(mask_n[None, :], qk * qk_scale, float("-inf"))
@@ -168,7 +203,7 @@ def _attn_bwd_dkdv_kernel(
     stride_gb, stride_gs, stride_gh,
     S, H, sm_scale,
     HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, OPAQUE_TILES: tl.constexpr,
 ):  # fmt: skip
     """One program owns BLOCK_N keys of one (batch, head) and sweeps all queries."""
     pid_n = tl.program_id(0)
@@ -197,10 +232,13 @@ def _attn_bwd_dkdv_kernel(
     for start_m in range(0, S, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < S
-        q1, q2 = _rope_load(Q, COS, SIN, offs_m, offs_h, mask_m, stride_qs, stride_cs, HALF)
+        q1, q2 = _rope_load(
+            Q, COS, SIN, offs_m, offs_h, mask_m, stride_qs, stride_cs, HALF, OPAQUE_TILES
+        )
         do = tl.load(
             DO_ + offs_m[:, None] * stride_dos + offs_d[None, :], mask=mask_m[:, None], other=0.0
         )
+        do = _opaque_tile(do, OPAQUE_TILES)  # used as is (dv) and transposed (dpT)
         # Padded query rows get lse = +inf, hence p = 0 and no contribution.
         lse2 = tl.load(LSE_ + offs_m, mask=mask_m, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA_ + offs_m, mask=mask_m, other=0.0)
@@ -218,7 +256,7 @@ def _attn_bwd_dkdv_kernel(
     DK = G + (H + h) * stride_gh
     _rope_store_grad(
         DK, COS, SIN, dk1 * sm_scale, dk2 * sm_scale, offs_n, offs_h, mask_n, stride_gs,
-        stride_cs, HALF,
+        stride_cs, HALF, OPAQUE_TILES,
     )  # fmt: skip
     DV = G + (2 * H + h) * stride_gh
     tl.store(
@@ -236,7 +274,7 @@ def _attn_bwd_dq_kernel(
     stride_gb, stride_gs, stride_gh,
     S, H, sm_scale,
     HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, OPAQUE_TILES: tl.constexpr,
 ):  # fmt: skip
     """One program owns BLOCK_M queries of one (batch, head) and sweeps all keys."""
     pid_m = tl.program_id(0)
@@ -269,10 +307,13 @@ def _attn_bwd_dq_kernel(
     for start_n in range(0, S, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < S
-        k1, k2 = _rope_load(K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF)
+        k1, k2 = _rope_load(
+            K, COS, SIN, offs_n, offs_h, mask_n, stride_qs, stride_cs, HALF, OPAQUE_TILES
+        )
         v = tl.load(
             V + offs_n[:, None] * stride_qs + offs_d[None, :], mask=mask_n[:, None], other=0.0
         )
+        v = _opaque_tile(v, OPAQUE_TILES)  # transposed in a register layout otherwise
         qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PRECISION)
         qk = tl.dot(q2, tl.trans(k2), qk, input_precision=DOT_PRECISION)
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
@@ -285,7 +326,7 @@ def _attn_bwd_dq_kernel(
     DQ = DQKV + b.to(tl.int64) * stride_gb + h * stride_gh
     _rope_store_grad(
         DQ, COS, SIN, dq1 * sm_scale, dq2 * sm_scale, offs_m, offs_h, mask_m, stride_gs,
-        stride_cs, HALF,
+        stride_cs, HALF, OPAQUE_TILES,
     )  # fmt: skip
 
 
@@ -296,6 +337,9 @@ def _attn_bwd_dq_kernel(
 # Target family -> head dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages), fixed tables (no
 # autotune: one config per shape keeps launches deterministic and compile-free after warm-up).
 # Families share a row unless the static report (hrm-fast kernels-report) shows they must differ.
+# Head dims 32 (seed) and 64 (paper, TRM) are the presets'; 128 is any model with
+# hidden / heads = 128 (e.g. --hidden-size 512 --num-heads 4), compiled by the report as an
+# extra "paper" spec (aot_specs).
 #
 # nvidia (sm_80/86/89/90): every entry compiles with zero spill bytes for bf16, with and without
 # 16-byte alignment specialisation, and fits sm_89's 99 KB of shared memory. Register pressure
@@ -304,17 +348,51 @@ def _attn_bwd_dq_kernel(
 # fp32 accumulators.
 # cdna (gfx90a, gfx942; wave 64): the nvidia tables, except dq at D=64 (paper): 8 waves of
 # (64, 32) need 2 waves per SIMD, which caps a wave at 256 of the 512 VGPRs, and it spills
-# (25 VGPRs on gfx90a, 38 on gfx942); (64, 16) with 8 waves fits in 204 VGPRs.
-# rdna3 (gfx1100; wave 32): None. The backward kernels spill on gfx1100 at every configuration
-# tried (dk/dv at D=32: 84 to 743 VGPRs for tiles 16x16 to 32x64, 2 to 16 waves, 1 or 2
-# stages; dq likewise), so attention on RDNA3 runs through PyTorch's SDPA (rope_attention).
-# D=128 is in no preset and is compiled for no target; its rows are the nvidia ones.
+# (25 VGPRs on gfx90a, 38 on gfx942); (64, 16) with 8 waves fits in 204 VGPRs. At D=128 the
+# nvidia backward rows (8 waves, so 256 VGPRs each) spill on both (dk/dv 14-20 VGPRs, dq
+# 98-111); with 4 waves a wave may use AGPRs too: dk/dv (16, 32, 4) 293 VGPRs (37 AGPRs),
+# dq (32, 16, 4) 256 on gfx942 / 260 on gfx90a, no spills.
+# rdna3 (gfx1100; wave 32, at most 256 VGPRs per wave): every kernel runs with OPAQUE_TILES
+# (see _opaque_tile). Without it the backward spilled at every configuration, even dk/dv at
+# D=32 with 16x16 tiles and one wave (256 VGPRs + 124 spilled, 500 B scratch per lane): the
+# streamed Q (dk/dv) or K (dq) tile feeds one dot as is and one transposed, and Triton
+# re-computed its RoPE -- x1, x2 and the four fp32 cos/sin tiles -- in both WMMA operand
+# layouts, which on RDNA3 repeat each row in both half-waves (16 values per lane per 16x16
+# tile instead of 8). dO (dk/dv) and V (dq) were likewise transposed in registers, and the
+# prologue's cos/sin rows stayed live through the loop for the epilogue's rotation. The
+# forward at D=64 spilled for the same reason (nvidia row: 256 + 9; (64, 32): 256 + 252).
+# With the barrier (kernels-report, gfx1100, VGPRs, no spills):
+#   fwd   D=32 (64, 64, 4, 1) 188   D=64 (64, 32, 4, 1) 180
+#   dk/dv D=32 (16, 64, 4, 1) 187   D=64 (16, 32, 4, 1) 243
+#   dq    D=32 (64, 16, 4, 1) 158   D=64 (32, 16, 4, 1) 209
+# D=128 has no rdna3 rows (SDPA): the backward still spills at every tile tried, least at
+# 16x16 with 8 waves (dk/dv 255 VGPRs + 28 spilled, dq 256 + 26); 1 to 4 waves or wider
+# tiles spill more. By the layout arithmetic the owned K and V rows alone take 128 of the
+# 256 VGPRs there: the WMMA A operand gives each lane a whole row of k1, k2 and v (64 + 64 +
+# 128 bf16), in every wave, before the loop's tiles and the three fp32 accumulators.
+# D=128 on nvidia compiles without spills on sm_80/89/90 (sm_80: fwd 252, dk/dv 244, dq 248
+# registers; dq uses 64 KB of shared memory).
 _FWD_NVIDIA = {32: (64, 64, 4, 3), 64: (128, 64, 8, 2), 128: (64, 32, 8, 2)}
 _DKDV_NVIDIA = {32: (32, 64, 4, 2), 64: (16, 64, 8, 2), 128: (16, 32, 8, 2)}  # (M loop, N own)
 _DQ_NVIDIA = {32: (64, 32, 4, 2), 64: (64, 32, 8, 2), 128: (32, 32, 8, 2)}  # (M own, N loop)
-_FWD_CFG = {"nvidia": _FWD_NVIDIA, "cdna": _FWD_NVIDIA, "rdna3": None}
-_DKDV_CFG = {"nvidia": _DKDV_NVIDIA, "cdna": _DKDV_NVIDIA, "rdna3": None}
-_DQ_CFG = {"nvidia": _DQ_NVIDIA, "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2)}, "rdna3": None}
+_FWD_CFG = {
+    "nvidia": _FWD_NVIDIA,
+    "cdna": _FWD_NVIDIA,
+    "rdna3": {32: (64, 64, 4, 1), 64: (64, 32, 4, 1)},
+}
+_DKDV_CFG = {
+    "nvidia": _DKDV_NVIDIA,
+    "cdna": {**_DKDV_NVIDIA, 128: (16, 32, 4, 2)},
+    "rdna3": {32: (16, 64, 4, 1), 64: (16, 32, 4, 1)},
+}
+_DQ_CFG = {
+    "nvidia": _DQ_NVIDIA,
+    "cdna": {**_DQ_NVIDIA, 64: (64, 16, 8, 2), 128: (32, 16, 4, 2)},
+    "rdna3": {32: (64, 16, 4, 1), 64: (32, 16, 4, 1)},
+}
+# Families whose kernels compile with OPAQUE_TILES (an AMD-only asm barrier, _opaque_tile).
+_OPAQUE_TILES = {"nvidia": False, "cdna": False, "rdna3": True}
+HEAD_DIMS = tuple(_FWD_NVIDIA)  # head dims the kernels take; a family's tables may lack some
 
 
 def _pre_block_m(D: int) -> int:
@@ -322,17 +400,39 @@ def _pre_block_m(D: int) -> int:
     return 2048 // D
 
 
+# Interpreter runs use one config (None) unless a test sets a target family here to run that
+# family's launch configuration on the CPU (tests/test_attention.py).
+_interpret_family: str | None = None
+
+
+def _family(t: torch.Tensor) -> str | None:
+    if _INTERPRET:
+        return _interpret_family
+    return device_target_family(t.device)
+
+
 def _cfg(table: dict, D: int, t: torch.Tensor) -> tuple[int, int, int, int]:
     # Interpreter: one config; fewer, larger tiles run faster in numpy and still exercise
     # the masks and multi-block loops (S = 130, 901). aot_specs always reads the GPU tables.
-    if _INTERPRET:
+    family = _family(t)
+    if family is None:
         return (64, 64, 4, 1)
-    return table[device_target_family(t.device)][D]
+    return table[family][D]
 
 
-def _triton_attention_on(t: torch.Tensor) -> bool:
-    """Whether this device's target family has attention kernels (RDNA3 has none, see above)."""
-    return _INTERPRET or not t.is_cuda or _FWD_CFG[device_target_family(t.device)] is not None
+def _triton_attention_on(qkv: torch.Tensor) -> bool:
+    """Whether the kernels have launch configurations for this head dim on this device's
+    target family (RDNA3 has none at D=128, see the tables); otherwise SDPA runs."""
+    D = qkv.shape[-1]
+    family = _family(qkv) if (_INTERPRET or qkv.is_cuda) else None
+    if family is None:
+        return D in HEAD_DIMS
+    return all(D in table[family] for table in (_FWD_CFG, _DKDV_CFG, _DQ_CFG))
+
+
+def _opaque_tiles(t: torch.Tensor) -> bool:
+    family = _family(t)
+    return family is not None and _OPAQUE_TILES[family]
 
 
 # tl.dot input precision for every launch. fp32 inputs (tests, debugging) get exact fp32
@@ -345,7 +445,7 @@ _DOT_PRECISION = "ieee"
 def _check(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     B, S, H3, D = qkv.shape
     assert H3 % 3 == 0, f"qkv must be [B, S, 3H, D], got {tuple(qkv.shape)}"
-    assert D in _FWD_NVIDIA, f"head dim {D} not supported (32, 64, 128)"
+    assert D in HEAD_DIMS, f"head dim {D} not supported {HEAD_DIMS}"
     assert cos.shape[0] >= S and cos.shape[1] == D and sin.shape == cos.shape
     return B, S, H3 // 3, D
 
@@ -374,7 +474,7 @@ def _attention_fwd(qkv, cos, sin, out=None, lse=None):
         out.stride(0), out.stride(1), out.stride(2),
         S, H, 1.0 / math.sqrt(D),
         HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=_DOT_PRECISION,
-        num_warps=warps, num_stages=stages,
+        OPAQUE_TILES=_opaque_tiles(qkv), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out, lse
 
@@ -409,14 +509,15 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
         dqkv.stride(0), dqkv.stride(1), dqkv.stride(2),
         S, H, scale,
     )  # fmt: skip
+    opaque = _opaque_tiles(qkv)
     bm, bn, warps, stages = _cfg(_DKDV_CFG, D, qkv)
     torch.library.wrap_triton(_attn_bwd_dkdv_kernel)[(triton.cdiv(S, bn), B * H)](
-        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
+        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec, OPAQUE_TILES=opaque,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     bm, bn, warps, stages = _cfg(_DQ_CFG, D, qkv)
     torch.library.wrap_triton(_attn_bwd_dq_kernel)[(triton.cdiv(S, bm), B * H)](
-        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec,
+        *args, HALF=D // 2, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=prec, OPAQUE_TILES=opaque,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return dqkv
@@ -469,7 +570,9 @@ torch.library.register_autograd("hrm_fast::rope_attention", _backward, setup_con
 
 
 def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE + non-causal attention: ``[B, S, 3H, D]`` -> ``[B, S, H, D]`` (see module doc)."""
+    """RoPE + non-causal attention: ``[B, S, 3H, D]`` -> ``[B, S, H, D]`` (see module doc).
+
+    Head dims without launch configurations on the device's target family run through SDPA."""
     if use_triton(qkv):
         if _triton_attention_on(qkv):
             return torch.ops.hrm_fast.rope_attention(qkv, cos, sin)[0]
@@ -545,7 +648,7 @@ _SIG_FWD = {
     "stride_ob": "i32", "stride_os": "i32", "stride_oh": "i32",
     "S": "i32", "H": "i32", "sm_scale": "fp32",
     "HALF": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-    "DOT_PRECISION": "constexpr",
+    "DOT_PRECISION": "constexpr", "OPAQUE_TILES": "constexpr",
 }  # fmt: skip
 _SIG_PRE = {
     "OUT": "*bf16", "DO": "*bf16", "DELTA": "*fp32",
@@ -561,32 +664,36 @@ _SIG_BWD = {
     "stride_gb": "i32", "stride_gs": "i32", "stride_gh": "i32",
     "S": "i32", "H": "i32", "sm_scale": "fp32",
     "HALF": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-    "DOT_PRECISION": "constexpr",
+    "DOT_PRECISION": "constexpr", "OPAQUE_TILES": "constexpr",
 }  # fmt: skip
 
 
-# Why a target family launches none of these kernels (the report prints it).
-AOT_NOT_LAUNCHED = {
-    "rdna3": "backward spills on gfx1100 at every config tried; RDNA3 uses SDPA (see _FWD_CFG)"
-}
+# Head dim 128 is in no preset: the report compiles its rows at the paper shape with 4 heads
+# (--num-heads 4), listed with the paper preset.
+_EXTRA_SHAPES = {"paper": [(768, 901, 4, 128)]}
 
 
 def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
-    """Launch configs of the four attention kernels at the preset's training shape (bf16)."""
-    if _FWD_CFG[target] is None:
-        return []
-    return _aot_specs_for(*_PRESET_SHAPES[preset], target=target)
+    """Launch configs of the four attention kernels at the preset's training shape (bf16),
+    plus any extra head dims compiled with that preset (_EXTRA_SHAPES)."""
+    specs = _aot_specs_for(*_PRESET_SHAPES[preset], target=target)
+    for shape in _EXTRA_SHAPES.get(preset, []):
+        if shape[3] in _DQ_CFG[target]:  # RDNA3 has no D=128 rows
+            specs += _aot_specs_for(*shape, target=target)
+    return specs
 
 
 def _aot_specs_for(B: int, S: int, H: int, D: int, target: str = "nvidia") -> list[AotSpec]:
     note = f"B={B} S={S} H={H} D={D} bf16"
     prec = _DOT_PRECISION
     specs = []
+    opaque = _OPAQUE_TILES[target]
     bm, bn, w, st = _FWD_CFG[target][D]
     specs.append(
         AotSpec(
             "attention_fwd", _attn_fwd_kernel, dict(_SIG_FWD),
-            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec,
+             "OPAQUE_TILES": opaque},
             num_warps=w, num_stages=st, grid=(triton.cdiv(S, bm), B * H), note=note,
             has_dot=True,
         )
@@ -602,7 +709,8 @@ def _aot_specs_for(B: int, S: int, H: int, D: int, target: str = "nvidia") -> li
     specs.append(
         AotSpec(
             "attention_bwd_dkdv", _attn_bwd_dkdv_kernel, dict(_SIG_BWD),
-            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec,
+             "OPAQUE_TILES": opaque},
             num_warps=w, num_stages=st, grid=(triton.cdiv(S, bn), B * H), note=note,
             has_dot=True,
         )
@@ -611,7 +719,8 @@ def _aot_specs_for(B: int, S: int, H: int, D: int, target: str = "nvidia") -> li
     specs.append(
         AotSpec(
             "attention_bwd_dq", _attn_bwd_dq_kernel, dict(_SIG_BWD),
-            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec},
+            {"HALF": D // 2, "BLOCK_M": bm, "BLOCK_N": bn, "DOT_PRECISION": prec,
+             "OPAQUE_TILES": opaque},
             num_warps=w, num_stages=st, grid=(triton.cdiv(S, bm), B * H), note=note,
             has_dot=True,
         )

@@ -955,3 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\nkernels-report: {n} compiles OK, no spills ({report['wall_s']} s)")
     return 0
+
+
+# CMake runs the report as `python -m hrm_fast.kernels.report` (CMakeLists.txt).
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,13 +205,72 @@ def test_aot_specs_match_kernel_signatures(preset):
     assert (fwd.num_warps, fwd.num_stages) == attn._FWD_CFG["nvidia"][D][2:]
 
 
-def test_per_target_tables_and_rdna3_fallback():
+def test_per_target_tables():
     # CDNA differs from NVIDIA only where the static report showed a spill (dq, D=64).
-    (dq,) = [s for s in attn.aot_specs("paper", target="cdna") if s.name == "attention_bwd_dq"]
+    dq = next(s for s in attn.aot_specs("paper", target="cdna") if s.name == "attention_bwd_dq")
     assert (dq.constexprs["BLOCK_M"], dq.constexprs["BLOCK_N"], dq.num_warps) == (64, 16, 8)
     assert attn._DQ_CFG["cdna"][32] == attn._DQ_CFG["nvidia"][32]
-    # RDNA3 launches no attention kernel: the report compiles none, the op falls back to SDPA.
-    assert attn.aot_specs("seed", target="rdna3") == [] and "rdna3" in attn.AOT_NOT_LAUNCHED
+    # Only RDNA3 compiles the asm barrier; NVIDIA and CDNA code is what it was without it.
+    for target, opaque in (("nvidia", False), ("cdna", False), ("rdna3", True)):
+        dots = [s for s in attn.aot_specs("seed", target=target) if s.has_dot]
+        assert len(dots) == 3 and all(s.constexprs["OPAQUE_TILES"] is opaque for s in dots)
+    # D=128 is compiled with the paper preset (4 heads) where a family has rows for it.
+    for target, n_specs in (("nvidia", 8), ("cdna", 8), ("rdna3", 4)):
+        specs = attn.aot_specs("paper", target=target)
+        assert len(specs) == n_specs, target
+        d128 = [s for s in specs if "D=128" in s.note]
+        assert len(d128) == n_specs - 4 and all("H=4" in s.note for s in d128)
+
+
+# RDNA3's launch configurations (16-row tiles, OPAQUE_TILES, volatile cos/sin reloads) on the
+# CPU. The interpreter has no inline asm, so _opaque_tile is the identity here as on the GPU.
+RDNA3_CASES = [
+    (2, 37, 2, 32, torch.float32),
+    (1, 130, 1, 64, torch.float32),
+    (1, 130, 2, 32, torch.float16),
+    (2, 37, 1, 64, torch.float16),
+]
+
+
+@pytest.mark.parametrize("B,S,H,D,dtype", RDNA3_CASES)
+def test_rdna3_launch_configs_match_reference(monkeypatch, B, S, H, D, dtype):
+    monkeypatch.setattr(attn, "_interpret_family", "rdna3")
+    qkv, do, cos, sin = make_inputs(B, S, H, D, dtype, seed=4000 + S + D)
+    assert attn._cfg(attn._DKDV_CFG, D, qkv) == attn._DKDV_CFG["rdna3"][D]
+    assert attn._opaque_tiles(qkv)
+    out, lse, dqkv = run_kernels(qkv, do, cos, sin)
+    ref_out, ref_dqkv = reference(qkv, do, cos, sin, torch.float64)
+    if dtype == torch.float32:
+        assert_close(out, ref_out, atol=2e-5, rtol=1e-5, name="out")
+        assert_close(dqkv, ref_dqkv, atol=5e-5, rtol=1e-5, name="dqkv")
+    else:
+        eager_out, eager_dqkv = reference(qkv, do, cos, sin, dtype)
+        floor = 2.0**-11
+        assert max_err(out, ref_out) <= 2 * max_err(eager_out, ref_out) + floor
+        assert max_err(dqkv, ref_dqkv) <= 2 * max_err(eager_dqkv, ref_dqkv) + floor
+    assert_close(lse, lse_reference(qkv, cos, sin), atol=2e-2, rtol=0, name="lse")
+
+
+@pytest.mark.parametrize("family, D, fused", [
+    (None, 128, True), ("nvidia", 128, True), ("cdna", 128, True), ("rdna3", 128, False),
+    ("rdna3", 64, True), (None, 48, False), ("nvidia", 16, False),
+])  # fmt: skip
+def test_head_dims_without_rows_fall_back_to_sdpa(monkeypatch, family, D, fused):
+    from hrm_fast.kernels.dispatch import triton_on_cpu
+
+    monkeypatch.setattr(attn, "_interpret_family", family)
+    g = torch.Generator().manual_seed(D)
+    qkv = torch.randn(1, 9, 3, D, generator=g, dtype=torch.float64)
+    cos, sin = (t.double() for t in rope_tables(9, D))
+    assert attn._triton_attention_on(qkv) is fused
+    calls = []
+    monkeypatch.setattr(
+        attn, "rope_attention_sdpa", lambda *a: calls.append(1) or attn.rope_attention_ref(*a)
+    )
+    if not fused:  # the kernels are not launched: SDPA's result, whatever the head dim
+        with triton_on_cpu():
+            out = attn.rope_attention(qkv, cos, sin)
+        assert calls and torch.equal(out, attn.rope_attention_ref(qkv, cos, sin))
 
 
 def test_sdpa_fallback_matches_reference():

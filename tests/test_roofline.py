@@ -186,3 +186,31 @@ def test_data_parallel_comm_model():
     assert fast["efficiency"] == pytest.approx(fast["speedup"] / 8)
     assert "model" in fast["label"] and "not measured" in fast["label"]
     assert "MODEL" in roofline.format_scaling(cfg, "paper")
+
+
+def test_amd_peaks_from_vendor_figures():
+    # Compute units x dense matrix FLOP/clk/CU x peak clock reproduce AMD's published figures.
+    mi300x, mi250x, navi = (roofline.GPUS[k] for k in ("mi300x", "mi250x", "rx7900xtx"))
+    assert mi300x.bf16_tflops == pytest.approx(1307.4, abs=0.05)
+    assert mi250x.bf16_tflops == pytest.approx(383.0, abs=0.05)
+    assert navi.bf16_tflops == pytest.approx(122.9, abs=0.05)
+    assert (mi300x.bandwidth_gbs, mi250x.bandwidth_gbs, navi.bandwidth_gbs) == (5300, 3276.8, 960)
+    assert mi300x.peak_flops == pytest.approx(1.3074e15, rel=1e-4)
+    # Ceilings on AMD follow the same formula; the seed shape is compute bound on each.
+    cfg = from_name("seed")
+    f, b = roofline.step_flops(cfg)["total"], roofline.step_bytes(cfg)["total"]
+    for g in (mi300x, mi250x, navi):
+        want = 1 / max(f / g.peak_flops, b / g.peak_bytes)
+        assert roofline.ceiling_it_s(cfg, g) == pytest.approx(want)
+    rows = {r["key"]: r for r in roofline.ceiling_table(cfg, "seed")}
+    assert all(rows[k]["bound"] == "compute" for k in ("mi300x", "mi250x", "rx7900xtx"))
+    assert rows["mi300x"]["ceiling_it_s"] > rows["mi250x"]["ceiling_it_s"]
+    assert "not measured" in rows["rx7900xtx"]["label"]
+
+
+def test_amd_lookup_by_rocm_device_name():
+    assert roofline.gpu_peak("AMD Instinct MI300X").name == "Instinct MI300X"
+    assert roofline.gpu_peak("AMD Instinct MI250X/MI250").name == "Instinct MI250X"
+    assert roofline.gpu_peak("AMD Radeon RX 7900 XTX").name == "Radeon RX 7900 XTX"
+    with pytest.raises(KeyError):
+        roofline.gpu_peak("AMD Radeon RX 7900 XT")  # 84 CUs, 800 GB/s: no entry
