@@ -243,7 +243,7 @@ def paired_table(rows: list[dict], baseline: str = "none") -> str:
         lines.append(f"{v:14s} {len(pairs):5d}  {span:21s} {more:3d}/{len(du):<5d} "
                      f"{m('probe_differ'):9s} {m('probe_tv'):8s} {m('lm_loss'):10s} "
                      f"{m('accuracy')}")  # fmt: skip
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 THRESHOLDS = {"probe_differ": (0.05, 0.1, 0.25, 0.5, 0.75),
@@ -275,35 +275,95 @@ def separation_table(rows: list[dict], controls: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def warning_table(rows: list[dict], probe_shrink: float) -> str:
+    """Replays the ``probe_margin`` early warning (hrm_fast/early_warning.py) over each run's
+    probe points: in how many trained and shuffled-input runs it would have fired."""
+    import types
+
+    from hrm_fast.early_warning import CollapseWatch
+
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["variant"], r["seed"]), []).append(r)
+    fired = {"trained": [0, 0], "shuffled": [0, 0]}
+    for (variant, _), rs in runs.items():
+        watch = CollapseWatch(0.0, 1, probe_shrink)
+        warned = False
+        for r in sorted(rs, key=lambda r: r["step"]):
+            report = types.SimpleNamespace(mean_tv=r["probe_tv"], passed=r["probe_passed"],
+                                           step=r["step"], min_tv=1.0)  # fmt: skip
+            warned |= watch.on_probe(report) is not None
+        kind = "shuffled" if variant == "shuffled" else "trained"
+        fired[kind][0] += warned
+        fired[kind][1] += 1
+    parts = [f"{kind} runs {n}/{total}" for kind, (n, total) in fired.items() if total]
+    return f"probe_margin warning (TV < {probe_shrink:g} x previous probe): " + ", ".join(parts)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error over seeds (0 for one seed)."""
+    if len(values) < 2:
+        return statistics.mean(values), 0.0
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def plot(rows: list[dict], path: Path, baseline: str = "none") -> None:
+    """Four panels of raw curves plus the paired one: unique classes minus ``baseline``'s at
+    the same seed and step (seeds vary more than variants do, so pairs show the effect)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def finite(xs):
+        return [x for x in xs if x is not None and math.isfinite(x)]
+
     panels = [("unique_classes", "unique argmax classes"), ("probe_differ", "probe: grids differ"),
               ("probe_tv", "probe: mean TV"), ("lm_loss", "lm loss")]  # fmt: skip
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for i, v in enumerate(variants):
-            steps = sorted({r["step"] for r in rows if r["variant"] == v})
-            mean, lo, hi, xs = [], [], [], []
+    base_uniq = {(r["seed"], r["step"]): r["unique_classes"] for r in rows
+                 if r["variant"] == baseline and r["unique_classes"] is not None}  # fmt: skip
+    for i, v in enumerate(variants):
+        colour = f"C{i % 10}"
+        steps = sorted({r["step"] for r in rows if r["variant"] == v})
+        for ax, (key, _) in zip(axes, panels, strict=False):
+            xs, mean, se = [], [], []
             for s in steps:
-                vals = [r[key] for r in rows if r["variant"] == v and r["step"] == s]
-                vals = [x for x in vals if x is not None and math.isfinite(x)]
+                vals = finite(r[key] for r in rows if r["variant"] == v and r["step"] == s)
                 if vals:
                     xs.append(s)
-                    mean.append(statistics.mean(vals))
-                    lo.append(min(vals))
-                    hi.append(max(vals))
-            colour = f"C{i}"
+                    m, e = _mean_se(vals)
+                    mean.append(m)
+                    se.append(e)
             ax.plot(xs, mean, label=v, color=colour)
-            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15)
+            ax.fill_between(xs, [m - e for m, e in zip(mean, se, strict=True)],
+                            [m + e for m, e in zip(mean, se, strict=True)], color=colour,
+                            alpha=0.12)  # fmt: skip
+        if v == baseline:
+            continue
+        xs, mean, se = [], [], []
+        for s in steps:
+            diffs = finite(
+                r["unique_classes"] - base_uniq[(r["seed"], s)]
+                for r in rows
+                if r["variant"] == v and r["step"] == s and (r["seed"], s) in base_uniq
+                if r["unique_classes"] is not None
+            )
+            if diffs:
+                xs.append(s)
+                m, e = _mean_se(diffs)
+                mean.append(m)
+                se.append(e)
+        axes[4].errorbar(xs, mean, yerr=se, color=colour, capsize=2, label=v)
+    for ax, (_, title) in zip(axes, panels, strict=False):
         ax.set_title(title)
+    axes[4].axhline(0.0, color="grey", lw=0.8)
+    axes[4].set_title(f"unique classes minus {baseline!r}, same seed")
+    for ax in axes:
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("hrm-fast ablate: mean over seeds, band = min..max")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("hrm-fast ablate: mean over seeds, band / bars = one standard error")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -409,7 +469,7 @@ def ablate(
     payload = json.loads(path.read_text())
     rows = [r for r in payload["rows"] if r["variant"] in variants]
     controls = [c for c in payload["controls"] if c["variant"] in variants]
-    plot(rows, out / "ablation.png")
+    plot(rows, out / "ablation.png", baseline)
     print(summary_table(rows, controls))
     paired = paired_table(rows, baseline)
     if paired:
@@ -417,5 +477,6 @@ def ablate(
     sep = separation_table(rows, controls)
     if sep:
         print(sep)
+    print(warning_table(rows, base.train.warn_probe_shrink))
     log(f"hrm-fast: wrote {path} and {out / 'ablation.png'} in {time.perf_counter() - t0:.0f} s")
     return 0
