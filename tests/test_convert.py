@@ -24,10 +24,11 @@ SHAPE_B = (48, 3, 1, 2, 1, 2, 0, 4.0)  # no puzzle embedding
 SHAPES = [pytest.param(SHAPE_A, id="h32-pe48-pad"), pytest.param(SHAPE_B, id="h48-nope")]
 
 
-# Per forward dtype (atol, rtol). fp32 differs only by association order (we add z_L + z_H + x,
-# the official code z_L + (z_H + x)), which grows over cycles and ACT steps; fp64 shows the
-# same maths to ~1e-12.
-TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-4)}
+# Per forward dtype (atol, rtol). fp64 shows the same maths to ~1e-12. fp32 differs only by
+# association order (we add z_L + z_H + x, the official code z_L + (z_H + x)), which grows over
+# cycles and ACT steps and depends on the CPU's matmul kernels: max 2.3e-4 on an AVX-512 EPYC,
+# under 1e-4 on the machine that first ran it. A wrong op or weight is off by O(0.1).
+TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (5e-4, 5e-4)}
 
 
 def _official(
