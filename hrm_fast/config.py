@@ -119,7 +119,7 @@ class TrainConfig:
     # Input-sensitivity probe: before step 1 and at every checkpoint.
     probe_pairs: int = 16
     # Probe thresholds from the ablation's ROC (docs/safeguards.md): TV separates trained from
-    # input-invariant models (lowest trained 0.07, highest invariant 0.029 at the default loss);
+    # input-invariant models (lowest trained 0.145, highest invariant 0.029 at the default loss);
     # the differ-fraction also falls in argmax collapse (to 0.25 in healthy runs), so its floor
     # sits lower.
     probe_min_differ: float = 0.1  # fraction of input pairs whose predicted grids differ
