@@ -73,6 +73,19 @@ def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float) -> 
     )
 
 
+def probe_stop_hint(out: Path, saved: bool) -> str:
+    """What a user whose run the probe stopped can do next."""
+    look = (
+        f"look with `hrm-fast probe {out}` and `hrm-fast report {out}`"
+        if saved
+        else "before any training that points at the data or the model flags"
+    )
+    return (
+        "hrm-fast: the model's predictions barely depend on its input (docs/safeguards.md); "
+        f"{look}; the thresholds are --probe-min-tv and --probe-min-differ"
+    )
+
+
 def steps_for_epochs(epochs: int, num_train_pairs: int, batch_size: int) -> int:
     """TRM's and HRM's run length: pretrain.py sets total_steps = int(epochs * total_groups *
     mean_puzzle_examples / global_batch_size), where an epoch visits every task (group) once
@@ -678,6 +691,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
             log(f"hrm-fast: {report.summary()}")
         if not passed:
             log("hrm-fast: input-sensitivity probe FAILED before step 1; training stopped")
+            log(probe_stop_hint(out, saved=False))
             if metrics_f is not None:
                 metrics_f.close()
             trackers.close()
@@ -737,6 +751,7 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
                     log(
                         f"hrm-fast: input-sensitivity probe FAILED at step {step}; training stopped"
                     )
+                    log(probe_stop_hint(out, saved=True))
                     code = EXIT_PROBE_FAILED
                     break
                 tick = (time.perf_counter(), step)

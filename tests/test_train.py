@@ -322,10 +322,16 @@ def test_probe_failure_at_checkpoint_names_step(debug_cfg, tmp_path, capsys, mon
                 self.model.inner.embed_tokens.embedding_weight.zero_()
 
     monkeypatch.setattr(Trainer, "step", collapse_after_2)
-    code = train(debug_cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    code = train(debug_cfg, run)
     err = capsys.readouterr().err
     assert code == 3
     assert "FAILED at step 2" in err
+    # The message says what to do next, and the command it names reads the kept checkpoint.
+    assert f"look with `hrm-fast probe {run}`" in err and "--probe-min-tv" in err
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_000000002.pt"]
+    assert cli_main(["probe", str(run), "--json", str(tmp_path / "p.json")]) == 3
+    assert json.loads((tmp_path / "p.json").read_text())["step"] == 2
 
 
 def test_cli_train_probe_eval_smoke(tiny_tasks, tmp_path, capsys):

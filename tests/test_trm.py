@@ -234,6 +234,10 @@ def trm_cfg(debug_cfg):
     m.puzzle_emb_tokens = 2  # the 32-d puzzle vector zero-padded to two positions
     debug_cfg.loss.ce = "stablemax"
     debug_cfg.train.ema, debug_cfg.train.ema_rate = True, 0.5
+    # The shipped TV threshold (0.05) is calibrated on 64-wide models; this 32-wide, 1-layer
+    # TRM reads TV 0.042 at step 4 with its grids still 100% different, and would be stopped.
+    # These tests are about TRM, not the probe (tests/test_safeguards.py calibrates that).
+    debug_cfg.train.probe_min_tv = 0.02
     return debug_cfg
 
 
