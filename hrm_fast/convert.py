@@ -115,12 +115,38 @@ def infer_model_config(state_dict, **overrides) -> ModelConfig:
     return _infer(sd, src, overrides)
 
 
+def _given_options(overrides: dict) -> dict:
+    """The model options a user gave (None = not given); an unknown name is an error."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise UserError(f"unknown model option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    return given
+
+
+def _agreed(src: str, given: dict, inferred: dict) -> dict:
+    """The given options with the ones read from the weights; a contradiction is an error."""
+    for k, v in inferred.items():
+        if k in given and given[k] != v:
+            raise UserError(
+                f"{src}: --{k.replace('_', '-')} {given[k]} contradicts the weights ({v})"
+            )
+    return {**given, **inferred}
+
+
+def _puzzle_emb_ndim(sd: dict) -> int:
+    pe = sd.get("inner.puzzle_emb.weights")
+    return int(pe.shape[1]) if pe is not None and pe.ndim == 2 else 0
+
+
 def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     emb = _need(sd, "inner.embed_tokens.embedding_weight", src, 2)
     vocab, hidden = emb.shape
     n_h, n_l = _num_layers(sd, "H"), _num_layers(sd, "L")
+    given = _given_options(overrides)
     if n_h == 0 and n_l > 0:  # one network: TRM
-        return _infer_trm(sd, src, overrides, int(vocab), int(hidden), n_l)
+        return _infer_trm(sd, src, given, int(vocab), int(hidden), n_l)
     if n_h == 0 or n_l == 0:
         level = "H" if n_h == 0 else "L"
         raise UserError(
@@ -128,27 +154,14 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
         )
     gate_up = _need(sd, "inner.H_level.layers.0.mlp.gate_up_proj.weight", src, 2)
     inter = gate_up.shape[0] // 2
-    pe = sd.get("inner.puzzle_emb.weights")
-    pe_ndim = int(pe.shape[1]) if pe is not None and pe.ndim == 2 else 0
-
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise UserError(f"unknown model option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
     inferred = {
         "hidden_size": int(hidden),
         "vocab_size": int(vocab),
         "H_layers": n_h,
         "L_layers": n_l,
-        "puzzle_emb_ndim": pe_ndim,
+        "puzzle_emb_ndim": _puzzle_emb_ndim(sd),
     }
-    for k, v in inferred.items():
-        if k in given and given[k] != v:
-            raise UserError(
-                f"{src}: --{k.replace('_', '-')} {given[k]} contradicts the weights ({v})"
-            )
-    kwargs = {**OFFICIAL_DEFAULTS, **given, **inferred}
+    kwargs = {**OFFICIAL_DEFAULTS, **_agreed(src, given, inferred)}
 
     # expansion -> intermediate is many-to-one; keep a given/default value that reproduces the
     # width, else the exact ratio (which always rounds back to it).
@@ -244,26 +257,15 @@ def _checked_fp32(sd: dict, cfg: ModelConfig, src: str, seq_len: int = 900) -> t
     return out, n_ids
 
 
-def _infer_trm(sd: dict, src: str, overrides: dict, vocab: int, hidden: int, n_l: int):
+def _infer_trm(sd: dict, src: str, given: dict, vocab: int, hidden: int, n_l: int):
     """TRM: only ``L_level`` exists; ``mlp_t`` shows as its token-mixing SwiGLU's keys."""
     mlp_t = "inner.L_level.layers.0.mlp_t.gate_up_proj.weight" in sd
     gate_up = _need(sd, "inner.L_level.layers.0.mlp.gate_up_proj.weight", src, 2)
     inter = gate_up.shape[0] // 2
-    pe = sd.get("inner.puzzle_emb.weights")
-    pe_ndim = int(pe.shape[1]) if pe is not None and pe.ndim == 2 else 0
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise UserError(f"unknown model option {unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    pe_ndim = _puzzle_emb_ndim(sd)
     inferred = {"arch": "trm", "hidden_size": hidden, "vocab_size": vocab, "H_layers": 0,
                 "L_layers": n_l, "puzzle_emb_ndim": pe_ndim, "mlp_t": mlp_t}  # fmt: skip
-    for k, v in inferred.items():
-        if k in given and given[k] != v:
-            raise UserError(
-                f"{src}: --{k.replace('_', '-')} {given[k]} contradicts the weights ({v})"
-            )
-    cfg = ModelConfig(**{**OFFICIAL_TRM_DEFAULTS, **given, **inferred})
+    cfg = ModelConfig(**{**OFFICIAL_TRM_DEFAULTS, **_agreed(src, given, inferred)})
     if "expansion" not in given and cfg.intermediate_size != inter:
         cfg.expansion = inter * 3 / (2 * hidden)
     if cfg.intermediate_size != inter:

@@ -96,6 +96,25 @@ def assert_fused_step_matches_reference(cfg, steps, loss_keys):
     return ref_trainer, fused_trainer
 
 
+def assert_official_train_grads_match(ours, theirs, out_ours, out_theirs):
+    """Backpropagate one loss over logits and halting logits through a port of ours and the
+    official model; every parameter's gradient, and the puzzle embedding's scratch rows', match
+    in float64."""
+
+    def loss(out):
+        return out["logits"].square().mean() + out["q_halt_logits"].sum() * 0.1
+
+    loss(out_ours).backward()
+    loss(out_theirs).backward()
+    grads_theirs = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p.grad is not None, name
+        assert_close(p.grad, grads_theirs[name].grad, 1e-9, 1e-7, f"grad {name}")
+    if hasattr(ours.inner, "puzzle_emb"):  # the sparse embedding's gradient: scratch rows
+        lw_o, lw_t = ours.inner.puzzle_emb.local_weights, theirs.inner.puzzle_emb.local_weights
+        assert_close(lw_o.grad, lw_t.grad, 1e-9, 1e-7, "puzzle local_weights grad")
+
+
 def write_tiny_tasks(root, n_tasks: int = 3, seed: int = 0, max_side: int = 5):
     """A directory of small ARC-format tasks (grids <= max_side), for fast end-to-end tests."""
     import json

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, assert_official_train_grads_match
 from official_hrm import OfficialConfig, OfficialHRM, official_state_dict
 
 from hrm_fast import checkpoint
@@ -153,19 +153,7 @@ def test_official_parity_train_step_and_grads(shape):
     )
     ours.train(), theirs.train()
     out_o, out_t = _run_pair(ours, theirs, n_steps=2, tol=TOL[f64])
-
-    def loss(out):
-        return out["logits"].square().mean() + out["q_halt_logits"].sum() * 0.1
-
-    loss(out_o).backward()
-    loss(out_t).backward()
-    grads_t = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        assert p.grad is not None, name
-        assert_close(p.grad, grads_t[name].grad, 1e-9, 1e-7, f"grad {name}")
-    if cfg.puzzle_emb_ndim:  # the sparse embedding's gradient lands on the scratch rows
-        lw_o, lw_t = ours.inner.puzzle_emb.local_weights, theirs.inner.puzzle_emb.local_weights
-        assert_close(lw_o.grad, lw_t.grad, 1e-9, 1e-7, "puzzle local_weights grad")
+    assert_official_train_grads_match(ours, theirs, out_o, out_t)
 
 
 def test_infer_defaults_and_prefixes():
