@@ -36,7 +36,7 @@ from hrm_fast.errors import UserError
 VARIANTS = ("all", "none", "div", "dist", "halt", "shuffled")
 ROW_KEYS = (
     "variant", "seed", "step", "unique_classes", "label_classes", "probe_differ", "probe_tv",
-    "probe_passed", "lm_loss", "train_exact", "accuracy", "diversity",
+    "probe_passed", "probe_gain", "lm_loss", "train_exact", "accuracy", "diversity",
 )  # fmt: skip
 
 
@@ -82,8 +82,10 @@ def variant_config(base: RunConfig, variant: str, seed: int, steps: int) -> RunC
     return cfg
 
 
-def _shuffle_inputs(sampler) -> None:
-    """Make the sampler pair each example's labels with another example's input."""
+def _shuffle_inputs(sampler):
+    """Make the sampler pair each example's labels with another example's input; returns the
+    unshuffled draw, which the probe keeps using (its input gain needs true input-answer pairs,
+    as in a real run)."""
     sample = sampler.sample
 
     def shuffled(batch_size: int):
@@ -92,17 +94,18 @@ def _shuffle_inputs(sampler) -> None:
         return {**batch, "inputs": batch["inputs"][perm]}
 
     sampler.sample = shuffled
+    return sample
 
 
-def _probe(trainer, model=None):
+def _probe(trainer, source, model=None):
     from hrm_fast.probe import run_probe
 
     if model is None:
-        return trainer.probe()
+        return trainer.probe(source)
     t = trainer.cfg.train
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed + trainer.step_count)
-        return run_probe(model, trainer.sampler, t.probe_pairs, t.probe_min_differ,
+        return run_probe(model, source, t.probe_pairs, t.probe_min_differ,
                          t.probe_min_tv, generator_seed=t.seed)  # fmt: skip
 
 
@@ -125,20 +128,22 @@ def run_one(cfg: RunConfig, variant: str, probe_every: int, on_step=None) -> tup
     from hrm_fast.train import Trainer
 
     trainer = Trainer(cfg, quiet=True)
+    probe_source = trainer.sampler.sample
     if variant == "shuffled":
-        _shuffle_inputs(trainer.sampler)
+        probe_source = _shuffle_inputs(trainer.sampler)
     seed, steps = cfg.train.seed, cfg.train.steps
     rows, controls = [], []
 
     def record(step: int, m: dict | None) -> None:
-        r = _probe(trainer)
+        r = _probe(trainer, probe_source)
         nan = float("nan")
         m = m or {}
         rows.append({
             "variant": variant, "seed": seed, "step": step,
             "unique_classes": m.get("unique_classes", nan),
             "label_classes": m.get("label_classes", nan), "probe_differ": r.frac_differ,
-            "probe_tv": r.mean_tv, "probe_passed": r.passed, "lm_loss": m.get("lm_loss", nan),
+            "probe_tv": r.mean_tv, "probe_passed": r.passed, "probe_gain": r.input_gain,
+            "lm_loss": m.get("lm_loss", nan),
             "train_exact": m.get("exact_accuracy", nan), "accuracy": m.get("accuracy", nan),
             "diversity": m.get("diversity", nan),
         })  # fmt: skip
@@ -151,10 +156,10 @@ def run_one(cfg: RunConfig, variant: str, probe_every: int, on_step=None) -> tup
         if trainer.step_count % probe_every == 0 or trainer.step_count == steps:
             record(trainer.step_count, trainer.read_metrics())
     for name, model in _controls(trainer).items():
-        r = _probe(trainer, model)
+        r = _probe(trainer, probe_source, model)
         controls.append({"control": name, "variant": variant, "seed": seed, "step": steps,
                          "probe_differ": r.frac_differ, "probe_tv": r.mean_tv,
-                         "probe_passed": r.passed})  # fmt: skip
+                         "probe_passed": r.passed, "probe_gain": r.input_gain})  # fmt: skip
     return rows, controls
 
 
@@ -177,29 +182,29 @@ def summary_table(rows: list[dict], controls: list[dict]) -> str:
     """Per variant, at the last step: mean (min..max over seeds) of each column."""
     last = max((r["step"] for r in rows), default=0)
     lines = ["variant      seeds  step  uniq (min..max)   differ (min..max)  tv (min..max)        "
-             "lm_loss  exact  probe pass"]  # fmt: skip
+             "input gain (min..max)   lm_loss  exact  probe pass"]  # fmt: skip
     for v in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == v and r["step"] == last]
         if not rs:
             continue
 
-        def col(k, fmt, rs=rs):
-            xs = [r[k] for r in rs if r[k] is not None and math.isfinite(r[k])]
+        def col(k, fmt, rs=rs):  # rows recorded before a column existed lack it
+            xs = [r[k] for r in rs if r.get(k) is not None and math.isfinite(r[k])]
             if not xs:
                 return "-"
             lo, hi = fmt.format(min(xs)), fmt.format(max(xs))
             return f"{fmt.format(statistics.mean(xs))} ({lo}..{hi})"
 
         def mean(k, fmt, rs=rs):
-            xs = [r[k] for r in rs if r[k] is not None and math.isfinite(r[k])]
+            xs = [r[k] for r in rs if r.get(k) is not None and math.isfinite(r[k])]
             return fmt.format(statistics.mean(xs)) if xs else "-"
 
         passed = sum(bool(r["probe_passed"]) for r in rs)
         lines.append(
             f"{v:12s} {len(rs):5d} {last:5d}  {col('unique_classes', '{:.1f}'):16s} "
             f"{col('probe_differ', '{:.2f}'):18s} {col('probe_tv', '{:.3f}'):20s} "
-            f"{mean('lm_loss', '{:.3f}'):8s} {mean('train_exact', '{:.2f}'):6s} "
-            f"{passed}/{len(rs)}"
+            f"{col('probe_gain', '{:+.3f}'):23s} {mean('lm_loss', '{:.3f}'):8s} "
+            f"{mean('train_exact', '{:.2f}'):6s} {passed}/{len(rs)}"
         )
     for name in dict.fromkeys(c["control"] for c in controls):
         cs = [c for c in controls if c["control"] == name]
@@ -247,7 +252,8 @@ def paired_table(rows: list[dict], baseline: str = "none") -> str:
 
 
 THRESHOLDS = {"probe_differ": (0.05, 0.1, 0.25, 0.5, 0.75),
-              "probe_tv": (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2)}  # fmt: skip
+              "probe_tv": (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.2),
+              "probe_gain": (0.02, 0.05, 0.1, 0.2)}  # fmt: skip
 
 
 def separation_table(rows: list[dict], controls: list[dict]) -> str:
@@ -265,12 +271,19 @@ def separation_table(rows: list[dict], controls: list[dict]) -> str:
     lines = [f"probe separation: {len(trained)} trained-model points, {len(invariant)} invariant",
              "criterion      threshold  trained pass  invariant fail"]  # fmt: skip
     for key, ths in THRESHOLDS.items():
+        tr, inv = trained, invariant
+        if key == "probe_gain":  # a fresh model gains nothing yet: trained points after step 0
+            tr = [r for r in trained if r["step"] > 0 and r.get(key) is not None]
+            inv = [r for r in invariant if r.get(key) is not None]
+            if not tr or not inv:
+                continue
+            lines.append(f"probe_gain: {len(tr)} trained points after step 0, {len(inv)} invariant")
         for th in ths:
-            ok = sum(r[key] >= th for r in trained) / len(trained)
-            caught = sum(r[key] < th for r in invariant) / len(invariant)
+            ok = sum(r[key] >= th for r in tr) / len(tr)
+            caught = sum(r[key] < th for r in inv) / len(inv)
             lines.append(f"{key:14s} {th:9g}  {ok:12.2f}  {caught:14.2f}")
-        lo = min(r[key] for r in trained)
-        hi = max(r[key] for r in invariant)
+        lo = min(r[key] for r in tr)
+        hi = max(r[key] for r in inv)
         lines.append(f"{key:14s} lowest trained {lo:.4g}, highest invariant {hi:.4g}")
     return "\n".join(lines)
 

@@ -8,6 +8,15 @@ shared/seed.md): loss fell while every grid got the same answer. The probe feeds
 * ``mean_tv``: the total-variation distance ``0.5 * ||p_a - p_b||_1`` between the two output
   distributions, averaged over canvas cells, then over pairs.
 
+Where the pairs come from training data (a sampler), their labels give a third number:
+
+* ``input_gain``: how much lower (in nats, softmax cross-entropy per labelled cell) the
+  first member's answer scores with its own input than with the second member's. A model that
+  has learnt from its input gains; an input-invariant model gains nothing, and neither does
+  one whose output moves with its input in a way unrelated to the answer (TV cannot tell that
+  model from a healthy one; docs/safeguards.md). A fresh model gains nothing either, so this
+  is reported, not a pass/fail criterion.
+
 Both members of a pair get the SAME puzzle identifier (the first member's). HRM gives each
 (task, augmentation) its own learnt puzzle embedding, so a model can "solve" training examples
 from the identifier alone and ignore the grid; with distinct identifiers such a model would
@@ -25,6 +34,7 @@ import torch
 from hrm_fast.errors import UserError
 
 PAD, EOS, COLOUR0 = 0, 1, 2
+IGNORE = -100  # labels not scored (hrm_fast.loss.IGNORE)
 
 
 @dataclass
@@ -36,6 +46,7 @@ class ProbeReport:
     min_differ: float
     min_tv: float
     passed: bool
+    input_gain: float | None = None  # nats; None when the pairs have no labels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +58,7 @@ class ProbeReport:
             f"input-sensitivity probe {verdict}{at}: {self.pairs} input pairs, "
             f"predicted grids differ in {self.frac_differ:.0%} (need >= {self.min_differ:.0%}), "
             f"mean TV distance {self.mean_tv:.4g} (need >= {self.min_tv:.4g})"
+            + ("" if self.input_gain is None else f"; input gain {self.input_gain:.3g} nats")
         )
 
 
@@ -102,10 +114,13 @@ def probe_input_sensitivity(
     min_tv: float | None = None,
     step: int | None = None,
     chunk_pairs: int = 32,
+    labels_a: torch.Tensor | None = None,
 ) -> ProbeReport:
     """Probe ``model`` on pairs ``(inputs_a[i], inputs_b[i])``, int32 ``[K, S]`` each.
 
     ``puzzle_ids`` (int32 ``[K]``, None = all 0) is given to BOTH members of pair i.
+    ``labels_a`` (``[K, S]``, -100 = not scored), the answers to ``inputs_a``, adds
+    ``input_gain``.
     Thresholds: ``min_differ``/``min_tv`` if given, else ``cfg`` (a RunConfig or TrainConfig;
     None = TrainConfig defaults). The model runs in eval mode under no_grad; its previous
     mode is restored.
@@ -128,7 +143,7 @@ def probe_input_sensitivity(
         puzzle_ids = torch.zeros(k, dtype=torch.int32)
     was_training = model.training
     model.eval()
-    differ, tv = [], []
+    differ, tv, gain = [], [], []
     try:
         for s in range(0, k, chunk_pairs):  # a and b of a chunk in one batch
             a, b = inputs_a[s : s + chunk_pairs], inputs_b[s : s + chunk_pairs]
@@ -140,28 +155,42 @@ def probe_input_sensitivity(
             differ.append((la.argmax(-1) != lb.argmax(-1)).any(-1).cpu())
             p_a, p_b = la.softmax(-1), lb.softmax(-1)
             tv.append((0.5 * (p_a - p_b).abs().sum(-1)).mean(-1).cpu())
+            if labels_a is not None:
+                y = labels_a[s : s + chunk_pairs].to(device, torch.long)
+                gain.append((_answer_ce(lb, y) - _answer_ce(la, y)).cpu())
     finally:
         model.train(was_training)
     frac_differ = torch.cat(differ).float().mean().item()
     mean_tv = torch.cat(tv).double().mean().item()
+    input_gain = torch.cat(gain).double().nanmean().item() if gain else None
     passed = math.isfinite(mean_tv) and frac_differ >= d_min and mean_tv >= tv_min
-    return ProbeReport(step, k, frac_differ, mean_tv, d_min, tv_min, bool(passed))
+    return ProbeReport(step, k, frac_differ, mean_tv, d_min, tv_min, bool(passed), input_gain)
+
+
+def _answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy per example ``[n]``, averaged over its labelled cells (NaN when
+    it has none)."""
+    valid = labels != IGNORE
+    ce = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
+    )
+    return (ce * valid).sum(-1) / valid.sum(-1)
 
 
 # --------------------------------------------------------------------------- pair sources
 
 
 def _as_draw(source, canvas: int, num_ids: int, g: torch.Generator) -> Callable[[int], tuple]:
-    """A function n -> (inputs [n, S] int32 CPU, puzzle_ids [n] int32 CPU)."""
+    """A function n -> (inputs [n, S] int32 CPU, puzzle_ids [n] int32 CPU, labels or None)."""
     if source is None:
 
         def draw(n):
             ids = torch.randint(0, max(num_ids, 1), (n,), generator=g, dtype=torch.int32)
-            return random_canvas_inputs(n, canvas, g), ids
+            return random_canvas_inputs(n, canvas, g), ids, None
 
         return draw
     if isinstance(source, dict):  # a fixed batch: every draw returns all of it
-        return lambda n: (source["inputs"], source["puzzle_identifiers"])
+        return lambda n: (source["inputs"], source["puzzle_identifiers"], source.get("labels"))
     sample = getattr(source, "sample", None) or source
     if not callable(sample):
         raise TypeError(
@@ -170,19 +199,21 @@ def _as_draw(source, canvas: int, num_ids: int, g: torch.Generator) -> Callable[
 
     def draw(n):
         batch = sample(n)
-        return batch["inputs"], batch["puzzle_identifiers"]
+        return batch["inputs"], batch["puzzle_identifiers"], batch.get("labels")
 
     return draw
 
 
 def _pairs(draw, k: int, attempts: int = 4):
-    """K pairs of different inputs; the second members come from a separate pool of draws."""
-    inputs, ids = draw(2 * k)
+    """K pairs of different inputs, the first members' puzzle ids and labels (or None); the
+    second members come from a separate pool of draws."""
+    inputs, ids, labels = draw(2 * k)
     inputs, ids = inputs.cpu().to(torch.int32), ids.cpu().to(torch.int32).view(-1)
     if inputs.shape[0] < 2:
         raise UserError("the probe needs a source with at least two examples")
     k_a = min(k, inputs.shape[0] - 1)
     a, a_ids, pool = inputs[:k_a], ids[:k_a], inputs[k_a:]
+    a_labels = None if labels is None else labels[:k_a].cpu()
     b = torch.empty_like(a)
     todo = list(range(k_a))
     used: set[int] = set()
@@ -198,8 +229,8 @@ def _pairs(draw, k: int, attempts: int = 4):
                 b[i] = pool[j]
         todo = left
         if not todo:
-            return a, b, a_ids
-        more, _ = draw(2 * len(todo))
+            return a, b, a_ids, a_labels
+        more = draw(2 * len(todo))[0]
         pool = torch.cat((pool, more.cpu().to(torch.int32)))
     raise UserError(
         f"input-sensitivity probe: could not find {k_a} pairs of different inputs "
@@ -237,9 +268,9 @@ def run_probe(
         raise UserError(f"model sequence length {seq_len} is not canvas**2 (canvas {canvas})")
     num_ids = model.inner.puzzle_emb.weights.shape[0] if model.cfg.puzzle_emb_ndim > 0 else 1
     g = torch.Generator().manual_seed(int(generator_seed))
-    a, b, ids = _pairs(_as_draw(source, canvas, num_ids, g), int(k_pairs))
+    a, b, ids, labels = _pairs(_as_draw(source, canvas, num_ids, g), int(k_pairs))
     if a.shape[1] != seq_len:
         raise UserError(f"probe inputs have length {a.shape[1]}, the model expects {seq_len}")
     return probe_input_sensitivity(
-        model, a, b, ids, min_differ=min_differ, min_tv=min_tv, step=step
+        model, a, b, ids, min_differ=min_differ, min_tv=min_tv, step=step, labels_a=labels
     )

@@ -24,10 +24,12 @@ from hrm_fast.errors import UserError
 # train.METRIC_KEYS and what the loop adds (not imported: the report needs no torch).
 TRAIN_KEYS = (
     "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
-    "accuracy", "exact_accuracy", "unique_classes", "q_halt_accuracy", "grad_norm", "act_steps",
-    "lr", "it_s",
+    "accuracy", "exact_accuracy", "unique_classes", "label_classes", "q_halt_accuracy",
+    "grad_norm", "act_steps", "lr", "it_s",
 )  # fmt: skip
-PROBE_KEYS = ("pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed", "checkpoint")
+PROBE_KEYS = (
+    "pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed", "input_gain", "checkpoint",
+)  # fmt: skip
 LOSS_PARTS = ("lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt")
 RUN_STYLES = ("-", "--", ":", "-.")
 STYLE_NAMES = ("solid", "dashed", "dotted", "dash-dot")
@@ -404,7 +406,8 @@ def build_figure(runs: list[RunData]):
             axes[2].plot([step], [v], marker="*", markersize=13, color="0.15",
                          linestyle="none", label="eval pixel acc." + suffix)  # fmt: skip
             axes[2].legend(fontsize=7, loc="best")
-    _train_panel(axes[3], runs, "unique predicted classes", [("unique_classes", "unique")])
+    _train_panel(axes[3], runs, "unique classes per batch",
+                 [("unique_classes", "predicted"), ("label_classes", "in the labels")])  # fmt: skip
     _train_panel(axes[4], runs, "mean ACT steps (halted examples)", [("act_steps", "ACT")],
                  hline=(max_act, "halt_max_steps"),
                  ylim=(0, None))  # fmt: skip

@@ -3,8 +3,9 @@
 The train loop hands every record it writes to ``metrics.jsonl`` to ``Trackers.record``, so a
 tracker sees exactly what the file holds and adds no host sync to the step: train records (the
 device sums the loop reads every ``--log-every`` steps) become scalars ``train/<key>``; probe
-records become ``probe/frac_differ``, ``probe/mean_tv`` and ``probe/passed``, plus one picture
-of the model's predictions on a few fixed training examples (input | target | prediction).
+records become ``probe/frac_differ``, ``probe/mean_tv``, ``probe/passed`` and
+``probe/input_gain``, plus one picture of the model's predictions on a few fixed training
+examples (input | target | prediction).
 Trackers are opened only where ``metrics.jsonl`` is written, so under torchrun only rank 0 logs.
 """
 
@@ -24,7 +25,7 @@ import torch
 from hrm_fast.errors import UserError
 
 PREDICTION_ROWS = 4  # training examples drawn at each checkpoint
-PROBE_KEYS = ("frac_differ", "mean_tv", "passed")
+PROBE_KEYS = ("frac_differ", "mean_tv", "passed", "input_gain")
 WANDB_ID_FILE = "wandb-run-id"  # a resumed run continues the same W&B run
 
 
@@ -49,7 +50,7 @@ class Trackers:
         if event == "train":
             values = {f"train/{k}": float(v) for k, v in rec.items() if _is_number(k, v)}
         elif event == "probe":
-            values = {f"probe/{k}": float(rec[k]) for k in PROBE_KEYS if k in rec}
+            values = {f"probe/{k}": float(rec[k]) for k in PROBE_KEYS if rec.get(k) is not None}
         else:
             return
         for t in self.trackers:

@@ -436,7 +436,9 @@ class Trainer:
         report = self.probe() if self.dp.is_main else None
         return report, self.dp.broadcast_flag(report is not None and report.passed)
 
-    def probe(self):
+    def probe(self, source=None):
+        """The input-sensitivity probe on the (EMA) model; pairs from ``source`` (default: the
+        training sampler)."""
         from hrm_fast.probe import run_probe
 
         t = self.cfg.train
@@ -449,8 +451,8 @@ class Trainer:
             with torch.random.fork_rng(devices=devices), averaged:
                 torch.manual_seed(t.seed + self.step_count)
                 report = run_probe(
-                    self.model, self.sampler, t.probe_pairs, t.probe_min_differ, t.probe_min_tv,
-                    self.device, generator_seed=t.seed,
+                    self.model, self.sampler if source is None else source, t.probe_pairs,
+                    t.probe_min_differ, t.probe_min_tv, self.device, generator_seed=t.seed,
                 )  # fmt: skip
         finally:
             self.model.train(was_training)

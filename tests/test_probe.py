@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hrm_fast.config import from_name
 from hrm_fast.errors import UserError
@@ -85,7 +86,16 @@ def test_fresh_model_passes_default_thresholds(fresh):
     assert r.pairs == T.probe_pairs and r.frac_differ == 1.0 and r.mean_tv > 4 * T.probe_min_tv
     assert (r.min_differ, r.min_tv) == (T.probe_min_differ, T.probe_min_tv)
     d = r.to_dict()
-    assert set(d) == {"step", "pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed"}
+    assert set(d) == {
+        "step",
+        "pairs",
+        "frac_differ",
+        "mean_tv",
+        "min_differ",
+        "min_tv",
+        "passed",
+        "input_gain",
+    }
     assert "PASSED" in r.summary() and "\n" not in r.summary()
 
 
@@ -136,12 +146,12 @@ def test_pairs_differ_and_share_ids():
     x = random_canvas_inputs(3, 8, torch.Generator().manual_seed(0))
     # Duplicates in the draw are never paired with themselves.
     batch = {"inputs": torch.stack([x[0], x[0], x[0], x[1]]), "puzzle_identifiers": torch.arange(4)}
-    a, b, ids = _pairs(lambda n: (batch["inputs"], batch["puzzle_identifiers"]), 3)
+    a, b, ids, labels = _pairs(lambda n: (batch["inputs"], batch["puzzle_identifiers"], None), 3)
     assert a.shape[0] == 3 and not (a == b).all(-1).any()
-    assert torch.equal(ids, torch.arange(3, dtype=torch.int32))
+    assert torch.equal(ids, torch.arange(3, dtype=torch.int32)) and labels is None
     same = {"inputs": x[:1].repeat(4, 1), "puzzle_identifiers": torch.zeros(4)}
     with pytest.raises(UserError, match="different inputs"):
-        _pairs(lambda n: (same["inputs"], same["puzzle_identifiers"]), 2)
+        _pairs(lambda n: (same["inputs"], same["puzzle_identifiers"], None), 2)
 
 
 def test_probe_input_sensitivity_direct(fresh):
@@ -177,3 +187,35 @@ def test_full_act_unroll_and_chunking(fresh):
     assert calls == [4] * n + [4] * n + [2] * n
     assert parts.frac_differ == whole.frac_differ
     assert parts.mean_tv == pytest.approx(whole.mean_tv, abs=1e-6)
+
+
+def test_input_gain_scores_each_answer_with_its_own_input_against_another(fresh):
+    """input_gain = mean over pairs of CE(answer_a | input_b) - CE(answer_a | input_a), softmax
+    CE averaged over the labelled cells of each answer; computed by hand here."""
+    g = torch.Generator().manual_seed(5)
+    a, b = random_canvas_inputs(K, 8, g), random_canvas_inputs(K, 8, g)
+    labels = random_canvas_inputs(K, 8, g).long()
+    labels[labels == 0] = -100  # PAD is not scored, as in training
+    labels[0, :] = -100  # an answer with no labelled cell is left out of the mean
+    ids = torch.arange(K, dtype=torch.int32) % N_IDS
+    r = probe_input_sensitivity(fresh, a, b, ids, CFG, labels_a=labels)
+
+    fresh.eval()
+    with torch.no_grad():
+        want = []
+        for i in range(1, K):
+            ce = []
+            for x in (a[i], b[i]):
+                batch = {"inputs": x[None], "puzzle_identifiers": ids[i : i + 1]}
+                carry = fresh.initial_carry(batch)
+                for _ in range(fresh.cfg.halt_max_steps):
+                    carry, out = fresh(carry, batch)
+                y = labels[i]
+                ce.append(F.cross_entropy(out["logits"][0].float()[y >= 0], y[y >= 0]).item())
+            want.append(ce[1] - ce[0])
+    assert r.input_gain == pytest.approx(sum(want) / len(want), rel=1e-4, abs=1e-6)
+    assert "input gain" in r.summary()
+    # Without labels (random canvases) there is no gain; with a zeroed head it is exactly 0.
+    assert probe_input_sensitivity(fresh, a, b, ids, CFG).input_gain is None
+    blind = _copy(fresh, lambda inner: inner.lm_head.weight.zero_())
+    assert probe_input_sensitivity(blind, a, b, ids, CFG, labels_a=labels).input_gain == 0.0

@@ -215,6 +215,7 @@ def test_report_of_a_real_resumed_run(real_run):
     ).read_text().split("\n")
     notes = " ".join(run.notes)
     assert "resumed: 2 step(s)" in notes and "skipped 1 unreadable line (8)" in notes
+    assert "ignored keys" not in notes  # the report knows every key the trainer writes
     fig = build_figure([run])
     for ax in fig.axes[:11]:
         if "ACT" in ax.get_title() and not np.isfinite(run.train["act_steps"]).any():
@@ -258,7 +259,7 @@ def test_tensorboard_events_hold_tags_and_steps(real_run):
     run = load_run(run_dir)
     tb_loss = [e.value for e in acc.Scalars("train/loss")]
     assert np.allclose(tb_loss, run.train["loss"], rtol=1e-6)
-    for key in ("frac_differ", "mean_tv", "passed"):
+    for key in ("frac_differ", "mean_tv", "passed", "input_gain"):
         assert [e.step for e in acc.Scalars(f"probe/{key}")] == [0, 2, 4, 6]
     images = acc.Images("predictions")
     assert [e.step for e in images] == [0, 2, 4, 6]

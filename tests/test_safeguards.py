@@ -85,10 +85,11 @@ def test_ablate_tiny_budget_writes_table_json_and_png(tiny_tasks, tmp_path, caps
         (v, s) for v in ("all", "none") for s in (0, 1, 2, 3)
     ]
     keys = {"variant", "seed", "step", "unique_classes", "label_classes", "probe_differ",
-            "probe_tv", "lm_loss", "train_exact"}  # fmt: skip
+            "probe_tv", "probe_gain", "lm_loss", "train_exact"}  # fmt: skip
     for r in d["rows"]:
         assert keys <= set(r)
         assert 0 <= r["probe_differ"] <= 1 and r["probe_tv"] >= 0
+        assert math.isfinite(r["probe_gain"])  # the sampler's pairs carry their answers
         if r["step"] > 0:
             assert r["unique_classes"] >= 1 and math.isfinite(r["lm_loss"])
             assert 1 <= r["label_classes"] <= 12  # 10 colours, pad, EOS
@@ -98,6 +99,8 @@ def test_ablate_tiny_budget_writes_table_json_and_png(tiny_tasks, tmp_path, caps
     assert by[("all", 3)]["lm_loss"] != by[("none", 3)]["lm_loss"]
     # Invariant controls always fail the probe.
     assert d["controls"] and not any(c["probe_passed"] for c in d["controls"])
+    assert all(c["probe_gain"] == 0.0 for c in d["controls"] if c["control"] == "zero_head")
+    assert "probe_gain: 6 trained points after step 0, 4 invariant" in separation
     assert (out / "ablation.png").stat().st_size > 1000
     # Rerun: nothing to redo, same rows.
     assert cli_main(args) == 0
@@ -195,3 +198,5 @@ def test_model_trained_on_shuffled_inputs_fails_default_probe_and_healthy_one_pa
     assert healthy["step"] == shuffled["step"] == 300
     assert healthy["probe_passed"] and healthy["probe_tv"] > 0.2, healthy
     assert not shuffled["probe_passed"] and shuffled["probe_tv"] < 0.05 / 2, shuffled
+    # Its own input lowers a healthy model's answer CE (0.69 nats here); not a shuffled one's.
+    assert healthy["probe_gain"] > 0.3 and abs(shuffled["probe_gain"]) < 0.05, (healthy, shuffled)
