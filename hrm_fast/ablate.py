@@ -11,7 +11,8 @@ the control ``shuffled``: every penalty on,
 but each example's input is swapped with another example's, so the labels cannot be predicted
 from the input and a healthy learner becomes input-invariant. At the last probe point of every
 run two more invariant controls are probed on copies of the model: ``zero_head`` (output head
-zeroed) and ``zero_embed`` (token embeddings zeroed).
+zeroed) and ``zero_embed`` (token embeddings zeroed). The probe always draws true
+input-answer pairs (for ``shuffled`` too), so its input gain says what the model learnt.
 
 The JSON is rewritten atomically after every run, and a rerun with the same settings skips the
 runs it already holds, so an interrupted sweep loses at most the run in flight.
@@ -321,8 +322,9 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def plot(rows: list[dict], path: Path, baseline: str = "none") -> None:
-    """Four panels of raw curves plus the paired one: unique classes minus ``baseline``'s at
-    the same seed and step (seeds vary more than variants do, so pairs show the effect)."""
+    """Panels of raw curves (the probe's input gain where rows have it) plus the paired one:
+    unique classes minus ``baseline``'s at the same seed and step (seeds vary more than
+    variants do, so pairs show the effect)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,7 +335,10 @@ def plot(rows: list[dict], path: Path, baseline: str = "none") -> None:
 
     panels = [("unique_classes", "unique argmax classes"), ("probe_differ", "probe: grids differ"),
               ("probe_tv", "probe: mean TV"), ("lm_loss", "lm loss")]  # fmt: skip
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
+    if any(r.get("probe_gain") is not None for r in rows):  # recorded from this version on
+        panels.append(("probe_gain", "probe: input gain (nats)"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.8))
+    paired = axes[-1]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     base_uniq = {(r["seed"], r["step"]): r["unique_classes"] for r in rows
                  if r["variant"] == baseline and r["unique_classes"] is not None}  # fmt: skip
@@ -343,7 +348,7 @@ def plot(rows: list[dict], path: Path, baseline: str = "none") -> None:
         for ax, (key, _) in zip(axes, panels, strict=False):
             xs, mean, se = [], [], []
             for s in steps:
-                vals = finite(r[key] for r in rows if r["variant"] == v and r["step"] == s)
+                vals = finite(r.get(key) for r in rows if r["variant"] == v and r["step"] == s)
                 if vals:
                     xs.append(s)
                     m, e = _mean_se(vals)
@@ -368,11 +373,11 @@ def plot(rows: list[dict], path: Path, baseline: str = "none") -> None:
                 m, e = _mean_se(diffs)
                 mean.append(m)
                 se.append(e)
-        axes[4].errorbar(xs, mean, yerr=se, color=colour, capsize=2, label=v)
+        paired.errorbar(xs, mean, yerr=se, color=colour, capsize=2, label=v)
     for ax, (_, title) in zip(axes, panels, strict=False):
         ax.set_title(title)
-    axes[4].axhline(0.0, color="grey", lw=0.8)
-    axes[4].set_title(f"unique classes minus {baseline!r}, same seed")
+    paired.axhline(0.0, color="grey", lw=0.8)
+    paired.set_title(f"unique classes minus {baseline!r}, same seed")
     for ax in axes:
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
