@@ -126,7 +126,7 @@ def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg
         trainer.step()
     assert trainer.probe().passed
     for name, model in _controls(trainer).items():
-        report = _probe(trainer, model)
+        report = _probe(trainer, trainer.sampler, model)
         assert not report.passed, name
         assert report.frac_differ == 0 and report.mean_tv < 1e-6, name
     shuffled = Trainer(debug_cfg, quiet=True)
