@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from hrm_fast.errors import UserError
+from hrm_fast.loss import IGNORE, softmax_cross_entropy
 
 PAD, EOS, COLOUR0 = 0, 1, 2
-IGNORE = -100  # labels not scored (hrm_fast.loss.IGNORE)
 
 
 @dataclass
@@ -170,11 +170,7 @@ def probe_input_sensitivity(
 def _answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Softmax cross-entropy per example ``[n]``, averaged over its labelled cells (NaN when
     it has none)."""
-    valid = labels != IGNORE
-    ce = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
-    )
-    return (ce * valid).sum(-1) / valid.sum(-1)
+    return softmax_cross_entropy(logits, labels).sum(-1) / (labels != IGNORE).sum(-1)
 
 
 # --------------------------------------------------------------------------- pair sources

@@ -78,7 +78,7 @@ def probe_stop_hint(out: Path, saved: bool) -> str:
     look = (
         f"look with `hrm-fast probe {out}` and `hrm-fast report {out}`"
         if saved
-        else "before any training that points at the data or the model flags"
+        else "this is before any training, so look at the data and the model flags"
     )
     return (
         "hrm-fast: the model's predictions barely depend on its input (docs/safeguards.md); "
