@@ -192,7 +192,7 @@ def _typed(where: str, value, default):
 
 
 def _seed() -> RunConfig:
-    # The user's run (shared/seed.md): 400 ARC-AGI-1 training tasks x 500 augmentations.
+    # The user's run (docs/seed-run.md): 400 ARC-AGI-1 training tasks x 500 augmentations.
     return RunConfig()
 
 
