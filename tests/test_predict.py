@@ -206,6 +206,15 @@ def test_eval_reports_planted_overlap(unseen_run, tmp_path, capsys):
     assert ov["n_overlapping_pairs"] == 1 and ov["task_ids"] == [planted]
 
 
+def test_eval_refuses_tasks_it_cannot_score(unseen_run, tmp_path, capsys):
+    root, run, _ = unseen_run
+    chal = tmp_path / "x_challenges.json"
+    _challenges(chal, [root / "unseen"])  # no solutions file beside it
+    assert main(["eval", str(run), "--eval-source", str(chal), "--out", str(tmp_path)]) == 2
+    assert "x_solutions.json" in _one_line(capsys)
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_predict_challenges_without_solutions(unseen_run, tmp_path, capsys):
     root, run, _ = unseen_run
     chal = tmp_path / "new_challenges.json"
