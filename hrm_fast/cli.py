@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", required=True, help="where submission.json, predict.json go")
     pd.add_argument("--n-aug", type=int, default=8, help="augmentations to vote over (K)")
     pd.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                    help="stop voting after this long; the file is still complete")  # fmt: skip
+                    help="stop voting this long after the start; the file is still "
+                         "complete")  # fmt: skip
     pd.add_argument("--batch-size", type=int, default=32)
     pd.add_argument("--render", type=int, default=4, help="tasks drawn in predictions.png")
     pd.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")

@@ -215,6 +215,7 @@ def predict_tasks(
         "n_canvases_predicted": len(grids),
         **counts,
         "n_tasks_with_puzzle_id": n_seen,
+        "n_tasks_without_outputs": sum(not known for known in pset.known_outputs),
         "scored": False,
         "overall": None,
         "tasks_with_puzzle_id": [
@@ -264,6 +265,10 @@ def summary(report: dict) -> str:
             "model gave fewer than two usable grids)"
         )
     o = report.get("overall")
+    if not o and 0 < report["n_tasks_without_outputs"] < report["n_tasks"]:
+        lines.append(
+            f"  not scored: {report['n_tasks_without_outputs']} task(s) have unknown test outputs"
+        )
     if o:
         lines.append(
             f"  solutions known: pass@1 {o['pass1']:.3f}  pass@2 {o['pass2']:.3f}  (tasks)  "

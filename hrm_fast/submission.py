@@ -77,6 +77,9 @@ def validate_submission(sub, expected: dict[str, int]) -> None:
 
 
 def write_submission(path: str | Path, sub: dict, expected: dict[str, int]) -> Path:
-    """Validate, then write atomically (a failed write leaves any earlier file intact)."""
+    """Validate, write atomically (a failed write leaves any earlier file intact), and check
+    the file as written."""
     validate_submission(sub, expected)
-    return write_output(Path(path), json.dumps(sub, separators=(",", ":")), WriteFailed)
+    path = write_output(Path(path), json.dumps(sub, separators=(",", ":")), WriteFailed)
+    validate_submission(json.loads(path.read_text(encoding="utf-8")), expected)
+    return path
