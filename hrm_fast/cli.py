@@ -1,4 +1,5 @@
-"""``hrm-fast`` command line: train, probe, eval, report, convert, params, kernels-report, bench.
+"""``hrm-fast`` command line: train, probe, eval, predict, report, convert, params, kernels-report,
+bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
 never a traceback. A failed input-sensitivity probe exits 3.
@@ -187,6 +188,21 @@ def cmd_eval(args) -> int:
     return eval_main(args)
 
 
+def cmd_predict(args) -> int:
+    from hrm_fast.predict import main as predict_main
+
+    return predict_main(args)
+
+
+def _pass_k(text: str) -> tuple[int, ...]:
+    from hrm_fast.evaluate import parse_pass_k
+
+    try:
+        return parse_pass_k(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
@@ -298,7 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--render", type=int, default=4, help="tasks drawn in the PNG")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
+    e.add_argument("--pass-k", type=_pass_k, default=(1, 2), metavar="K,K,...",
+                   help="pass@k for each k (default 1,2; HRM reports up to 1000)")  # fmt: skip
     e.set_defaults(func=cmd_eval)
+
+    pd = sub.add_parser("predict", help="answer test inputs (seen or unseen tasks): "
+                        "submission.json in the ARC Prize format")  # fmt: skip
+    pd.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    pd.add_argument("--source", required=True,
+                    help="tasks to answer: a *_challenges.json (solutions optional), a "
+                         "directory of task files (test outputs optional), or arcagi/arcagi2 "
+                         "(their evaluation split)")  # fmt: skip
+    pd.add_argument("--out", required=True, help="where submission.json, predict.json go")
+    pd.add_argument("--n-aug", type=int, default=8, help="augmentations to vote over (K)")
+    pd.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help="stop voting this long after the start; the file is still "
+                         "complete")  # fmt: skip
+    pd.add_argument("--batch-size", type=int, default=32)
+    pd.add_argument("--render", type=int, default=4, help="tasks drawn in predictions.png")
+    pd.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    pd.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("convert", help="official HRM or TRM state dict -> hrm-fast checkpoint")
     c.add_argument("src")
