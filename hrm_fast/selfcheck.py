@@ -302,12 +302,15 @@ def _check_cuda_graphs(cfg, device, gen, attention: str = "kernel"):
     num_ids = 4
     batch = _synthetic_batch(cfg, num_ids, device, gen)
     model = _build(cfg, "fused", attention, device, num_ids)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     carry = model.initial_carry(batch)
 
     def step():
         _, loss, _ = model.forward_loss(carry, batch, arc_loss_fused, cfg.loss)
-        return (loss, *torch.autograd.grad(loss, params))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        zero = torch.zeros_like
+        return (loss, *(zero(p) if g is None else g for p, g in zip(params, grads, strict=True)))
 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -322,7 +325,7 @@ def _check_cuda_graphs(cfg, device, gen, attention: str = "kernel"):
     graph.replay()
     torch.cuda.synchronize(device)
     comps = [tol.compare("loss", replayed[0], eager[0], tol.STEP_LOSS_ABS, tol.STEP_LOSS_REL)]
-    for (name, _), got, want in zip(model.named_parameters(), replayed[1:], eager[1:], strict=True):
+    for name, got, want in zip(names, replayed[1:], eager[1:], strict=True):
         comps.append(
             tol.compare(f"grad {name}", got, want, *tol.relative_to_max(want, tol.STEP_GRAD_REL))
         )
@@ -362,11 +365,30 @@ def _run_family(name, fn, cfg, device, **kwargs) -> FamilyResult:
             comps = fn(cfg, device, gen, **kwargs)
     except Exception as e:  # a compile or launch error is this family's failure
         return FamilyResult(name, "failed", shape, detail=_one_line(e))
+    if not comps:
+        return FamilyResult(name, "failed", shape, detail="nothing was compared")
     worst = max(comps, key=lambda c: c.err / c.tol if c.tol > 0 else (0 if c.err == 0 else 1e30))
     failed = [c for c in comps if not c.ok]
     if failed:
         return FamilyResult(name, "failed", shape, failed[0].err, failed[0].tol, failed[0].line())
     return FamilyResult(name, "passed", shape, worst.err, worst.tol)
+
+
+@contextlib.contextmanager
+def _isolated(device: torch.device):
+    """The caller's random streams untouched (a checked run and a cached one draw alike), and
+    fp32 matmuls in full fp32 whatever the caller set (TF32 would exceed every bound)."""
+    devices = [device] if device.type == "cuda" else []
+    precision = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    with torch.random.fork_rng(devices=devices):
+        try:
+            torch.set_float32_matmul_precision("highest")
+            torch.backends.cudnn.allow_tf32 = False
+            yield
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
 def run_checks(cfg: RunConfig, device: torch.device | str) -> dict:
@@ -375,6 +397,11 @@ def run_checks(cfg: RunConfig, device: torch.device | str) -> dict:
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError("self-check on the CPU: set TRITON_INTERPRET=1 before triton is imported "
                         "(`hrm-fast check --device cpu` does)")  # fmt: skip
+    with _isolated(device):
+        return _run_all(cfg, device)
+
+
+def _run_all(cfg: RunConfig, device: torch.device) -> dict:
     results = []
     for name, fn in _CHECKS.items():
         if name == "attention" and cfg.model.arch == "trm" and cfg.model.mlp_t:

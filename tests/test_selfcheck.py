@@ -227,3 +227,32 @@ def test_check_command_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["check", "--device", "cpu", "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--json" in err and "directory" in err
+
+
+def test_attention_switch_of_the_fused_ops():
+    from hrm_fast.kernels.attention import rope_attention, rope_attention_sdpa
+
+    from hrm_fast.layers import Ops
+
+    assert Ops("fused").attention is rope_attention
+    sdpa = Ops("fused", attention="sdpa")
+    assert sdpa.attention is rope_attention_sdpa and sdpa.attention_impl == "sdpa"
+    assert Ops("reference", attention="sdpa").attention_impl == "reference"
+    with pytest.raises(ValueError, match="attention must be"):
+        Ops("fused", attention="flash")
+
+
+def test_checks_leave_the_callers_random_state_alone(tiny_cfg, monkeypatch):
+    monkeypatch.setattr(selfcheck, "_CHECKS", {"augment": selfcheck._check_augment})
+    fine = selfcheck.tol.Comparison("loss", True, 0.0, 0.0, 1e-5)
+    monkeypatch.setattr(selfcheck, "_check_step", lambda cfg, device, gen, attention: [fine])
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    torch.set_float32_matmul_precision("high")
+    try:
+        report = selfcheck.run_checks(tiny_cfg, CPU)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert report["passed"], report["summary"]
+    assert torch.equal(torch.random.get_rng_state(), state)
