@@ -16,6 +16,8 @@ from hrm_fast.kernels import swiglu as swiglu_kernels
 from hrm_fast import cli, selfcheck
 from hrm_fast.config import from_name
 from hrm_fast.errors import UserError
+from hrm_fast.selfcheck import families
+from hrm_fast.tolerances import Comparison
 
 pytestmark = pytest.mark.interpret
 CPU = torch.device("cpu")
@@ -93,7 +95,7 @@ def test_attention_alone_failing_keeps_fused_with_sdpa(tiny_cfg, monkeypatch):
     assert report["failed"] == ["attention"] and report["attention"] == "sdpa"
     assert "d_qkv" in _by_family(report)["attention"]["detail"]
     assert _by_family(report)["step"]["status"] == "passed"  # the fused step with SDPA
-    monkeypatch.setattr(selfcheck, "run_checks", lambda cfg, device: report)
+    monkeypatch.setattr(selfcheck.checks, "run_checks", lambda cfg, device: report)
     backend, attention, note = selfcheck.choose_backend(tiny_cfg, CPU, "auto", force=True)
     assert (backend, attention) == ("fused", "sdpa")
     assert note.startswith("self-check failed: attention at [2, 17, 3, 32]: d_qkv: max err")
@@ -119,7 +121,7 @@ def _fake_report(passed: bool, failed=()):
 
 def test_explicit_fused_turns_failure_into_exit_2(tiny_cfg, monkeypatch):
     monkeypatch.setattr(
-        selfcheck, "run_checks", lambda cfg, device: _fake_report(False, ["swiglu"])
+        selfcheck.checks, "run_checks", lambda cfg, device: _fake_report(False, ["swiglu"])
     )
     with pytest.raises(selfcheck.SelfCheckFailed) as info:
         selfcheck.choose_backend(tiny_cfg, CPU, "fused", force=True)
@@ -128,7 +130,7 @@ def test_explicit_fused_turns_failure_into_exit_2(tiny_cfg, monkeypatch):
     assert "\n" not in message and message.startswith("--backend fused: self-check failed: swiglu")
     # Attention alone failing is still a failure of what was asked for.
     monkeypatch.setattr(
-        selfcheck, "run_checks", lambda cfg, device: _fake_report(False, ["attention"])
+        selfcheck.checks, "run_checks", lambda cfg, device: _fake_report(False, ["attention"])
     )
     with pytest.raises(selfcheck.SelfCheckFailed):
         selfcheck.choose_backend(tiny_cfg, CPU, "fused", force=True)
@@ -138,7 +140,7 @@ def test_cpu_runs_are_not_checked(tiny_cfg, monkeypatch):
     def must_not_run(cfg, device):
         raise AssertionError("checked a run that is not on the fused GPU path")
 
-    monkeypatch.setattr(selfcheck, "run_checks", must_not_run)
+    monkeypatch.setattr(selfcheck.checks, "run_checks", must_not_run)
     assert selfcheck.choose_backend(tiny_cfg, CPU, "auto") == ("reference", None, None)
     assert selfcheck.choose_backend(tiny_cfg, CPU, "reference") == ("reference", None, None)
     assert selfcheck.choose_backend(tiny_cfg, CPU, "reference", force=True)[0] == "reference"
@@ -152,7 +154,7 @@ def test_a_pass_is_cached_and_a_failure_is_not(tiny_cfg, monkeypatch, cache_in_t
         calls.append(1)
         return _fake_report(len(calls) > 1)
 
-    monkeypatch.setattr(selfcheck, "run_checks", fake)
+    monkeypatch.setattr(selfcheck.checks, "run_checks", fake)
     assert selfcheck.checked(tiny_cfg, CPU)["passed"] is False  # a failure: checked again
     first = selfcheck.checked(tiny_cfg, CPU)
     assert first["passed"] and not first["cached"] and len(calls) == 2
@@ -214,13 +216,13 @@ def test_cache_key_changes_with_every_part(tiny_cfg):
 def test_kernel_sources_are_part_of_the_identity(monkeypatch, tmp_path):
     import hrm_fast.kernels as kernels
 
-    before = selfcheck._kernel_sources_digest()
+    before = selfcheck.cache.kernel_sources_digest()
     fake = tmp_path / "kernels"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
     (fake / "swiglu.py").write_text("# edited\n")
     monkeypatch.setattr(kernels, "__file__", str(fake / "__init__.py"))
-    assert selfcheck._kernel_sources_digest() != before
+    assert selfcheck.cache.kernel_sources_digest() != before
 
 
 def test_check_command_bad_input_is_one_line(tmp_path, capsys):
@@ -243,9 +245,9 @@ def test_attention_switch_of_the_fused_ops():
 
 
 def test_checks_leave_the_callers_random_state_alone(tiny_cfg, monkeypatch):
-    monkeypatch.setattr(selfcheck, "_CHECKS", {"augment": selfcheck._check_augment})
-    fine = selfcheck.tol.Comparison("loss", True, 0.0, 0.0, 1e-5)
-    monkeypatch.setattr(selfcheck, "_check_step", lambda cfg, device, gen, attention: [fine])
+    monkeypatch.setattr(families, "KERNEL_CHECKS", {"augment": families.check_augment})
+    fine = Comparison("loss", True, 0.0, 0.0, 1e-5)
+    monkeypatch.setattr(selfcheck.step, "check_step", lambda cfg, device, gen, attention: [fine])
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     torch.set_float32_matmul_precision("high")
