@@ -29,6 +29,10 @@ AUGMENT = (0.0, 0.0)
 # The whole fused training step against the reference step, fp32 (tests/conftest.py): losses
 # and metrics as pytest.approx(rel, abs), weights after the optimiser update as (atol, rtol).
 STEP_LOSS_REL, STEP_LOSS_ABS = 1e-4, 1e-5
+# The continuous loss terms; accuracies and class counts follow argmaxes, which near-ties flip.
+STEP_LOSS_KEYS = (
+    "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
+)  # fmt: skip
 STEP_WEIGHTS = (1e-5, 1e-4)
 # Gradients of one step, relative to each tensor's largest reference magnitude: one optimiser
 # update barely moves the weights, so this is the bound that sees a wrong backward.

@@ -229,6 +229,10 @@ def test_check_command_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["check", "--device", "cpu", "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--json" in err and "directory" in err
+    if not torch.cuda.is_available():
+        assert cli.main(["check", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--device cuda" in err
 
 
 def test_attention_switch_of_the_fused_ops():

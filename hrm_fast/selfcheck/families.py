@@ -27,7 +27,8 @@ def randn(*shape, gen, scale=1.0):
 
 
 def _backward_pair(fn, inputs: list[torch.Tensor], dy: torch.Tensor, device):
-    """``fn`` run on ``device`` in fp32 and on the CPU in float64: (out, grads) of each."""
+    """``fn`` run on ``device`` in fp32 and on the CPU in float64: (out, grads) of each.
+    Each check's ``fn`` takes the kernel for fp32 inputs and the ``*_ref`` for float64."""
     results = []
     for dev, dtype in ((device, torch.float32), (torch.device("cpu"), torch.float64)):
         xs = [x.detach().to(dev, dtype).requires_grad_() for x in inputs]
