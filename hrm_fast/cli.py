@@ -1,5 +1,5 @@
-"""``hrm-fast`` command line: train, probe, eval, predict, report, convert, params, kernels-report,
-bench.
+"""``hrm-fast`` command line: train, probe, eval, predict, check, report, convert, params,
+kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
 never a traceback. A failed input-sensitivity probe exits 3.
@@ -271,6 +271,24 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def cmd_check(args) -> int:
+    import os
+
+    from hrm_fast.device import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "mps":
+        raise UserError("--device mps: the fused kernels need a CUDA or ROCm GPU (or cpu)")
+    if device.type == "cpu":  # the kernels run under Triton's interpreter
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise UserError("--device cpu: triton was imported without TRITON_INTERPRET=1")
+        os.environ["TRITON_INTERPRET"] = "1"
+    json_path = _output_file(args.json, "--json")
+    from hrm_fast.check import run
+
+    return run(device, args.preset, json_path)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -392,6 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nproc", type=int, default=0,
                    help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
+
+    ch = sub.add_parser(
+        "check", help="check the fused kernels on this device; JSON for bug reports"
+    )
+    ch.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    ch.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="shapes to check (default: seed on a GPU, debug on the CPU)")  # fmt: skip
+    ch.add_argument("--json", default=None, help="write the report here (attach it to an issue)")
+    ch.set_defaults(func=cmd_check)
     return p
 
 
