@@ -15,14 +15,18 @@ none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from hrm_fast import maze, sudoku
+from hrm_fast.config import DataConfig
+from hrm_fast.errors import UserError
 from hrm_fast.kernels.board_augment import board_augment_ref
 
 KINDS = ("sudoku", "maze")
+GENERATED = {"sudoku-gen": "sudoku", "maze-gen": "maze"}  # sources made here, named as ours
 PUZZLE_ID = 1  # every board's puzzle id; 0 is the blank id
 
 
@@ -208,3 +212,107 @@ class BoardSampler:
         inputs, labels = self.augment(d)
         ids = torch.full((batch_size,), PUZZLE_ID, dtype=torch.int32, device=self.device)
         return dict(inputs=inputs, labels=labels, puzzle_identifiers=ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# from the data config
+# ---------------------------------------------------------------------------------------------
+
+
+def board_kind(source: str) -> str | None:
+    """ "sudoku" / "maze" for a board source (``sudoku:PATH``, ``maze:PATH``, ``sudoku-gen``,
+    ``maze-gen``), None for anything else (ARC)."""
+    source = str(source).strip()
+    if source in GENERATED:
+        return GENERATED[source]
+    kind, sep, _ = source.partition(":")
+    return kind if sep and kind in KINDS else None
+
+
+def _csv_path(source: str, kind: str, flag: str) -> Path:
+    prefix = kind + ":"
+    path = source[len(prefix) :] if source.startswith(prefix) else source
+    if not path.strip():
+        raise UserError(f"{flag} {source}: expected {kind}:PATH.csv")
+    return Path(path)
+
+
+def _held_out_csv(cfg: DataConfig, kind: str, train_path: Path) -> Path | None:
+    if cfg.eval_source == "none":
+        return None
+    if cfg.eval_source:
+        return _csv_path(cfg.eval_source, kind, "--eval-source")
+    sibling = train_path.with_name("test.csv")
+    if sibling != train_path and sibling.exists():
+        return sibling
+    raise UserError(f"--eval-source: no test.csv beside {train_path}; give {kind}:PATH.csv or none")
+
+
+def _unseen(test_inputs: np.ndarray, train_inputs: np.ndarray) -> np.ndarray:
+    """Rows of the test set whose board is not also a training board."""
+    seen = {row.tobytes() for row in train_inputs}
+    return np.asarray([row.tobytes() not in seen for row in test_inputs], bool)
+
+
+def build_board_dataset(cfg: DataConfig) -> BoardDataset:
+    """The Sudoku / maze data set that ``cfg.source`` names (``board_kind`` is not None).
+    Generated sets use ``cfg.gen_*`` and the difficulty fields; CSV sets keep rows with a
+    rating >= ``min_difficulty`` and, with ``max_tasks`` > 0, the first ``max_tasks`` rows."""
+    kind = board_kind(cfg.source)
+    if kind is None:
+        raise UserError(f"--source {cfg.source}: not a Sudoku or maze source")
+    max_d = None if cfg.max_difficulty < 0 else cfg.max_difficulty
+    try:
+        if kind == "sudoku" and cfg.source in GENERATED:
+            max_b = None if cfg.max_blanks < 0 else cfg.max_blanks
+            opts = dict(box=cfg.sudoku_box, min_rating=cfg.min_difficulty, max_rating=max_d,
+                        min_blanks=cfg.min_blanks, max_blanks=max_b)  # fmt: skip
+            train = sudoku.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
+            test = sudoku.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
+        elif kind == "maze" and cfg.source in GENERATED:
+            opts = dict(min_path=cfg.min_difficulty, max_path=max_d)
+            train = maze.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
+            test = maze.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
+        else:
+            path = _csv_path(cfg.source, kind, "--source")
+            held_out = _held_out_csv(cfg, kind, path)
+            read = sudoku.read_csv if kind == "sudoku" else maze.read_csv
+            train = read(path, min_rating=cfg.min_difficulty)
+            test = read(held_out, min_rating=cfg.min_difficulty) if held_out else None
+            if cfg.max_tasks > 0:
+                train = _first(train, cfg.max_tasks)
+            if test is None:
+                test = _first(train, 0)
+    except ValueError as e:  # a generator's filter that too few boards pass
+        raise UserError(f"--source {cfg.source}: {e}") from None
+    if cfg.source in GENERATED:
+        inputs = train.puzzles if kind == "sudoku" else train.inputs
+        test_inputs = test.puzzles if kind == "sudoku" else test.inputs
+        test = _subset(test, _unseen(test_inputs, inputs))
+    if kind == "sudoku":
+        data = BoardDataset.from_sudoku(train, test, augment=cfg.board_augment)
+    else:
+        data = BoardDataset.from_maze(train, test, augment=cfg.board_augment)
+    if cfg.canvas != data.side:
+        raise UserError(
+            f"--canvas {cfg.canvas}: {kind} boards are {data.side}x{data.side}; "
+            f"set --canvas {data.side}"
+        )
+    return data
+
+
+def _subset(rows, keep):
+    """A SudokuSet / MazeSet with the rows where ``keep`` (bool or index array) holds."""
+    out = {}
+    for name, value in vars(rows).items():
+        if isinstance(value, np.ndarray):
+            out[name] = value[keep]
+        elif isinstance(value, list):
+            out[name] = [value[i] for i in np.arange(len(value))[keep]]
+        else:
+            out[name] = value
+    return type(rows)(**out)
+
+
+def _first(rows, n: int):
+    return _subset(rows, np.arange(min(n, len(rows))))

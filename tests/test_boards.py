@@ -112,3 +112,50 @@ def test_fused_sampler_matches_reference(sudoku_data, maze_data):
             got = BoardSampler(data, "cpu", "fused").sample(5)
         for k in want:
             assert torch.equal(got[k], want[k]), k
+
+
+def _cfg(**fields):
+    from hrm_fast.config import DataConfig
+
+    return DataConfig(**fields)
+
+
+def test_build_dataset_generated_sets_and_canvas_check():
+    from hrm_fast.data import ArcDataset, DeviceSampler, build_dataset, dataset_kind, make_sampler
+    from hrm_fast.errors import UserError
+
+    cfg = _cfg(source="sudoku-gen", canvas=4, sudoku_box=2, gen_train=30, gen_test=30)
+    data = build_dataset(cfg, seed=0)
+    assert dataset_kind(cfg) == "sudoku" and data.seq_len == 16 and data.vocab_size == 6
+    train = {row.tobytes() for row in data.train_inputs}
+    assert 0 < len(data.test_inputs) <= 30  # 4x4 repeats are dropped from the test set
+    assert not any(row.tobytes() in train for row in data.test_inputs)
+    assert make_sampler(data).sample(3)["inputs"].shape == (3, 16)
+    again = build_dataset(cfg, seed=5)  # the train seed does not change the data
+    assert np.array_equal(again.train_inputs, data.train_inputs)
+    with pytest.raises(UserError, match="--canvas 30: sudoku boards are 4x4; set --canvas 4"):
+        build_dataset(_cfg(source="sudoku-gen", sudoku_box=2, gen_train=2, gen_test=1), 0)
+    with pytest.raises(UserError, match="--source sudoku-gen: only 0 of 2"):
+        build_dataset(_cfg(source="sudoku-gen", canvas=4, sudoku_box=2, gen_train=2,
+                           min_difficulty=10**6), 0)  # fmt: skip
+    mazes = build_dataset(_cfg(source="maze-gen", gen_train=2, gen_test=1, min_difficulty=50), 0)
+    assert mazes.kind == "maze" and (mazes.train_ratings >= 50).all()
+    assert dataset_kind(_cfg(source="arcagi")) == "arc"
+    assert ArcDataset is not None and DeviceSampler is not None
+
+
+def test_build_dataset_reads_the_official_csv(tmp_path):
+    from hrm_fast.board_csv import write_rows
+    from hrm_fast.data import build_dataset
+    from hrm_fast.errors import UserError
+
+    write_rows(tmp_path / "train.csv", sudoku.to_csv_rows(sudoku.generate(5, seed=0)))
+    write_rows(tmp_path / "test.csv", sudoku.to_csv_rows(sudoku.generate(2, seed=1)))
+    data = build_dataset(_cfg(source=f"sudoku:{tmp_path / 'train.csv'}", canvas=9), 0)
+    assert (len(data.train_inputs), len(data.test_inputs)) == (5, 2)
+    first = build_dataset(_cfg(source=f"sudoku:{tmp_path / 'train.csv'}", canvas=9,
+                               max_tasks=3, eval_source="none"), 0)  # fmt: skip
+    assert (len(first.train_inputs), len(first.test_inputs)) == (3, 0)
+    (tmp_path / "test.csv").unlink()
+    with pytest.raises(UserError, match="--eval-source: no test.csv beside"):
+        build_dataset(_cfg(source=f"sudoku:{tmp_path / 'train.csv'}", canvas=9), 0)
