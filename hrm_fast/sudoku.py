@@ -211,43 +211,53 @@ def _dig(solution: list[int], box: int, rng: random.Random, max_blanks: int) -> 
     puzzle = list(solution)
     order = list(range(len(puzzle)))
     rng.shuffle(order)
-    peers = _peers(box)
+    units = _units(box)
+    # Digits given in each row / column / box of the puzzle being dug.
+    used = [[g.full] * g.n for _ in range(3)]
+    unit_of = (g.row, g.col, g.blk)
     blanks = 0
     for i in order:
         if blanks >= max_blanks:
             break
         v = puzzle[i]
+        bit = 1 << (v - 1)
         puzzle[i] = 0
-        # Still unique iff no solution puts another digit in cell i. Cheap first: the givens
-        # among its peers already rule out every other digit.
-        seen = 0
-        for j in peers[i]:
-            if puzzle[j]:
-                seen |= 1 << (puzzle[j] - 1)
-        forced = seen | (1 << (v - 1)) == g.full
-        if forced or solve(puzzle, box, limit=1, exclude=(i, v)).solutions == 0:
+        for kind in range(3):
+            used[kind][unit_of[kind][i]] ^= bit
+        # Still unique iff no solution puts another digit in cell i. Cheap sufficient tests
+        # first: the givens rule out every other digit there (naked single), or rule out v
+        # from every other blank of one of its units (hidden single); else a search.
+        r, c, b = g.row[i], g.col[i], g.blk[i]
+        keep = (used[0][r] | used[1][c] | used[2][b] | bit) == g.full
+        for kind in range(3):
+            if keep:
+                break
+            keep = all(
+                puzzle[j] or (used[0][g.row[j]] | used[1][g.col[j]] | used[2][g.blk[j]]) & bit
+                for j in units[kind][unit_of[kind][i]]
+                if j != i
+            )
+        if keep or solve(puzzle, box, limit=1, exclude=(i, v)).solutions == 0:
             blanks += 1
         else:
             puzzle[i] = v
+            for kind in range(3):
+                used[kind][unit_of[kind][i]] |= bit
     return puzzle
 
 
-_PEERS: dict[int, list[list[int]]] = {}
+_UNITS: dict[int, tuple[list[list[int]], ...]] = {}
 
 
-def _peers(box: int) -> list[list[int]]:
-    """Per cell, the other cells of its row, column and box."""
-    if box not in _PEERS:
+def _units(box: int) -> tuple[list[list[int]], ...]:
+    """The cells of every row, column and box."""
+    if box not in _UNITS:
         g = _geometry(box)
-        _PEERS[box] = [
-            [
-                j
-                for j in range(g.cells)
-                if j != i and (g.row[j] == g.row[i] or g.col[j] == g.col[i] or g.blk[j] == g.blk[i])
-            ]
-            for i in range(g.cells)
-        ]
-    return _PEERS[box]
+        _UNITS[box] = tuple(
+            [[i for i in range(g.cells) if of[i] == u] for u in range(g.n)]
+            for of in (g.row, g.col, g.blk)
+        )
+    return _UNITS[box]
 
 
 @dataclass
