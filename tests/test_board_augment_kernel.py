@@ -75,3 +75,23 @@ def test_aot_specs(preset):
     for s in specs:
         assert set(s.signature) == set(s.fn.arg_names)
         assert all(s.signature[k] == "constexpr" for k in s.constexprs)
+
+
+@pytest.mark.static
+def test_aot_compile_no_spills():
+    # The interpreter replaces @triton.jit functions, so compile in fresh processes.
+    from hrm_fast.kernels import report
+    from hrm_fast.kernels.aot import TARGET_FAMILIES
+
+    entries = report.collect_specs(("paper",), families=("board_augment",), targets=TARGET_FAMILIES)
+    rows = report.compile_all(entries, (80, 90, "gfx942", "gfx1100"))
+    assert {(r["kernel"], r["arch"]) for r in rows} == {
+        (k, a)
+        for k in ("board_augment_sudoku", "board_augment_maze")
+        for a in (80, 90, "gfx942", "gfx1100")
+    }
+    for r in rows:
+        assert not report.row_failures(r), report.row_failures(r)
+        assert (
+            r["spill_bytes"] == 0 and r.get("local_bytes", 0) == 0 and r.get("stack_bytes", 0) == 0
+        )
