@@ -115,6 +115,21 @@ class BoardDataset:
         return dict(inputs=inputs, labels=labels, puzzle_identifiers=ids)
 
 
+def exact_match(pred_tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """bool ``[B]``: every labelled cell predicted (labels -100 are ignored). Generated and
+    official boards have one solution, so this is the puzzle's exact score."""
+    return ((pred_tokens == labels) | (labels == -100)).all(dim=1)
+
+
+def board_text(kind: str, tokens, side: int) -> str:
+    """A board as text lines: Sudoku digits with ``.`` blanks; maze in ``# SGo``."""
+    t = np.asarray(tokens).reshape(side, side)
+    if kind == "sudoku":
+        digits = sudoku.decode(t)
+        return "\n".join("".join("." if v == 0 else str(int(v)) for v in row) for row in digits)
+    return "\n".join(maze.to_text(maze.decode(row)) for row in t)
+
+
 def dihedral_index_maps(side: int) -> torch.Tensor:
     """``[8, side*side]`` int64: row t is the source cell of every output cell under dihedral
     transform t (t % 4 quarter turns, then a left-right flip when t >= 4; row 0 = identity)."""

@@ -159,3 +159,18 @@ def test_build_dataset_reads_the_official_csv(tmp_path):
     (tmp_path / "test.csv").unlink()
     with pytest.raises(UserError, match="--eval-source: no test.csv beside"):
         build_dataset(_cfg(source=f"sudoku:{tmp_path / 'train.csv'}", canvas=9), 0)
+
+
+def test_exact_match_and_text(sudoku_data):
+    from hrm_fast.boards import board_text, exact_match
+
+    batch = sudoku_data.test_batch(0, 2)
+    pred = batch["labels"].clone()
+    pred[1, 40] = 2 if pred[1, 40] != 2 else 3
+    assert exact_match(pred, batch["labels"]).tolist() == [True, False]
+    ignored = batch["labels"].clone()
+    ignored[1, 40] = -100
+    assert exact_match(pred, ignored).tolist() == [True, True]
+    text = board_text("sudoku", sudoku_data.test_inputs[0], 9).splitlines()
+    assert len(text) == 9 and all(len(line) == 9 for line in text) and "." in "".join(text)
+    assert board_text("maze", maze.encode(maze.from_text("#SG o #  ")), 3) == "#SG\n o \n#  "
