@@ -269,6 +269,45 @@ def _unseen(test_inputs: np.ndarray, train_inputs: np.ndarray) -> np.ndarray:
     return np.asarray([row.tobytes() not in seen for row in test_inputs], bool)
 
 
+def generated_sets(cfg: DataConfig):
+    """``(train, test)`` SudokuSets / MazeSets of a ``sudoku-gen`` / ``maze-gen`` source, from
+    ``cfg.gen_seed`` (train and test use separate streams; a test board equal to a training
+    board is dropped). UserError when the difficulty filter lets too few through."""
+    kind = GENERATED.get(cfg.source)
+    if kind is None:
+        raise UserError(f"--source {cfg.source}: expected one of {', '.join(GENERATED)}")
+    max_d = None if cfg.max_difficulty < 0 else cfg.max_difficulty
+    try:
+        if kind == "sudoku":
+            max_b = None if cfg.max_blanks < 0 else cfg.max_blanks
+            opts = dict(box=cfg.sudoku_box, min_rating=cfg.min_difficulty, max_rating=max_d,
+                        min_blanks=cfg.min_blanks, max_blanks=max_b)  # fmt: skip
+            train = sudoku.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
+            test = sudoku.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
+            keep = _unseen(test.puzzles, train.puzzles)
+        else:
+            opts = dict(min_path=cfg.min_difficulty, max_path=max_d)
+            train = maze.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
+            test = maze.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
+            keep = _unseen(test.inputs, train.inputs)
+    except ValueError as e:  # a filter that too few boards pass
+        raise UserError(f"--source {cfg.source}: {e}") from None
+    return train, _subset(test, keep)
+
+
+def write_generated_csvs(cfg: DataConfig, out_dir) -> tuple[Path, Path]:
+    """Write a generated source's sets as ``train.csv`` / ``test.csv`` in the official format
+    (read back with ``--source sudoku:DIR/train.csv``; 9x9 Sudoku and mazes only)."""
+    from hrm_fast.board_csv import write_rows
+
+    train, test = generated_sets(cfg)
+    rows = sudoku.to_csv_rows if GENERATED[cfg.source] == "sudoku" else maze.to_csv_rows
+    out = Path(out_dir)
+    write_rows(out / "train.csv", rows(train))
+    write_rows(out / "test.csv", rows(test))
+    return out / "train.csv", out / "test.csv"
+
+
 def build_board_dataset(cfg: DataConfig) -> BoardDataset:
     """The Sudoku / maze data set that ``cfg.source`` names (``board_kind`` is not None).
     Generated sets use ``cfg.gen_*`` and the difficulty fields; CSV sets keep rows with a
@@ -276,34 +315,18 @@ def build_board_dataset(cfg: DataConfig) -> BoardDataset:
     kind = board_kind(cfg.source)
     if kind is None:
         raise UserError(f"--source {cfg.source}: not a Sudoku or maze source")
-    max_d = None if cfg.max_difficulty < 0 else cfg.max_difficulty
-    try:
-        if kind == "sudoku" and cfg.source in GENERATED:
-            max_b = None if cfg.max_blanks < 0 else cfg.max_blanks
-            opts = dict(box=cfg.sudoku_box, min_rating=cfg.min_difficulty, max_rating=max_d,
-                        min_blanks=cfg.min_blanks, max_blanks=max_b)  # fmt: skip
-            train = sudoku.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
-            test = sudoku.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
-        elif kind == "maze" and cfg.source in GENERATED:
-            opts = dict(min_path=cfg.min_difficulty, max_path=max_d)
-            train = maze.generate(cfg.gen_train, 2 * cfg.gen_seed, **opts)
-            test = maze.generate(cfg.gen_test, 2 * cfg.gen_seed + 1, **opts)
-        else:
-            path = _csv_path(cfg.source, kind, "--source")
-            held_out = _held_out_csv(cfg, kind, path)
-            read = sudoku.read_csv if kind == "sudoku" else maze.read_csv
-            train = read(path, min_rating=cfg.min_difficulty)
-            test = read(held_out, min_rating=cfg.min_difficulty) if held_out else None
-            if cfg.max_tasks > 0:
-                train = _first(train, cfg.max_tasks)
-            if test is None:
-                test = _first(train, 0)
-    except ValueError as e:  # a generator's filter that too few boards pass
-        raise UserError(f"--source {cfg.source}: {e}") from None
     if cfg.source in GENERATED:
-        inputs = train.puzzles if kind == "sudoku" else train.inputs
-        test_inputs = test.puzzles if kind == "sudoku" else test.inputs
-        test = _subset(test, _unseen(test_inputs, inputs))
+        train, test = generated_sets(cfg)
+    else:
+        path = _csv_path(cfg.source, kind, "--source")
+        held_out = _held_out_csv(cfg, kind, path)
+        read = sudoku.read_csv if kind == "sudoku" else maze.read_csv
+        train = read(path, min_rating=cfg.min_difficulty)
+        test = read(held_out, min_rating=cfg.min_difficulty) if held_out else None
+        if cfg.max_tasks > 0:
+            train = _first(train, cfg.max_tasks)
+        if test is None:
+            test = _first(train, 0)
     if kind == "sudoku":
         data = BoardDataset.from_sudoku(train, test, augment=cfg.board_augment)
     else:

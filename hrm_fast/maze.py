@@ -184,8 +184,8 @@ def generate(
         ratings.append(dist[goal])
     return MazeSet(
         side=side,
-        inputs=np.stack(inputs),
-        labels=np.stack(labels),
+        inputs=np.asarray(inputs, np.uint8).reshape(count, side * side),
+        labels=np.asarray(labels, np.uint8).reshape(count, side * side),
         ratings=np.asarray(ratings, np.int64),
         sources=[f"hrm-fast-gen-{seed}"] * count,
     )

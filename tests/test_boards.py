@@ -174,3 +174,21 @@ def test_exact_match_and_text(sudoku_data):
     text = board_text("sudoku", sudoku_data.test_inputs[0], 9).splitlines()
     assert len(text) == 9 and all(len(line) == 9 for line in text) and "." in "".join(text)
     assert board_text("maze", maze.encode(maze.from_text("#SG o #  ")), 3) == "#SG\n o \n#  "
+
+
+def test_make_boards_writes_official_csvs_that_train_reads(tmp_path, capsys):
+    from hrm_fast.cli import main
+    from hrm_fast.data import build_dataset
+
+    out = tmp_path / "sudoku"
+    assert main(["make-boards", "sudoku", "--out", str(out), "--gen-train", "6",
+                 "--gen-test", "2", "--max-blanks", "40"]) == 0  # fmt: skip
+    data = build_dataset(_cfg(source=f"sudoku:{out / 'train.csv'}", canvas=9), 0)
+    assert (len(data.train_inputs), len(data.test_inputs)) == (6, 2)
+    assert ((data.train_inputs == 1).sum(axis=1) <= 40).all()
+    assert main(["make-boards", "sudoku", "--out", str(out), "--sudoku-box", "2"]) == 2
+    assert main(["make-boards", "maze", "--out", str(out), "--gen-train", "1",
+                 "--min-difficulty", "100000", "--gen-test", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "hrm-fast: --sudoku-box: the official CSV format holds 9x9 boards (box 3)"
+    assert err[1].startswith("hrm-fast: --source maze-gen: only 0 of 1 mazes")
