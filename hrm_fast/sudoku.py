@@ -20,6 +20,7 @@ the rating / blank filter is dropped and another is made. Deterministic per seed
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class _Geometry:
         self.row = [i // n for i in range(self.cells)]
         self.col = [i % n for i in range(self.cells)]
         self.blk = [(i // n) // box * box + (i % n) // box for i in range(self.cells)]
+        self.slots = [
+            (self.row[i], n + self.col[i], 2 * n + self.blk[i]) for i in range(self.cells)
+        ]
         self.full = (1 << n) - 1
         self.popcount = [bin(m).count("1") for m in range(1 << n)]
 
@@ -81,20 +85,22 @@ def solve(
     grid = [int(v) for v in board]
     if len(grid) != g.cells:
         raise ValueError(f"board has {len(grid)} cells, expected {g.cells}")
-    row, col, blk, full, popcount = g.row, g.col, g.blk, g.full, g.popcount
-    rows, cols, blks = [0] * g.n, [0] * g.n, [0] * g.n
+    full, popcount, slots = g.full, g.popcount, g.slots
+    used = [0] * (3 * g.n)  # digits placed per row, column and box
     empties = []
     for i, v in enumerate(grid):
         if v == 0:
             empties.append(i)
             continue
+        if not 1 <= v <= g.n:
+            raise ValueError(f"cell {i} holds {v}, expected 0..{g.n}")
         bit = 1 << (v - 1)
-        r, c, k = g.row[i], g.col[i], g.blk[i]
-        if not 1 <= v <= g.n or (rows[r] | cols[c] | blks[k]) & bit:
-            return SolveResult(0, None, 0, 0)  # a clash among the givens (or a bad digit)
-        rows[r] |= bit
-        cols[c] |= bit
-        blks[k] |= bit
+        a, b, c = slots[i]
+        if (used[a] | used[b] | used[c]) & bit:
+            return SolveResult(0, None, 0, 0)  # a clash among the givens
+        used[a] |= bit
+        used[b] |= bit
+        used[c] |= bit
     ex_cell, ex_mask = -1, full
     if exclude is not None:
         ex_cell, ex_mask = exclude[0], full & ~(1 << (exclude[1] - 1))
@@ -112,17 +118,17 @@ def solve(
             j = 0
             while j < k:
                 i = empties[j]
-                used = rows[row[i]] | cols[col[i]] | blks[blk[i]]
-                m = full & ~used
+                a, b, c = slots[i]
+                m = full & ~(used[a] | used[b] | used[c])
                 if i == ex_cell:
                     m &= ex_mask
                 cnt = popcount[m]
                 if cnt == 1:  # forced: fill it now, not a guess
                     k -= 1
                     empties[j], empties[k] = empties[k], i
-                    rows[row[i]] |= m
-                    cols[col[i]] |= m
-                    blks[blk[i]] |= m
+                    used[a] |= m
+                    used[b] |= m
+                    used[c] |= m
                     grid[i] = m.bit_length()
                     placed.append(i)
                     progress = True
@@ -147,7 +153,7 @@ def solve(
             last = k - 1
             empties[best_j], empties[last] = empties[last], empties[best_j]
             i = empties[last]
-            r, c, b = row[i], col[i], blk[i]
+            a, b, c = slots[i]
             bits = []
             m = best_mask
             while m:
@@ -158,22 +164,23 @@ def solve(
                 rng.shuffle(bits)
             for bit in bits:
                 stats[1] += 1
-                rows[r] |= bit
-                cols[c] |= bit
-                blks[b] |= bit
+                used[a] |= bit
+                used[b] |= bit
+                used[c] |= bit
                 grid[i] = bit.bit_length()
                 done = search(last)
-                rows[r] ^= bit
-                cols[c] ^= bit
-                blks[b] ^= bit
+                used[a] ^= bit
+                used[b] ^= bit
+                used[c] ^= bit
                 grid[i] = 0
                 if done:
                     break
         for i in placed:
             bit = 1 << (grid[i] - 1)
-            rows[row[i]] ^= bit
-            cols[col[i]] ^= bit
-            blks[blk[i]] ^= bit
+            a, b, c = slots[i]
+            used[a] ^= bit
+            used[b] ^= bit
+            used[c] ^= bit
             grid[i] = 0
         return done
 
@@ -278,6 +285,28 @@ class SudokuSet:
         return (self.puzzles == 0).sum(axis=1)
 
 
+def _make_one(k: int, seed: int, box: int, bounds: tuple, tries: int):
+    """Puzzle ``k`` of a seed: its own random stream, so the set does not depend on how many
+    processes make it. ``(puzzle, solution, rating)``, or None after ``tries`` misses."""
+    min_rating, max_rating, min_blanks, max_blanks = bounds
+    rng = random.Random(f"sudoku:{box}:{seed}:{k}")
+    for _ in range(tries):
+        solution = random_solution(box, rng)
+        puzzle = _dig(solution, box, rng, max_blanks)
+        if puzzle.count(0) < min_blanks:
+            continue
+        r = rating(puzzle, box)
+        if r < min_rating or (max_rating is not None and r > max_rating):
+            continue
+        return puzzle, solution, r
+    return None
+
+
+def _make_range(args) -> list:
+    start, stop, seed, box, bounds, tries = args
+    return [_make_one(k, seed, box, bounds, tries) for k in range(start, stop)]
+
+
 def generate(
     count: int,
     seed: int,
@@ -286,37 +315,45 @@ def generate(
     max_rating: int | None = None,
     min_blanks: int = 0,
     max_blanks: int | None = None,
-    max_tries: int | None = None,
+    max_tries: int = 50,
+    workers: int | None = None,
 ) -> SudokuSet:
     """``count`` puzzles with exactly one solution, rating and blanks inside the bounds
-    (``None`` = no upper bound). Digging stops at ``max_blanks``. ValueError when ``max_tries``
-    puzzles (default 50 per wanted one) yield too few inside the filter."""
+    (``None`` = no upper bound). Digging stops at ``max_blanks``. Each puzzle gets up to
+    ``max_tries`` draws to fit the filter, else ValueError. ``workers`` processes share the
+    work (default: up to 8, one per CPU, for 200 puzzles or more); the result is the same for
+    any number."""
     g = _geometry(box)
     max_blanks = g.cells if max_blanks is None else max_blanks
     if min_blanks > max_blanks:
         raise ValueError(f"min_blanks {min_blanks} > max_blanks {max_blanks}")
-    rng = random.Random(f"sudoku:{box}:{seed}")
-    max_tries = 50 * count if max_tries is None else max_tries
-    puzzles, solutions, ratings = [], [], []
-    tries = 0
-    while len(puzzles) < count:
-        if tries >= max_tries:
-            raise ValueError(
-                f"only {len(puzzles)} of {count} puzzles fit rating [{min_rating}, {max_rating}] "
-                f"and blanks [{min_blanks}, {max_blanks}] after {tries} tries"
-            )
-        tries += 1
-        solution = random_solution(box, rng)
-        puzzle = _dig(solution, box, rng, max_blanks)
-        blanks = puzzle.count(0)
-        if blanks < min_blanks:
-            continue
-        r = rating(puzzle, box)
-        if r < min_rating or (max_rating is not None and r > max_rating):
-            continue
-        puzzles.append(puzzle)
-        solutions.append(solution)
-        ratings.append(r)
+    bounds = (min_rating, max_rating, min_blanks, max_blanks)
+    if workers is None:
+        workers = 1 if count < 200 else max(1, min(8, os.cpu_count() or 1))
+    made: list = []
+    if workers <= 1:
+        for k in range(count):
+            one = _make_one(k, seed, box, bounds, max_tries)
+            if one is None:
+                break
+            made.append(one)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        step = -(-count // (4 * workers))
+        jobs = [(a, min(a + step, count), seed, box, bounds, max_tries)
+                for a in range(0, count, step)]  # fmt: skip
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            made = [one for part in pool.map(_make_range, jobs) for one in part]
+        made = [one for one in made if one is not None]
+    if len(made) < count:
+        raise ValueError(
+            f"only {len(made)} of {count} puzzles fit rating [{min_rating}, {max_rating}] "
+            f"and blanks [{min_blanks}, {max_blanks}] ({max_tries} tries each)"
+        )
+    puzzles, solutions, ratings = zip(*made, strict=True) if made else ((), (), ())
     return SudokuSet(
         box=box,
         puzzles=np.asarray(puzzles, np.uint8).reshape(count, g.cells),

@@ -57,6 +57,10 @@ def test_generation_is_deterministic_per_seed():
     c = sudoku.generate(5, seed=4)
     assert np.array_equal(a.puzzles, b.puzzles) and np.array_equal(a.ratings, b.ratings)
     assert not np.array_equal(a.puzzles, c.puzzles)
+    # Each puzzle has its own stream: the same set from two processes, and a prefix for fewer.
+    split = sudoku.generate(5, seed=3, box=2, workers=2)
+    assert np.array_equal(split.puzzles, sudoku.generate(5, seed=3, box=2, workers=1).puzzles)
+    assert np.array_equal(sudoku.generate(3, seed=3).puzzles, a.puzzles[:3])
 
 
 def test_filter_bounds_blanks_and_rating():
