@@ -336,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "CSV files (DIR/train.csv, DIR/test.csv)")  # fmt: skip
     mb.add_argument("kind", choices=["sudoku", "maze"])
     mb.add_argument("--out", required=True, help="directory for train.csv and test.csv")
-    _add_config_flags(mb)
+    g = mb.add_argument_group("generator fields (data section)")
+    names = ("gen_train", "gen_test", "gen_seed", "sudoku_box", "min_difficulty",
+             "max_difficulty", "min_blanks", "max_blanks")  # fmt: skip
+    for name in names:
+        g.add_argument(_flag(name), dest=f"cfg__data__{name}", metavar="V", default=None,
+                       help=f"data.{name}")  # fmt: skip
     mb.set_defaults(func=cmd_make_boards)
 
     ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
