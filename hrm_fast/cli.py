@@ -241,6 +241,21 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_make_boards(args) -> int:
+    from hrm_fast.boards import write_generated_csvs
+
+    cfg = RunConfig()
+    cfg.data.canvas = 9 if args.kind == "sudoku" else 30
+    cfg = _apply_overrides(cfg, args)
+    cfg.data.source = f"{args.kind}-gen"
+    if args.kind == "sudoku" and cfg.data.sudoku_box != 3:
+        raise UserError("--sudoku-box: the official CSV format holds 9x9 boards (box 3)")
+    out = prepare_dir(args.out, "--out")
+    train, test = write_generated_csvs(cfg.data, out)
+    print(f"wrote {train} and {test}")
+    return 0
+
+
 def cmd_ablate(args) -> int:
     from hrm_fast.ablate import ablate
 
@@ -369,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--puzzle-ids", type=int, default=None)
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
+
+    mb = sub.add_parser("make-boards", help="generate Sudoku or maze sets as official-format "
+                        "CSV files (DIR/train.csv, DIR/test.csv)")  # fmt: skip
+    mb.add_argument("kind", choices=["sudoku", "maze"])
+    mb.add_argument("--out", required=True, help="directory for train.csv and test.csv")
+    g = mb.add_argument_group("generator fields (data section)")
+    names = ("gen_train", "gen_test", "gen_seed", "sudoku_box", "min_difficulty",
+             "max_difficulty", "min_blanks", "max_blanks")  # fmt: skip
+    for name in names:
+        g.add_argument(_flag(name), dest=f"cfg__data__{name}", metavar="V", default=None,
+                       help=f"data.{name}")  # fmt: skip
+    mb.set_defaults(func=cmd_make_boards)
 
     ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
     ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))

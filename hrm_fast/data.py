@@ -602,3 +602,34 @@ class DeviceSampler:
         d = self.draw(batch_size)
         inputs, labels = self.augment(d)
         return dict(inputs=inputs, labels=labels, puzzle_identifiers=d["puzzle"].to(torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# every puzzle kind: ARC here, Sudoku and maze in hrm_fast.boards
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_kind(cfg: DataConfig) -> str:
+    """ "arc", "sudoku" or "maze", from ``cfg.source``."""
+    from hrm_fast.boards import board_kind
+
+    return board_kind(cfg.source) or "arc"
+
+
+def build_dataset(cfg: DataConfig, seed: int):
+    """``ArcDataset.build(cfg, seed)`` for ARC sources, ``BoardDataset`` for Sudoku / maze
+    sources (``sudoku:PATH.csv``, ``maze:PATH.csv``, ``sudoku-gen``, ``maze-gen``)."""
+    if dataset_kind(cfg) == "arc":
+        return ArcDataset.build(cfg, seed)
+    from hrm_fast.boards import build_board_dataset
+
+    return build_board_dataset(cfg)
+
+
+def make_sampler(dataset, device="cpu", backend: str = "auto"):
+    """The on-device sampler of a data set from ``build_dataset``; same ``sample`` contract."""
+    if isinstance(dataset, ArcDataset):
+        return DeviceSampler(dataset, device, backend)
+    from hrm_fast.boards import BoardSampler
+
+    return BoardSampler(dataset, device, backend)

@@ -48,7 +48,7 @@ from hrm_fast.kernels.aot import TARGET_FAMILIES, target_family
 
 from hrm_fast.config import PRESETS as CONFIG_PRESETS
 
-FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment")
+FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment", "board_augment")
 # Every GPU-sized preset in hrm_fast/config.py, so a new preset is compiled (and must have
 # aot_specs in every family) without editing this file; smoke and debug are CPU-sized.
 CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse")
