@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from hrm_fast.device import resolve_device
-from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
+from hrm_fast.errors import UserError, WriteFailed
+from hrm_fast.files import os_reason, prepare_dir, write_output
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 BLANK_POOL_SEED_OFFSET = 7919  # pool for tasks without a puzzle id: seed + this
@@ -319,7 +319,7 @@ def evaluate(
     None), so eval.json is the one a single process writes."""
     from hrm_fast import checkpoint as ckpt
     from hrm_fast.data import ArcDataset
-    from hrm_fast.train import Progress
+    from hrm_fast.progress import Progress
 
     if n_aug < 1:
         raise UserError(f"--n-aug must be >= 1, got {n_aug}")
