@@ -351,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--html", action="store_true", help="also a self-contained HTML page")
     r.set_defaults(func=cmd_report)
 
-    # Listed for --help only: main() hands every argument after the name to its own parser.
-    sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
-                   add_help=False)  # fmt: skip
+    # main() hands every argument after the name to the report's own parser (argparse would
+    # take its flags for ours).
+    k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
+                       add_help=False)  # fmt: skip
+    k.set_defaults(func=cmd_kernels_report, rest=[])
 
     b = sub.add_parser("bench", help="run the bench suite and print one table")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
