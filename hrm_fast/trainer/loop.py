@@ -22,7 +22,7 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig, TrainConfig
 from hrm_fast.distributed import DataParallel
 from hrm_fast.early_warning import CollapseWatch
-from hrm_fast.errors import EXIT_OK, EXIT_PROBE_FAILED, UserError, WriteFailed
+from hrm_fast.errors import EXIT_OK, EXIT_PROBE_FAILED, PeerLost, UserError, WriteFailed
 from hrm_fast.files import AppendLog, os_reason, prepare_dir, write_output
 from hrm_fast.layers import count_parameters
 from hrm_fast.probe import checked_probe, probe_stop_hint
@@ -308,7 +308,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         dp.close(wait_for_all=False)
         if not distributed.is_comm_error(e):
             raise
-        raise distributed.PeerLost(
+        raise PeerLost(
             f"rank {dp.rank}: lost contact with another rank ({str(e).splitlines()[0][:160]}); "
             "the last checkpoint is intact, continue with --resume"
         ) from None
