@@ -21,7 +21,7 @@ import torch
 
 from hrm_fast import distributed
 from hrm_fast.config import from_name
-from hrm_fast.train import Trainer
+from hrm_fast.trainer.step import Trainer
 
 
 def sync(device: torch.device) -> None:
@@ -64,7 +64,7 @@ def main() -> int:
     per_rank = a.batch_per_rank or t.batch_size
     t.batch_size = per_rank * world
     try:
-        trainer = Trainer(cfg, quiet=True, dp=dp)
+        trainer = Trainer(cfg, dp=dp)
         for _ in range(a.warmup):
             trainer.step()
         step_s = timed(trainer.step, a.steps, trainer.device, dp)

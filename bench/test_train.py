@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hrm_fast.config import from_name
-from hrm_fast.train import Trainer
+from hrm_fast.trainer.step import Trainer
 
 VARIANTS = {
     # name: (backend, compile, cuda_graphs)
@@ -56,7 +56,7 @@ def test_train_step(record, benchmark, device, quick, tmp_path, variant, arch):
     if not quick:
         t.batch_size = 20  # the user's seed run; TRM at the same batch for comparison
     benchmark.group = f"train:{preset}"
-    trainer = Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg)
     measured, warmup = _steps(device, quick)
     record(
         trainer.step, measured, warmup, kind="train", variant=variant, preset=preset,

@@ -126,9 +126,9 @@ def _controls(trainer) -> dict[str, object]:
 
 def run_one(cfg: RunConfig, variant: str, probe_every: int, on_step=None) -> tuple[list, list]:
     """Train one variant; returns (rows, control rows)."""
-    from hrm_fast.train import Trainer
+    from hrm_fast.trainer.step import Trainer
 
-    trainer = Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg)
     probe_source = trainer.sampler.sample
     if variant == "shuffled":
         probe_source = _shuffle_inputs(trainer.sampler)
@@ -425,7 +425,7 @@ def ablate(
     """Run (or resume) the ablation; ``merge``: other DIRs whose finished runs to take over
     (same settings), so a sweep split over several processes ends in one table and plot."""
     # fmt: skip
-    from hrm_fast.train import Progress
+    from hrm_fast.progress import Progress
 
     if steps < 1 or seeds < 1 or probe_every < 1:
         raise UserError("--steps, --seeds and --probe-every must be >= 1")

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, prepare_dir, write_output
+from hrm_fast.errors import UserError, WriteFailed
+from hrm_fast.files import prepare_dir, write_output
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 CPU_CEILING_GPU = "rtx4090-laptop"  # on CPU, show the user's target GPU's ceiling for reference

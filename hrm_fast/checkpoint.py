@@ -1,8 +1,9 @@
 """Checkpoints: atomic writes, discovery, and rebuilding a model from one.
 
 A checkpoint is one ``torch.save`` file ``DIR/checkpoints/step_{step:09d}.pt`` holding
-``{"version", "step", "config", "model", "optimizer", "sparse", "ema", "carry", "rng", "dataset"}``
-(``ema``: the averaged network weights as a plain {name: tensor} dict, or None):
+``{"version", "step", "config", "model", "optimizer", "ema", "carry", "rng", "world_size",
+"dataset"}`` (built by ``hrm_fast.trainer.state.make_payload``; ``ema``: the averaged network
+weights as a plain {name: tensor} dict, or None):
 tensors and plain Python data only (dicts, lists, tuples, str, numbers, bools, None). It is written
 to a temporary file in the same folder, fsynced, then renamed over the final name, so a crash or a
 full disk mid-write leaves every earlier checkpoint intact.
@@ -219,7 +220,7 @@ def load_latest(run_dir: Path, map_location="cpu", on_skip=None) -> dict | None:
 def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.float32):
     """Rebuild the model (HRM or TRM) in a checkpoint, with its EMA weights where it has
     them. Returns (model in eval mode, RunConfig, payload)."""
-    from hrm_fast.arch import build_model
+    from hrm_fast.arch import build_model, expected_shapes
 
     payload = load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])
@@ -227,8 +228,6 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
     table = payload["model"].get("inner.puzzle_emb.weights")
     n_ids = int(table.shape[0]) if table is not None and table.ndim == 2 else 1
     # Shapes before allocation: a config claiming a huge model must not get to build it.
-    from hrm_fast.convert import expected_shapes
-
     for key, shape in expected_shapes(cfg.model, n_ids, cfg.seq_len).items():
         t = payload["model"].get(key)
         if t is None or tuple(t.shape) != shape:

@@ -2,7 +2,7 @@
 kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
-never a traceback. A failed input-sensitivity probe exits 3.
+never a traceback. A failed input-sensitivity probe exits 3. Every exit code: hrm_fast/errors.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import sys
 from pathlib import Path
 
 from hrm_fast.config import PRESETS, RunConfig, check_ranges, from_name, iter_fields, parse_value
-from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
+from hrm_fast.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBE_FAILED,
+    UserError,
+    WriteFailed,
+)
+from hrm_fast.files import os_reason, prepare_dir, write_output
 
 
 def _flag(name: str) -> str:
@@ -141,7 +147,7 @@ def _output_file(path: str | None, flag: str) -> Path | None:
 
 
 def cmd_train(args) -> int:
-    from hrm_fast.train import train
+    from hrm_fast.trainer.loop import train
 
     cfg = _config_for_train(args)
     return train(cfg, args.out, resume=args.resume, quiet=args.quiet)
@@ -179,7 +185,7 @@ def cmd_probe(args) -> int:
     if json_out is not None:
         write_output(json_out, json.dumps(d, indent=2), WriteFailed)
     print(report.summary())
-    return 0 if report.passed else 3
+    return EXIT_OK if report.passed else EXIT_PROBE_FAILED
 
 
 def cmd_eval(args) -> int:
@@ -269,15 +275,15 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from hrm_fast.report import main as report_main
+    from hrm_fast.dashboard import main as dashboard_main
 
-    return report_main(args)
+    return dashboard_main(args)
 
 
 def cmd_kernels_report(args) -> int:
-    from hrm_fast.kernels.report import main as report_main
+    from hrm_fast.kernels.report import main as kernels_report_main
 
-    return report_main(args.rest)
+    return kernels_report_main(args.rest)
 
 
 def cmd_bench(args) -> int:
@@ -425,10 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--html", action="store_true", help="also a self-contained HTML page")
     r.set_defaults(func=cmd_report)
 
+    # main() hands every argument after the name to the report's own parser (argparse would
+    # take its flags for ours).
     k = sub.add_parser("kernels-report", help="AOT-compile every kernel for GPU targets",
                        add_help=False)  # fmt: skip
-    k.add_argument("rest", nargs=argparse.REMAINDER)
-    k.set_defaults(func=cmd_kernels_report)
+    k.set_defaults(func=cmd_kernels_report, rest=[])
 
     b = sub.add_parser("bench", help="run the bench suite and print one table")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -452,25 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["kernels-report"]:  # its own parser owns every flag after the name
-        from hrm_fast.kernels.report import main as report_main
-
-        return report_main(argv[1:])
-    args = build_parser().parse_args(argv)
+        args = argparse.Namespace(func=cmd_kernels_report, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except UserError as e:
         print(f"hrm-fast: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("hrm-fast: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # data errors from the loader carry their own one-line message
-        from hrm_fast.data import DataError
-
-        if isinstance(e, DataError):
-            print(f"hrm-fast: {e}", file=sys.stderr)
-            return 2
-        raise
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

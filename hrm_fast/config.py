@@ -104,7 +104,7 @@ class TrainConfig:
     batch_size: int = 20
     steps: int = 200_000
     # > 0: the run length in TRM/HRM's epochs, replacing `steps` once the data is loaded:
-    # steps = epochs * trainable pairs // batch_size (hrm_fast.train.steps_for_epochs).
+    # steps = epochs * trainable pairs // batch_size (hrm_fast.trainer.step.steps_for_epochs).
     epochs: int = 0
     lr: float = 1e-4
     lr_min_ratio: float = 0.1

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from hrm_fast.arch import expected_shapes
 from hrm_fast.config import ModelConfig, RunConfig
-from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, os_reason, prepare_dir
-from hrm_fast.layers import swiglu_width
+from hrm_fast.errors import UserError, WriteFailed
+from hrm_fast.files import os_reason, prepare_dir
 
 # Wrappers the official code puts around the model: torch.compile, ACTLossHead, DDP.
 _PREFIXES = ("_orig_mod.", "model.", "module.")
@@ -188,47 +188,6 @@ def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     return cfg
 
 
-def expected_shapes(
-    cfg: ModelConfig, num_puzzle_ids: int, seq_len: int | None = None
-) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor an HRM or TRM with this config saves (scratch rows aside).
-
-    TRM has one network (``L_level``); its ``mlp_t`` variant needs ``seq_len`` (the canvas
-    cells; the puzzle-embedding positions are added here).
-    """
-    h, v, i = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
-    shapes = {
-        "inner.H_init": (h,),
-        "inner.L_init": (h,),
-        "inner.embed_tokens.embedding_weight": (v, h),
-        "inner.lm_head.weight": (v, h),
-        "inner.q_head.weight": (2, h),
-        "inner.q_head.bias": (2,),
-    }
-    if cfg.puzzle_emb_ndim > 0:
-        shapes["inner.puzzle_emb.weights"] = (num_puzzle_ids, cfg.puzzle_emb_ndim)
-    trm = cfg.arch == "trm"
-    token_mlp = trm and cfg.mlp_t
-    if token_mlp:
-        if seq_len is None:
-            raise ValueError("expected_shapes: TRM's mlp_t needs seq_len")
-        s = seq_len + cfg.puzzle_emb_len
-        i_t = swiglu_width(s, cfg.expansion)
-    levels = (("L", cfg.L_layers),) if trm else (("H", cfg.H_layers), ("L", cfg.L_layers))
-    for level, n in levels:
-        for j in range(n):
-            base = f"inner.{level}_level.layers.{j}."
-            if token_mlp:
-                shapes[base + "mlp_t.gate_up_proj.weight"] = (2 * i_t, s)
-                shapes[base + "mlp_t.down_proj.weight"] = (s, i_t)
-            else:
-                shapes[base + "self_attn.qkv_proj.weight"] = (3 * h, h)
-                shapes[base + "self_attn.o_proj.weight"] = (h, h)
-            shapes[base + "mlp.gate_up_proj.weight"] = (2 * i, h)
-            shapes[base + "mlp.down_proj.weight"] = (h, i)
-    return shapes
-
-
 def _checked_fp32(sd: dict, cfg: ModelConfig, src: str, seq_len: int = 900) -> tuple[dict, int]:
     pe = sd.get("inner.puzzle_emb.weights")
     n_ids = int(pe.shape[0]) if pe is not None and pe.ndim == 2 else 1
@@ -347,7 +306,7 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
     Returns the checkpoint path (``out_dir/checkpoints/step_000000000.pt``).
     """
     from hrm_fast import checkpoint
-    from hrm_fast.checkpoint import VERSION
+    from hrm_fast.trainer.state import make_payload
 
     sd, name = _read(src)
     cfg = RunConfig(model=_infer(sd, name, overrides))
@@ -361,17 +320,12 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
         raise UserError(f"--out {out}: already holds checkpoints; choose a new directory")
     model = _build(sd, name, cfg.model, cfg.seq_len)
     n_ids = model.inner.puzzle_emb.weights.shape[0] if cfg.model.puzzle_emb_ndim > 0 else 1
-    payload = {
-        "version": VERSION,
-        "step": 0,
-        "config": cfg.to_dict(),
-        "model": {k: v for k, v in model.state_dict().items()},
-        "dataset": {"num_puzzle_ids": int(n_ids), "converted_from": name},
-        "optimizer": None,
-        "sparse": None,
-        "carry": None,
-        "rng": None,
-    }
+    payload = make_payload(
+        step=0,
+        config=cfg.to_dict(),
+        model={k: v for k, v in model.state_dict().items()},
+        dataset={"num_puzzle_ids": int(n_ids), "converted_from": name},
+    )
     path = checkpoint.checkpoint_path(out, 0)
     try:
         checkpoint.atomic_save(payload, path)

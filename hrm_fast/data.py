@@ -30,18 +30,10 @@ import torch
 
 from hrm_fast.augment import augment_batch_ref, random_offsets, sample_pool
 from hrm_fast.config import DataConfig
+from hrm_fast.errors import DataError
 
 Grid = np.ndarray  # uint8 [h, w], raw colours 0-9
 Pair = tuple[Grid, Grid]
-
-
-class DataError(Exception):
-    """Bad task data. ``str(err)`` is one line: ``<file>: <what is wrong>``."""
-
-    def __init__(self, path, msg: str):
-        self.path = str(path)
-        self.msg = " ".join(str(msg).split())  # keep it on one line
-        super().__init__(f"{self.path}: {self.msg}")
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 ``cuda`` is NVIDIA (CUDA build of torch) or AMD (ROCm build: torch.version.hip is set and the
 GPU is a torch "cuda" device); both run the fused Triton backend. ``mps`` is Apple silicon:
-the reference backend only (Triton has no Metal backend).
+the reference backend only (Triton has no Metal backend). ``resolve_runtime`` turns a run's
+``--device``, ``--backend`` and ``--dtype`` into what the trainer runs with.
 """
 
 from __future__ import annotations
@@ -58,3 +59,25 @@ def check_device_options(device: torch.device, backend: str, dtype: torch.dtype,
             raise UserError("--cuda-graphs: CUDA graphs need a CUDA or ROCm GPU, not --device mps")
         if dtype == torch.bfloat16 and not mps_supports_bf16():
             raise UserError("--dtype bf16: MPS has bfloat16 from macOS 14; use --dtype fp32")
+
+
+def resolve_runtime(cfg) -> tuple[torch.device, str, torch.dtype]:
+    """(device, backend, dtype) for a RunConfig's train section; UserError for what cannot run."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    backend = t.backend
+    if backend == "auto":
+        backend = "fused" if device.type == "cuda" else "reference"
+    if backend not in ("reference", "fused"):
+        raise UserError(f"--backend: expected auto, reference or fused, got {backend!r}")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if t.dtype == "auto":
+        dtype = default_dtype(device)
+    elif t.dtype in dtypes:
+        dtype = dtypes[t.dtype]
+    else:
+        raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {t.dtype!r}")
+    check_device_options(device, backend, dtype, t.cuda_graphs)
+    if t.cuda_graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA device")
+    return device, backend, dtype

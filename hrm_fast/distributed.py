@@ -39,13 +39,6 @@ import torch.distributed as dist
 
 from hrm_fast.errors import UserError
 
-
-class PeerLost(UserError):
-    """A collective failed: another rank died or stopped answering within the timeout."""
-
-    exit_code = 1
-
-
 # torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 

@@ -1,7 +1,39 @@
-"""User-facing errors: the CLI prints ``hrm-fast: <message>`` on one line and exits non-zero."""
+"""Every error the CLI turns into one line, and every exit code the tool returns.
+
+The CLI prints ``hrm-fast: <message>`` on one line and exits with the error's ``exit_code``,
+never a traceback.
+"""
+
+EXIT_OK = 0
+EXIT_PEER_LOST = 1
+EXIT_USER_ERROR = 2
+EXIT_PROBE_FAILED = 3
+EXIT_WRITE_FAILED = 4
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 
 
 class UserError(Exception):
     """Bad input or state the user can fix; its message is one line naming the file and field."""
 
-    exit_code = 2
+    exit_code = EXIT_USER_ERROR
+
+
+class DataError(UserError):
+    """Bad task data. ``str(err)`` is one line: ``<file>: <what is wrong>``."""
+
+    def __init__(self, path, msg: str):
+        self.path = str(path)
+        self.msg = " ".join(str(msg).split())  # keep it on one line
+        super().__init__(f"{self.path}: {self.msg}")
+
+
+class WriteFailed(UserError):
+    """A write failed after work had begun; the message says what is still intact."""
+
+    exit_code = EXIT_WRITE_FAILED
+
+
+class PeerLost(UserError):
+    """A collective failed: another rank died or stopped answering within the timeout."""
+
+    exit_code = EXIT_PEER_LOST

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from hrm_fast.device import resolve_device
-from hrm_fast.errors import UserError
-from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
+from hrm_fast.errors import UserError, WriteFailed
+from hrm_fast.files import os_reason, prepare_dir, write_output
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 DEFAULT_PASS_K = (1, 2)
@@ -367,7 +367,7 @@ def run_predictions(
     """``predict`` with the progress line (rate, ETA); under torchrun (``dp``) each rank
     predicts whole batches and rank 0 gets every prediction back in item order (others get
     None). Returns (grids, sigmoid(q_halt)), covering the first items only if stopped early."""
-    from hrm_fast.train import Progress
+    from hrm_fast.progress import Progress
 
     mine = list(range(len(items)))
     if dp is not None:

@@ -5,7 +5,7 @@ temporary file in the same folder, is fsynced, then renamed over its final name:
 I/O error leaves the previous version intact and no temporary file behind.
 
 Exit codes: a path that cannot be used before any work starts is bad input (2); a write that fails
-after work has begun (disk full, I/O error mid-run) exits ``EXIT_WRITE_FAILED`` (4).
+after work has begun (disk full, I/O error mid-run) exits ``errors.EXIT_WRITE_FAILED`` (4).
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hrm_fast.errors import UserError
-
-EXIT_WRITE_FAILED = 4
-
-
-class WriteFailed(UserError):
-    """A write failed after work had begun; the message says what is still intact."""
-
-    exit_code = EXIT_WRITE_FAILED
 
 
 def os_reason(e: OSError) -> str:

@@ -1,4 +1,7 @@
-"""AdamATan2 in plain torch: Adam with ``atan2`` in place of the division by ``sqrt(v) + eps``.
+"""The optimisers and the learning-rate schedule: AdamATan2, HRM's sparse sign-SGD for the puzzle
+embeddings, and ``lr_at``.
+
+AdamATan2 in plain torch: Adam with ``atan2`` in place of the division by ``sqrt(v) + eps``.
 
 TRM's and HRM's official runs train with the ``adam-atan2`` package, a CUDA extension that many
 users cannot build. Its update, per element, at step t (counted from 1):
@@ -19,6 +22,8 @@ run inside a captured CUDA graph: the step counters are float32 tensors beside t
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.optim import Optimizer
@@ -87,3 +92,47 @@ def _update(p, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, weight_decay) 
     denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt)
     update = torch.atan2(exp_avg / bias_correction1, denom)
     p.sub_(update.mul_(lr))
+
+
+class SparseSignSGD:
+    """HRM's sign-SGD with decoupled weight decay for the puzzle embeddings, static shapes.
+
+    The batch's rows sit in ``local_weights`` (a leaf). Gradients of rows that share a puzzle id
+    are summed with a [B, B] match matrix instead of ``unique`` (which syncs the host); rows with
+    the same id then write identical values, so the scatter is deterministic.
+    """
+
+    def __init__(self, emb, weight_decay: float, device, gather=None):
+        self.emb, self.weight_decay = emb, weight_decay
+        self.lr = torch.zeros((), device=device)  # filled from the host each step
+        # Data parallel: (ids, grad) -> every rank's (ids, grad), so all ranks update alike.
+        self.gather = gather
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grad = self.emb.local_weights.grad
+        if grad is None:
+            return
+        ids = self.emb.local_ids
+        if self.gather is not None:
+            ids, grad = self.gather(ids, grad)
+        ids = ids.long()
+        same = (ids[:, None] == ids[None, :]).to(grad.dtype)
+        g = same @ grad
+        w = self.emb.weights[ids]
+        w = w * (1.0 - self.lr * self.weight_decay) - self.lr * torch.sign(g)
+        self.emb.weights.index_copy_(0, ids, w)
+
+    def zero_grad(self) -> None:
+        if self.emb.local_weights.grad is not None:
+            self.emb.local_weights.grad.zero_()
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio * base`` (HRM's schedule)."""
+    if step < warmup:
+        return base * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (
+        min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    )

@@ -38,7 +38,8 @@ from hrm_fast.evaluate import (
     summarise,
     vote,
 )
-from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
+from hrm_fast.errors import WriteFailed
+from hrm_fast.files import os_reason, prepare_dir, write_output
 from hrm_fast.submission import ATTEMPTS, is_answer_grid, write_submission
 
 

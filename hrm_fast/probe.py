@@ -270,3 +270,26 @@ def run_probe(
     return probe_input_sensitivity(
         model, a, b, ids, min_differ=min_differ, min_tv=min_tv, step=step, labels_a=labels
     )
+
+
+def checked_probe(probe: Callable[[], ProbeReport], dp=None) -> tuple[ProbeReport | None, bool]:
+    """(report, passed): ``probe()`` on rank 0 (report None elsewhere), its verdict on every rank
+    (``dp``: the run's DataParallel, None for one process)."""
+    if dp is None:
+        report = probe()
+        return report, report.passed
+    report = probe() if dp.is_main else None
+    return report, dp.broadcast_flag(report is not None and report.passed)
+
+
+def probe_stop_hint(out, saved: bool) -> str:
+    """What a user whose run the probe stopped can do next."""
+    look = (
+        f"look with `hrm-fast probe {out}` and `hrm-fast report {out}`"
+        if saved
+        else "this is before any training, so look at the data and the model flags"
+    )
+    return (
+        "hrm-fast: the model's predictions barely depend on its input (docs/safeguards.md); "
+        f"{look}; the thresholds are --probe-min-tv and --probe-min-differ"
+    )

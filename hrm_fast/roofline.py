@@ -8,7 +8,7 @@ attention matmuls (QK^T and PV: 4*B*H*S*S*D forward). Elementwise ops (RMSNorm, 
 softmax, the loss, AdamW) are not counted as FLOPs; their cost is in the bytes. This is what
 ``torch.utils.flop_counter.FlopCounterMode`` counts too (``tests/test_roofline.py`` checks it).
 
-One training step (``hrm_fast.train.Trainer.step``) is:
+One training step (``hrm_fast.trainer.step.Trainer.step``) is:
 
 * the ACT step's forward: ``H_cycles * L_cycles`` L-module and ``H_cycles`` H-module
   evaluations, plus lm_head over all S positions and q_head on position 0. Only the last L and

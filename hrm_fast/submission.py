@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm_fast.files import WriteFailed, write_output
+from hrm_fast.errors import WriteFailed
+from hrm_fast.files import write_output
 
 MAX_SIDE = 30
 ATTEMPTS = ("attempt_1", "attempt_2")

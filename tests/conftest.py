@@ -56,9 +56,9 @@ def max_err(actual, expected) -> float:
 
 def step_metrics(cfg, steps):
     """Train ``steps`` steps in process; returns the trainer and each step's metrics."""
-    from hrm_fast.train import Trainer
+    from hrm_fast.trainer.step import Trainer
 
-    trainer = Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg)
     out = []
     for _ in range(steps):
         trainer.step()

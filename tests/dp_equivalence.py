@@ -20,7 +20,7 @@ import torch
 
 from hrm_fast import distributed
 from hrm_fast.config import from_name
-from hrm_fast.train import Trainer
+from hrm_fast.trainer.step import Trainer
 
 
 def config(tasks: str):
@@ -76,7 +76,7 @@ def main() -> int:
     cfg = config(tasks)
     dp = distributed.setup("cpu", "gloo", 120)
     try:
-        trainer = Trainer(cfg, quiet=True, dp=dp)
+        trainer = Trainer(cfg, dp=dp)
         same_data(trainer, cfg.train.batch_size, dp.rank)
         losses, grads = run(trainer, steps)
         flat = trainer.dp._flat_grad
@@ -89,7 +89,7 @@ def main() -> int:
         if not dp.is_main:
             return 0
 
-        ref = Trainer(config(tasks), quiet=True)  # one process, batch B: no torch.distributed
+        ref = Trainer(config(tasks))  # one process, batch B: no torch.distributed
         same_data(ref, cfg.train.batch_size, 0)
         ref_losses, ref_grads = run(ref, steps)
         ref_state = final_state(ref)

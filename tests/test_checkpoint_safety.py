@@ -173,7 +173,7 @@ def test_convert_of_a_malicious_file_prints_our_line_not_pytorch_advice(tmp_path
 
 def test_checkpoint_written_by_the_trainer_loads_weights_only(debug_cfg, tmp_path):
     """Every field of a real checkpoint (optimizer, carry, RNG, config, dataset) is plain data."""
-    from hrm_fast.train import train
+    from hrm_fast.trainer.loop import train
 
     debug_cfg.train.steps = 1
     assert train(debug_cfg, tmp_path / "run", quiet=True) == 0

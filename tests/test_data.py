@@ -17,7 +17,8 @@ from hrm_fast.augment import (
     invert_batch_ref,
 )
 from hrm_fast.config import DataConfig
-from hrm_fast.data import ArcDataset, DataError, DeviceSampler, GridBank, load_tasks
+from hrm_fast.data import ArcDataset, DeviceSampler, GridBank, load_tasks
+from hrm_fast.errors import DataError
 
 GRID = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
 

@@ -9,8 +9,8 @@ import torch
 from hrm_fast import device as D
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import from_name
+from hrm_fast.device import resolve_runtime
 from hrm_fast.errors import UserError
-from hrm_fast.train import resolve_runtime
 
 
 def _machine(monkeypatch, cuda: bool, mps: bool, macos14: bool = True):
@@ -88,10 +88,10 @@ def test_mps_reference_steps_train(debug_cfg):
     """On a Mac (scripts/gpu-check.sh --device mps): reference steps run on MPS, finite."""
     if not torch.backends.mps.is_available():
         pytest.skip("needs an Apple MPS device")
-    from hrm_fast.train import METRIC_KEYS, Trainer
+    from hrm_fast.trainer.step import METRIC_KEYS, Trainer
 
     debug_cfg.train.device = "mps"
-    trainer = Trainer(debug_cfg, quiet=True)
+    trainer = Trainer(debug_cfg)
     assert trainer.device.type == "mps"
     before = [p.detach().cpu().clone() for p in trainer.params]
     for _ in range(4):

@@ -18,7 +18,7 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
-from hrm_fast.files import EXIT_WRITE_FAILED
+from hrm_fast.errors import EXIT_WRITE_FAILED
 
 
 def _one_line(capsys) -> str:

@@ -158,7 +158,7 @@ def test_perfect_oracle_scores_one_through_inversion(tmp_path, held_out):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     from hrm_fast.config import from_name
-    from hrm_fast.train import train
+    from hrm_fast.trainer.loop import train
 
     root = tmp_path_factory.mktemp("eval_e2e")
     cfg = from_name("debug")

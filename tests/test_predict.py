@@ -121,7 +121,7 @@ def unseen_run(tmp_path_factory):
     """Trained on tasks A only; the held-out split B (one task planted with a copy of one of
     A's training pairs under another id) is scored with the blank id."""
     from hrm_fast.config import from_name
-    from hrm_fast.train import train
+    from hrm_fast.trainer.loop import train
 
     root = tmp_path_factory.mktemp("predict_unseen")
     seen = _write_tasks(root / "seen", 3, seed=5)

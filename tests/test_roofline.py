@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from hrm_fast import roofline
 from hrm_fast.config import from_name
-from hrm_fast.train import Trainer
+from hrm_fast.trainer.step import Trainer
 
 aten = torch.ops.aten
 
@@ -35,7 +35,7 @@ REL_TOL = 1e-6
 
 
 def _counted_step_flops(cfg) -> tuple[int, dict]:
-    trainer = Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg)
     trainer.step()  # the first step is counted like any other; run one so state exists
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as fc:
         trainer.step()

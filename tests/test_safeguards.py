@@ -10,7 +10,8 @@ import torch
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import TrainConfig
 from hrm_fast.early_warning import CollapseWatch, probe_headroom
-from hrm_fast.train import Trainer, train
+from hrm_fast.trainer.loop import train
+from hrm_fast.trainer.step import Trainer
 
 
 def _report(differ, tv, step=0, passed=True):
@@ -121,7 +122,7 @@ def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg
     t = debug_cfg.train
     t.probe_min_differ, t.probe_min_tv = defaults.probe_min_differ, defaults.probe_min_tv
     t.probe_pairs, t.lr, t.warmup_steps = 8, 3e-3, 5
-    trainer = Trainer(debug_cfg, quiet=True)
+    trainer = Trainer(debug_cfg)
     for _ in range(40):
         trainer.step()
     assert trainer.probe().passed
@@ -129,7 +130,7 @@ def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg
         report = _probe(trainer, trainer.sampler, model)
         assert not report.passed, name
         assert report.frac_differ == 0 and report.mean_tv < 1e-6, name
-    shuffled = Trainer(debug_cfg, quiet=True)
+    shuffled = Trainer(debug_cfg)
     _shuffle_inputs(shuffled.sampler)
     for _ in range(40):
         shuffled.step()

@@ -22,7 +22,10 @@ from hrm_fast.kernels.dispatch import triton_on_cpu
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
-from hrm_fast.train import Trainer, lr_at, train
+from hrm_fast.optim import lr_at
+from hrm_fast.trainer.loop import train
+from hrm_fast.trainer.state import load_state, save_checkpoint
+from hrm_fast.trainer.step import Trainer
 
 
 def test_same_seed_samestep_metrics(debug_cfg):
@@ -162,7 +165,7 @@ def test_step_is_one_graph_without_data_dependent_ops(debug_cfg):
     the puzzle-embedding update: no ``.item()``, no ``nonzero``/``unique``, no branch on data.
     Any of those would be a graph break here and a host sync (or a capture error) on CUDA.
     """
-    trainer = Trainer(debug_cfg, quiet=True)
+    trainer = Trainer(debug_cfg)
     forward_loss = torch.compile(trainer._forward_loss, fullgraph=True, backend="eager")
     _, loss, metrics = forward_loss(trainer.carry)
     assert torch.isfinite(loss) and set(metrics) >= {"lm_loss", "diversity", "distribution"}
@@ -222,7 +225,7 @@ def test_fused_step_compiles_to_one_graph_of_triton_kernels(tiny_tasks):
 
 
 def test_step_updates_weights_and_puzzle_embeddings(debug_cfg):
-    trainer = Trainer(debug_cfg, quiet=True)
+    trainer = Trainer(debug_cfg)
     w0 = trainer.model.inner.lm_head.weight.detach().clone()
     table0 = trainer.model.inner.puzzle_emb.weights.clone()
     for _ in range(3):
@@ -274,12 +277,12 @@ def test_crash_mid_save_keeps_previous_checkpoint(debug_cfg, tmp_path, monkeypat
         real_save({"partial": True}, f)
         raise OSError("disk full (simulated)")
 
-    trainer = Trainer(debug_cfg, run, quiet=True)
-    trainer.load_state(ckpt.load(run))
+    trainer = Trainer(debug_cfg)
+    load_state(trainer, ckpt.load(run))
     trainer.step_count = 3  # would overwrite step 3's name: the old file must survive
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError):
-        trainer.save()
+        save_checkpoint(trainer, run)
     monkeypatch.setattr(torch, "save", real_save)
     assert good[0].read_bytes() == before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000003.pt"]

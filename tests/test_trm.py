@@ -26,7 +26,8 @@ from hrm_fast.cli import main as cli_main
 from hrm_fast.config import ModelConfig, from_name
 from hrm_fast.errors import UserError
 from hrm_fast.layers import count_parameters, embed_inputs
-from hrm_fast.train import Trainer, train
+from hrm_fast.trainer.loop import train
+from hrm_fast.trainer.step import Trainer
 from hrm_fast.trm import TRM
 
 SEQ = 25  # a 5x5 canvas
@@ -247,7 +248,7 @@ def test_trm_step_learns_and_has_no_continue_loss(trm_cfg):
 
 
 def test_trm_step_is_one_graph(trm_cfg):
-    trainer = Trainer(trm_cfg, quiet=True)
+    trainer = Trainer(trm_cfg)
     forward_loss = torch.compile(trainer._forward_loss, fullgraph=True, backend="eager")
     _, loss, _ = forward_loss(trainer.carry)
     assert torch.isfinite(loss)
@@ -325,7 +326,7 @@ def test_steps_for_epochs_is_trms_formula_on_arc_data():
 
     from hrm_fast.config import DataConfig
     from hrm_fast.data import ArcDataset
-    from hrm_fast.train import steps_for_epochs
+    from hrm_fast.trainer.step import steps_for_epochs
 
     cfg = DataConfig(source="arcagi", n_aug=2, max_tasks=9, include_eval_demos=True)
     ds = ArcDataset.build(cfg, seed=0)

@@ -47,14 +47,14 @@ def main(task_dir: str, model_overrides: dict) -> dict:
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
     from hrm_fast.config import from_name
-    from hrm_fast.train import Trainer
+    from hrm_fast.trainer.step import Trainer
 
     cfg = from_name("debug")
     cfg.data.source = task_dir
     for k, v in model_overrides.items():
         setattr(cfg.model, k, v)
     cfg.train.device, cfg.train.backend = "cpu", "fused"
-    trainer = Trainer(cfg, quiet=True)
+    trainer = Trainer(cfg)
 
     graphs = {}
 

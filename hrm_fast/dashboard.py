@@ -21,7 +21,7 @@ import numpy as np
 
 from hrm_fast.errors import UserError
 
-# train.METRIC_KEYS and what the loop adds (not imported: the report needs no torch).
+# trainer.step.METRIC_KEYS and what the loop adds (not imported: the report needs no torch).
 TRAIN_KEYS = (
     "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
     "accuracy", "exact_accuracy", "unique_classes", "label_classes", "q_halt_accuracy",

@@ -13,9 +13,9 @@ import pytest
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import from_name
+from hrm_fast.dashboard import build_figure, load_run, write_report
 from hrm_fast.errors import UserError
-from hrm_fast.report import build_figure, load_run, write_report
-from hrm_fast.train import train
+from hrm_fast.trainer.loop import train
 
 PANELS = 12  # 11 curves + the eval panel
 
@@ -121,7 +121,7 @@ def test_several_runs_and_a_run_still_starting(synthetic_run, tmp_path, capsys):
 
 
 def test_a_glued_line_keeps_its_complete_record_and_runs_get_distinct_labels(tmp_path):
-    from hrm_fast.report import _label_runs, _parse_line
+    from hrm_fast.dashboard import _label_runs, _parse_line
 
     rec = _probe_rec(50, 0.5, 0.1, True)
     assert _parse_line('{"event": "train", "st' + json.dumps(rec)) == rec
