@@ -22,16 +22,14 @@ Kernels:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._common import ELEMENTS_PER_PROGRAM, MEMORY_BOUND_WARPS, rows_per_program
 from .aot import AotSpec
 from .dispatch import use_triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_N = 1024
 
 
@@ -104,12 +102,11 @@ def _norm_config(N: int) -> tuple[int, int, int]:
     if N > MAX_N:
         raise ValueError(f"add_rms_norm supports hidden sizes up to {MAX_N}, got {N}")
     block_n = triton.next_power_of_2(N)
-    block_m = max(1, 2048 // block_n)
-    return block_m, block_n, 4
+    return rows_per_program(block_n), block_n, MEMORY_BOUND_WARPS
 
 
-ADD3_BLOCK = 2048
-ADD3_WARPS = 4
+ADD3_BLOCK = ELEMENTS_PER_PROGRAM
+ADD3_WARPS = MEMORY_BOUND_WARPS
 
 
 def _rows(t: torch.Tensor) -> int:

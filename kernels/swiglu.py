@@ -12,17 +12,13 @@ Math is fp32; storage is the input dtype.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._common import MEMORY_BOUND_WARPS, rows_per_program
 from .aot import AotSpec
 from .dispatch import use_triton
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
 
 # --------------------------------------------------------------------------------------------
 # Triton kernels: a [BLOCK_M rows, BLOCK_I columns] tile of the [M, I] output per program
@@ -77,8 +73,7 @@ def _config(I: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_I, num_warps): 2K output elements per program, columns in 256-chunks
     (768 and 1536 are multiples of 256, so only odd test widths are masked)."""
     block_i = min(triton.next_power_of_2(I), 256)
-    block_m = max(1, 2048 // block_i)
-    return block_m, block_i, 4
+    return rows_per_program(block_i), block_i, MEMORY_BOUND_WARPS
 
 
 # --------------------------------------------------------------------------------------------
