@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["kernels-report"]:  # its own parser owns every flag after the name
-        from hrm_fast.kernels.report import main as report_main
+        from hrm_fast.compile_report import main as report_main
 
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)

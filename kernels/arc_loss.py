@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ._common import MEMORY_BOUND_WARPS
-from .aot import AotSpec
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
 IGNORE = -100
@@ -394,11 +394,10 @@ def arc_loss_stats(
 # --- AOT compile specs --------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    B = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
-    S, V = 900, 12
+    B, S, V = shape.batch, shape.grid_len, shape.vocab  # the loss sees the canvas only
     NB = _num_blocks(S)
     fwd_sig = {
         "logits_ptr": "*bf16", "labels_ptr": "*i32", "ce_ptr": "*fp32", "cnt_ptr": "*i32",

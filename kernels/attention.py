@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._common import INTERPRET, MEMORY_BOUND_WARPS, rows_per_program
-from .aot import AotSpec
+from .aot import AotSpec, LaunchShape
 from .dispatch import device_target_family, use_triton
 from .rope import apply_rope
 
@@ -338,8 +338,8 @@ def _attn_bwd_dq_kernel(
 # autotune: one config per shape keeps launches deterministic and compile-free after warm-up).
 # Families share a row unless the static report (hrm-fast kernels-report) shows they must differ.
 # Head dims 32 (seed) and 64 (paper, TRM) are the presets'; 128 is any model with
-# hidden / heads = 128 (e.g. --hidden-size 512 --num-heads 4), compiled by the report as an
-# extra "paper" spec (aot_specs).
+# hidden / heads = 128 (e.g. --hidden-size 512 --num-heads 4), compiled by the report at the
+# paper shape with 4 heads (LaunchShape.extra_heads).
 #
 # nvidia (sm_80/86/89/90): every entry compiles with zero spill bytes for bf16, with and without
 # 16-byte alignment specialisation, and fits sm_89's 99 KB of shared memory. Register pressure
@@ -618,14 +618,6 @@ def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
 # Ahead-of-time compile specs
 # --------------------------------------------------------------------------------------------
 
-# B, S, H, D (bf16). TRM prepends 16 puzzle-embedding positions: S = 916.
-_PRESET_SHAPES = {
-    "seed": (20, 901, 8, 32),
-    "paper": (768, 901, 8, 64),
-    "trm-arc1": (768, 916, 8, 64),
-    "trm-arc2": (768, 916, 8, 64),
-}
-
 _SIG_FWD = {
     "QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16", "LSE": "*fp32",
     "stride_qb": "i32", "stride_qs": "i32", "stride_qh": "i32", "stride_cs": "i32",
@@ -652,18 +644,15 @@ _SIG_BWD = {
 }  # fmt: skip
 
 
-# Head dim 128 is in no preset: the report compiles its rows at the paper shape with 4 heads
-# (--num-heads 4), listed with the paper preset.
-_EXTRA_SHAPES = {"paper": [(768, 901, 4, 128)]}
-
-
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
-    """Launch configs of the four attention kernels at the preset's training shape (bf16),
-    plus any extra head dims compiled with that preset (_EXTRA_SHAPES)."""
-    specs = _aot_specs_for(*_PRESET_SHAPES[preset], target=target)
-    for shape in _EXTRA_SHAPES.get(preset, []):
-        if shape[3] in _DQ_CFG[target]:  # RDNA3 has no D=128 rows
-            specs += _aot_specs_for(*shape, target=target)
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
+    """Launch configs of the four attention kernels at the training shape (bf16), plus those
+    at the shape's extra head counts where the target family has rows for that head dim."""
+    B, S = shape.batch, shape.seq_len
+    specs = _aot_specs_for(B, S, shape.heads, shape.head_dim, target=target)
+    for heads in shape.extra_heads:
+        D = shape.hidden // heads
+        if D in _DQ_CFG[target]:  # RDNA3 has no D=128 rows
+            specs += _aot_specs_for(B, S, heads, D, target=target)
     return specs
 
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import MEMORY_BOUND_WARPS
-from .aot import AotSpec
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
 # Token encoding: PAD, EOS, colour k -> k + COLOUR_OFFSET; labels' PAD -> IGNORE.
@@ -453,12 +453,11 @@ def invert_batch_ref(
 # ---------------------------------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs of the trainer (sampler: int64 indices, uint8 colour maps) and evaluator."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    batch = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
-    canvas = 30
+    batch, canvas = shape.batch, shape.canvas
     nblk = triton.cdiv(canvas * canvas, BLOCK)
     aug_sig = {
         "bank_in_ptr": "*u8",

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._common import ELEMENTS_PER_PROGRAM, MEMORY_BOUND_WARPS, rows_per_program
-from .aot import AotSpec
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
 MAX_N = 1024
@@ -265,18 +265,12 @@ def add3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> tor
 # --------------------------------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs at the trainer's shapes (bf16 activations)."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    if preset == "seed":
-        rows, N, note = 20 * 901, 256, "B=20 S=901 hidden=256 bf16"
-    elif preset == "paper":
-        rows, N, note = 768 * 901, 512, "B=768 S=901 hidden=512 bf16"
-    elif preset in ("trm-arc1", "trm-arc2"):
-        rows, N, note = 768 * 916, 512, "B=768 S=916 hidden=512 bf16"
-    else:
-        raise KeyError(f"no AOT specs for preset {preset!r}")
+    B, S, N = shape.batch, shape.seq_len, shape.hidden
+    rows, note = B * S, f"B={B} S={S} hidden={N} bf16"
     block_m, block_n, warps = _norm_config(N)
     consts = {"N": N, "BLOCK_M": block_m, "BLOCK_N": block_n}
     grid = (triton.cdiv(rows, block_m),)
