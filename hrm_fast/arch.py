@@ -25,9 +25,17 @@ def build_model(
     batch_size: int,
     backend: str = "reference",
     forward_dtype: torch.dtype = torch.float32,
+    attention: str = "kernel",
 ):
     """HRM or TRM: both take the same arguments and share the step/loss interface
-    (``initial_carry``, ``forward``, ``forward_loss``)."""
+    (``initial_carry``, ``forward``, ``forward_loss``). ``attention="sdpa"``: the fused backend
+    with PyTorch's attention (the self-check's fallback when only the attention kernel fails)."""
     return model_class(cfg.arch)(
-        cfg, seq_len, num_puzzle_ids, batch_size, backend=backend, forward_dtype=forward_dtype
+        cfg,
+        seq_len,
+        num_puzzle_ids,
+        batch_size,
+        backend=backend,
+        forward_dtype=forward_dtype,
+        attention=attention,
     )

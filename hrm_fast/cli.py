@@ -1,4 +1,5 @@
-"""``hrm-fast`` command line: train, probe, eval, report, convert, params, kernels-report, bench.
+"""``hrm-fast`` command line: train, probe, eval, predict, check, report, convert, params,
+kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
 never a traceback. A failed input-sensitivity probe exits 3.
@@ -187,6 +188,21 @@ def cmd_eval(args) -> int:
     return eval_main(args)
 
 
+def cmd_predict(args) -> int:
+    from hrm_fast.predict import main as predict_main
+
+    return predict_main(args)
+
+
+def _pass_k(text: str) -> tuple[int, ...]:
+    from hrm_fast.evaluate import parse_pass_k
+
+    try:
+        return parse_pass_k(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
@@ -225,6 +241,21 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_make_boards(args) -> int:
+    from hrm_fast.boards import write_generated_csvs
+
+    cfg = RunConfig()
+    cfg.data.canvas = 9 if args.kind == "sudoku" else 30
+    cfg = _apply_overrides(cfg, args)
+    cfg.data.source = f"{args.kind}-gen"
+    if args.kind == "sudoku" and cfg.data.sudoku_box != 3:
+        raise UserError("--sudoku-box: the official CSV format holds 9x9 boards (box 3)")
+    out = prepare_dir(args.out, "--out")
+    train, test = write_generated_csvs(cfg.data, out)
+    print(f"wrote {train} and {test}")
+    return 0
+
+
 def cmd_ablate(args) -> int:
     from hrm_fast.ablate import ablate
 
@@ -253,6 +284,24 @@ def cmd_bench(args) -> int:
     from hrm_fast.benchmark import main as bench_main
 
     return bench_main(args)
+
+
+def cmd_check(args) -> int:
+    import os
+
+    from hrm_fast.device import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "mps":
+        raise UserError("--device mps: the fused kernels need a CUDA or ROCm GPU (or cpu)")
+    if device.type == "cpu":  # the kernels run under Triton's interpreter
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise UserError("--device cpu: triton was imported without TRITON_INTERPRET=1")
+        os.environ["TRITON_INTERPRET"] = "1"
+    json_path = _output_file(args.json, "--json")
+    from hrm_fast.check import run
+
+    return run(device, args.preset, json_path)
 
 
 # --------------------------------------------------------------------------- parser
@@ -298,7 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--render", type=int, default=4, help="tasks drawn in the PNG")
     e.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
+    e.add_argument("--pass-k", type=_pass_k, default=(1, 2), metavar="K,K,...",
+                   help="pass@k for each k (default 1,2; HRM reports up to 1000)")  # fmt: skip
     e.set_defaults(func=cmd_eval)
+
+    pd = sub.add_parser("predict", help="answer test inputs (seen or unseen tasks): "
+                        "submission.json in the ARC Prize format")  # fmt: skip
+    pd.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    pd.add_argument("--source", required=True,
+                    help="tasks to answer: a *_challenges.json (solutions optional), a "
+                         "directory of task files (test outputs optional), or arcagi/arcagi2 "
+                         "(their evaluation split)")  # fmt: skip
+    pd.add_argument("--out", required=True, help="where submission.json, predict.json go")
+    pd.add_argument("--n-aug", type=int, default=8, help="augmentations to vote over (K)")
+    pd.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help="stop voting this long after the start; the file is still "
+                         "complete")  # fmt: skip
+    pd.add_argument("--batch-size", type=int, default=32)
+    pd.add_argument("--render", type=int, default=4, help="tasks drawn in predictions.png")
+    pd.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    pd.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("convert", help="official HRM or TRM state dict -> hrm-fast checkpoint")
     c.add_argument("src")
@@ -316,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--puzzle-ids", type=int, default=None)
     _add_config_flags(pa)
     pa.set_defaults(func=cmd_params)
+
+    mb = sub.add_parser("make-boards", help="generate Sudoku or maze sets as official-format "
+                        "CSV files (DIR/train.csv, DIR/test.csv)")  # fmt: skip
+    mb.add_argument("kind", choices=["sudoku", "maze"])
+    mb.add_argument("--out", required=True, help="directory for train.csv and test.csv")
+    g = mb.add_argument_group("generator fields (data section)")
+    names = ("gen_train", "gen_test", "gen_seed", "sudoku_box", "min_difficulty",
+             "max_difficulty", "min_blanks", "max_blanks")  # fmt: skip
+    for name in names:
+        g.add_argument(_flag(name), dest=f"cfg__data__{name}", metavar="V", default=None,
+                       help=f"data.{name}")  # fmt: skip
+    mb.set_defaults(func=cmd_make_boards)
 
     ab = sub.add_parser("ablate", help="penalty ablation: variants x seeds, probe, plot")
     ab.add_argument("--preset", default="collapse", choices=sorted(PRESETS))
@@ -357,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nproc", type=int, default=0,
                    help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
+
+    ch = sub.add_parser(
+        "check", help="check the fused kernels on this device; JSON for bug reports"
+    )
+    ch.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    ch.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="shapes to check (default: seed on a GPU, debug on the CPU)")  # fmt: skip
+    ch.add_argument("--json", default=None, help="write the report here (attach it to an issue)")
+    ch.set_defaults(func=cmd_check)
     return p
 
 

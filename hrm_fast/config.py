@@ -85,6 +85,18 @@ class DataConfig:
     sample_by: str = "task"
     translate: bool = True  # random translation inside the canvas during training
     canvas: int = 30  # canvas side; HRM uses 30 (seq_len 900)
+    # Board puzzles (hrm_fast/boards.py): source "sudoku:PATH.csv" / "maze:PATH.csv" (the official
+    # CSV files; eval_source likewise, empty = test.csv beside it) or "sudoku-gen" / "maze-gen"
+    # (made here from gen_seed). canvas must be the board side: 9 (4 with sudoku_box 2), maze 30.
+    gen_train: int = 1000  # generated training boards
+    gen_test: int = 200  # generated held-out boards (none equal to a training board)
+    gen_seed: int = 0
+    sudoku_box: int = 3  # 3 = 9x9, 2 = 4x4
+    min_difficulty: int = 0  # Sudoku: rating (CSV) / search guesses; maze: rating / path length
+    max_difficulty: int = -1  # generated sets only; -1 = no bound
+    max_blanks: int = -1  # generated Sudoku: digging stops at this many blanks; -1 = no bound
+    min_blanks: int = 0  # generated Sudoku
+    board_augment: bool = True  # Sudoku symmetries / maze dihedral transforms while sampling
 
 
 @dataclass
@@ -192,7 +204,7 @@ def _typed(where: str, value, default):
 
 
 def _seed() -> RunConfig:
-    # The user's run (shared/seed.md): 400 ARC-AGI-1 training tasks x 500 augmentations.
+    # The user's run (docs/seed-run.md): 400 ARC-AGI-1 training tasks x 500 augmentations.
     return RunConfig()
 
 
@@ -420,6 +432,14 @@ _RANGES = {
     ("data", "n_aug"): "[1, inf)",
     ("data", "max_tasks"): "[0, inf)",
     ("data", "canvas"): "[1, 30]",
+    ("data", "gen_train"): "[1, inf)",
+    ("data", "gen_test"): "[0, inf)",
+    ("data", "gen_seed"): "[0, inf)",
+    ("data", "sudoku_box"): "[2, 3]",
+    ("data", "min_difficulty"): "[0, inf)",
+    ("data", "max_difficulty"): "[-1, inf)",
+    ("data", "max_blanks"): "[-1, inf)",
+    ("data", "min_blanks"): "[0, inf)",
     ("train", "batch_size"): "[1, inf)",
     ("train", "steps"): "[1, 999999999]",  # checkpoint names carry the step in 9 digits
     ("train", "epochs"): "[0, inf)",

@@ -48,7 +48,12 @@ class DataError(Exception):
 class Task:
     id: str
     train_pairs: list[Pair]
+    # A test pair's output is None where the file gives none (tasks loaded for ``predict``).
     test_pairs: list[Pair]
+
+    @property
+    def has_test_outputs(self) -> bool:
+        return all(out is not None for _, out in self.test_pairs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +100,11 @@ def _validate_grid(path, where: str, grid, canvas: int) -> Grid:
     return arr.astype(np.uint8)
 
 
-def _validate_task(path, data, canvas: int) -> tuple[list[Pair], list[Pair]]:
+def _validate_task(
+    path, data, canvas: int, need_outputs: bool = True
+) -> tuple[list[Pair], list[Pair]]:
+    """Train and test pairs; with ``need_outputs`` False a test pair may lack its output
+    (None)."""
     if not isinstance(data, dict):
         raise DataError(path, f"top level is {type(data).__name__}, expected an object")
     splits = []
@@ -114,6 +123,9 @@ def _validate_task(path, data, canvas: int) -> tuple[list[Pair], list[Pair]]:
             grids = []
             for side in ("input", "output"):
                 if side not in pair:
+                    if key == "test" and side == "output" and not need_outputs:
+                        grids.append(None)
+                        continue
                     raise DataError(path, f"{key}[{n}] missing '{side}'")
                 grids.append(_validate_grid(path, f"{key}[{n}].{side}", pair[side], canvas))
             out.append((grids[0], grids[1]))
@@ -126,8 +138,9 @@ def _validate_task(path, data, canvas: int) -> tuple[list[Pair], list[Pair]]:
 MAX_TASK_BYTES = 4 * 2**20
 
 
-def load_task_file(path: str | Path, canvas: int = 30) -> Task:
-    """Load and validate one ARC JSON task; the task id is the file stem."""
+def load_task_file(path: str | Path, canvas: int = 30, need_outputs: bool = True) -> Task:
+    """Load and validate one ARC JSON task; the task id is the file stem. With
+    ``need_outputs`` False its test pairs may lack outputs (None)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -150,12 +163,13 @@ def load_task_file(path: str | Path, canvas: int = 30) -> Task:
         raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
     except RecursionError:
         raise DataError(path, "malformed JSON: nested too deeply") from None
-    train, test = _validate_task(path, data, canvas)
+    train, test = _validate_task(path, data, canvas, need_outputs)
     return Task(path.stem, train, test)
 
 
 def _max_side(task: Task) -> int:
-    return max(max(g.shape) for pair in task.train_pairs + task.test_pairs for g in pair)
+    pairs = task.train_pairs + task.test_pairs
+    return max(max(g.shape) for pair in pairs for g in pair if g is not None)
 
 
 _SPLIT_NAMES = {
@@ -180,7 +194,9 @@ def split_sources(source: str | Path) -> list[str]:
     return parts
 
 
-def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) -> list[Task]:
+def load_tasks(
+    source: str | Path, split: str = "training", canvas: int = 30, need_outputs: bool = True
+) -> list[Task]:
     """Tasks of one split, validated against the canvas.
 
     ``source`` is one of these, or several joined by commas (tasks of each, in that order; a
@@ -195,7 +211,9 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
       (``training`` or ``evaluation``), otherwise every ``*.json`` file in it (the split name is
       then ignored); or one task file.
 
-    Outside the built-in sets a grid larger than the canvas is a ``DataError``.
+    Outside the built-in sets a grid larger than the canvas is a ``DataError``. With
+    ``need_outputs`` False (``predict``) test pairs may lack outputs (None there): task files
+    whose tests have no ``output``, or a challenges file with no solutions file beside it.
     """
     split_name = _SPLIT_NAMES.get(split)
     if split_name is None:
@@ -203,7 +221,7 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
     tasks: list[Task] = []
     seen: dict[str, str] = {}
     for one in split_sources(source):
-        for task in _load_one_source(one, split_name, canvas):
+        for task in _load_one_source(one, split_name, canvas, need_outputs):
             if task.id in seen:
                 raise DataError(one, f"task {task.id} is also in {seen[task.id]}")
             seen[task.id] = one
@@ -211,7 +229,9 @@ def load_tasks(source: str | Path, split: str = "training", canvas: int = 30) ->
     return tasks
 
 
-def _load_one_source(source: str, split_name: str, canvas: int) -> list[Task]:
+def _load_one_source(
+    source: str, split_name: str, canvas: int, need_outputs: bool = True
+) -> list[Task]:
     if source in BUILTIN_SOURCES:
         return _load_builtin(source, split_name, canvas)
     root = Path(source)
@@ -219,8 +239,8 @@ def _load_one_source(source: str, split_name: str, canvas: int) -> list[Task]:
         raise DataError(root, "no such file or directory")
     if root.is_file():
         if root.name.endswith(CHALLENGES_SUFFIX):
-            return load_challenges_file(root, canvas)
-        return [load_task_file(root, canvas)]
+            return load_challenges_file(root, canvas, need_outputs)
+        return [load_task_file(root, canvas, need_outputs)]
     if not root.is_dir():  # a device, a socket, ...
         raise DataError(root, "not a directory of task files or a .json task file")
     if (root / split_name).is_dir():
@@ -228,12 +248,13 @@ def _load_one_source(source: str, split_name: str, canvas: int) -> list[Task]:
     challenges = sorted(root.glob("*" + CHALLENGES_SUFFIX))
     if challenges:
         return sorted(
-            (t for f in challenges for t in load_challenges_file(f, canvas)), key=lambda t: t.id
+            (t for f in challenges for t in load_challenges_file(f, canvas, need_outputs)),
+            key=lambda t: t.id,
         )
     files = sorted(f for f in root.glob("*.json") if not f.name.endswith(SOLUTIONS_SUFFIX))
     if not files:
         raise DataError(root, "directory has no .json task files")
-    tasks = [load_task_file(f, canvas) for f in files]
+    tasks = [load_task_file(f, canvas, need_outputs) for f in files]
     return sorted(tasks, key=lambda t: t.id)
 
 
@@ -257,25 +278,37 @@ def _load_builtin(source: str, split_name: str, canvas: int) -> list[Task]:
 
 def _read_json(path: Path):
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(path, "no such file") from None
     except OSError as e:
         raise DataError(path, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(path, "malformed JSON: nested too deeply") from None
 
 
-def load_challenges_file(path: str | Path, canvas: int = 30) -> list[Task]:
+def load_challenges_file(
+    path: str | Path, canvas: int = 30, need_outputs: bool = True
+) -> list[Task]:
     """ARC Prize / Kaggle format: ``X_challenges.json`` maps task id -> ``{"train": [pairs],
-    "test": [{"input"}]}``; ``X_solutions.json`` beside it maps task id -> the test outputs."""
+    "test": [{"input"}]}``; ``X_solutions.json`` beside it maps task id -> the test outputs.
+
+    A test output given in both files must be the same grid (a conflict is refused, never
+    silently replaced). With ``need_outputs`` False the solutions file may be absent or lack a
+    task: those test outputs are None (``predict``)."""
     path = Path(path)
     sol_path = path.with_name(path.name[: -len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
-    if not sol_path.exists():
+    has_solutions = sol_path.exists()
+    if not has_solutions and need_outputs:
         raise DataError(path, f"no {sol_path.name} beside it (the test outputs live there)")
-    challenges, solutions = _read_json(path), _read_json(sol_path)
+    challenges = _read_json(path)
+    solutions = _read_json(sol_path) if has_solutions else {}
     for p, d in ((path, challenges), (sol_path, solutions)):
         if not isinstance(d, dict):
             raise DataError(p, f"top level is {type(d).__name__}, expected an object of tasks")
@@ -287,17 +320,29 @@ def load_challenges_file(path: str | Path, canvas: int = 30) -> list[Task]:
             raise DataError(where, "expected an object with 'train' and 'test' lists")
         outputs = solutions.get(tid)
         if outputs is None:
-            raise DataError(sol_path, f"no solutions for task {tid}")
+            if need_outputs:
+                raise DataError(sol_path, f"no solutions for task {tid}")
+            outputs = [None] * len(task["test"])
         if not isinstance(outputs, list) or len(outputs) != len(task["test"]):
             n = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
             raise DataError(
                 sol_path, f"task {tid}: {n} test outputs for {len(task['test'])} test inputs"
             )
-        test = [
-            {**pair, "output": out} if isinstance(pair, dict) else pair
-            for pair, out in zip(task["test"], outputs, strict=True)
-        ]
-        train, test = _validate_task(where, {"train": task.get("train"), "test": test}, canvas)
+        test = []
+        for n, (pair, out) in enumerate(zip(task["test"], outputs, strict=True)):
+            if isinstance(pair, dict) and out is not None:
+                own = pair.get("output")
+                if own is not None and own != out:
+                    raise DataError(
+                        sol_path,
+                        f"task {tid}: test[{n}] output differs from the one in {path.name} "
+                        "(which is right? remove one of them)",
+                    )
+                pair = {**pair, "output": out}
+            test.append(pair)
+        train, test = _validate_task(
+            where, {"train": task.get("train"), "test": test}, canvas, need_outputs
+        )
         tasks.append(Task(tid, train, test))
     return tasks
 
@@ -310,7 +355,8 @@ def load_challenges_file(path: str | Path, canvas: int = 30) -> list[Task]:
 @dataclass
 class GridBank:
     """All pairs, zero padded: ``inputs``/``outputs`` uint8 ``[P, canvas, canvas]`` (raw
-    colours 0-9), ``shapes`` int32 ``[P, 4]`` = (h_in, w_in, h_out, w_out)."""
+    colours 0-9), ``shapes`` int32 ``[P, 4]`` = (h_in, w_in, h_out, w_out); an unknown output
+    (None) is stored as 0x0."""
 
     inputs: torch.Tensor
     outputs: torch.Tensor
@@ -323,6 +369,8 @@ class GridBank:
         outputs = np.zeros((n, canvas, canvas), np.uint8)
         shapes = np.zeros((n, 4), np.int32)
         for p, (a, b) in enumerate(pairs):
+            if b is None:  # unknown output (a test input to predict): a 0x0 grid
+                b = np.zeros((0, 0), np.uint8)
             inputs[p, : a.shape[0], : a.shape[1]] = a
             outputs[p, : b.shape[0], : b.shape[1]] = b
             shapes[p] = (*a.shape, *b.shape)
@@ -554,3 +602,34 @@ class DeviceSampler:
         d = self.draw(batch_size)
         inputs, labels = self.augment(d)
         return dict(inputs=inputs, labels=labels, puzzle_identifiers=d["puzzle"].to(torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# every puzzle kind: ARC here, Sudoku and maze in hrm_fast.boards
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_kind(cfg: DataConfig) -> str:
+    """ "arc", "sudoku" or "maze", from ``cfg.source``."""
+    from hrm_fast.boards import board_kind
+
+    return board_kind(cfg.source) or "arc"
+
+
+def build_dataset(cfg: DataConfig, seed: int):
+    """``ArcDataset.build(cfg, seed)`` for ARC sources, ``BoardDataset`` for Sudoku / maze
+    sources (``sudoku:PATH.csv``, ``maze:PATH.csv``, ``sudoku-gen``, ``maze-gen``)."""
+    if dataset_kind(cfg) == "arc":
+        return ArcDataset.build(cfg, seed)
+    from hrm_fast.boards import build_board_dataset
+
+    return build_board_dataset(cfg)
+
+
+def make_sampler(dataset, device="cpu", backend: str = "auto"):
+    """The on-device sampler of a data set from ``build_dataset``; same ``sample`` contract."""
+    if isinstance(dataset, ArcDataset):
+        return DeviceSampler(dataset, device, backend)
+    from hrm_fast.boards import BoardSampler
+
+    return BoardSampler(dataset, device, backend)

@@ -5,8 +5,10 @@ the task's pool (k = 0..K-1, k = 0 the identity, K capped by the pool size) at t
 offset 0 with puzzle id ``puzzle_id(t, k)``, running all ``halt_max_steps`` ACT steps. Each
 prediction is cropped and mapped back to the original frame (``invert_batch``); identical grids
 (shape + cells) form a group; groups rank by count, ties by mean sigmoid(q_halt). pass@1: the
-top group equals the target exactly; pass@2: one of the top two does. A task counts as solved
-when all its test pairs are.
+top group equals the target exactly; pass@2: one of the top two does, pass@k one of the top k
+(``--pass-k``). A task counts as solved when all its test pairs are. The report splits tasks
+into seen (a learned puzzle id) and unseen (the blank id), and says when scored test pairs also
+appear, by content, among the pairs the checkpoint trained on (``hrm_fast.overlap``).
 
 An eval task with no trainable pairs (no puzzle id) is predicted with the blank id 0 and a
 seeded augmentation pool of its own: HRM learns tasks through their puzzle embedding, so it
@@ -30,6 +32,7 @@ from hrm_fast.errors import UserError
 from hrm_fast.files import WriteFailed, os_reason, prepare_dir, write_output
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
+DEFAULT_PASS_K = (1, 2)
 BLANK_POOL_SEED_OFFSET = 7919  # pool for tasks without a puzzle id: seed + this
 
 
@@ -81,17 +84,35 @@ class PairScore:
     pass2: bool
     pixel_accuracy: float
     groups: list[Group] = field(repr=False)
+    hit_rank: int | None = None  # 0-based rank of the group equal to the target; None: none is
 
     @property
     def top(self) -> np.ndarray:
         return self.groups[0].grid
 
+    def pass_at(self, k: int) -> bool:
+        """One of the top ``k`` groups equals the target."""
+        return self.hit_rank is not None and self.hit_rank < k
+
 
 def score_pair(groups: list[Group], target: np.ndarray) -> PairScore:
-    hits = [exact(g.grid, target) for g in groups[:2]]
-    p1 = bool(hits and hits[0])
+    rank = next((i for i, g in enumerate(groups) if exact(g.grid, target)), None)
     top = groups[0].grid if groups else np.zeros((0, 0), np.uint8)
-    return PairScore(p1, p1 or any(hits), pixel_accuracy(top, target), groups)
+    hit = rank is not None
+    return PairScore(hit and rank < 1, hit and rank < 2, pixel_accuracy(top, target), groups, rank)
+
+
+def parse_pass_k(text: str) -> tuple[int, ...]:
+    """``"1,2,10"`` -> (1, 2, 10): sorted, unique, each >= 1; ValueError otherwise."""
+    try:
+        ks = sorted({int(x) for x in str(text).split(",")})
+    except ValueError:
+        raise ValueError(
+            f"expected a comma list of integers such as 1,2,10, got {text!r}"
+        ) from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"every k must be >= 1, got {text!r}")
+    return tuple(ks)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -109,25 +130,40 @@ class Item:
     puzzle_id: int
 
 
-def build_items(dataset, n_aug: int, n_tasks: int, seed: int) -> list[Item]:
-    """All (test pair, augmentation) inputs of the first ``n_tasks`` eval tasks."""
+def build_items(
+    dataset, n_aug: int, n_tasks: int, seed: int, rows=None, by_round: bool = False
+) -> list[Item]:
+    """All (test pair, augmentation) inputs of the first ``n_tasks`` eval tasks.
+
+    ``rows``: per eval task, its ``TaskRows`` (puzzle ids and pool) or None (the blank id with
+    a seeded pool of its own); by default the dataset's training layout. ``by_round``: order
+    the items augmentation-major (every pair's k = 0, then every pair's k = 1, ...), so a run
+    stopped early has voted on every pair; within a pair the order is the same either way.
+    """
     from hrm_fast.augment import sample_pool
+    from hrm_fast.puzzle_rows import TaskRows
 
     k_max = max(1, min(n_aug, dataset.n_aug))
     blank_dih, blank_cmap = sample_pool(
         len(dataset.eval_task_ids), dataset.n_aug, seed + BLANK_POOL_SEED_OFFSET
     )
+    if rows is None:
+        rows = [
+            TaskRows.of_dataset(dataset, int(t)) if t >= 0 else None
+            for t in dataset.eval_task_puzzle
+        ]
     items = []
     for e in range(n_tasks):
-        t = int(dataset.eval_task_puzzle[e])
+        r = rows[e]
         for p in dataset.eval_pairs[e]:
-            for k in range(k_max):
-                if t >= 0:
-                    dih, cmap = dataset.dihedral[t, k], dataset.colour_map[t, k]
-                    pid = int(dataset.puzzle_id(t, k))
+            for k in range(min(k_max, r.n_aug) if r is not None else k_max):
+                if r is not None:
+                    dih, cmap, pid = r.dihedral[k], r.colour_map[k], int(r.ids[k])
                 else:
                     dih, cmap, pid = blank_dih[e, k], blank_cmap[e, k], 0
                 items.append(Item(e, int(p), k, int(dih), np.asarray(cmap, np.uint8), pid))
+    if by_round:
+        items.sort(key=lambda it: it.k)  # stable: task and pair order kept within a round
     return items
 
 
@@ -141,10 +177,13 @@ def predict(
     batch_size: int,
     device,
     progress=None,
+    should_stop=None,
 ):
     """Run the model on every item; returns (grids in the original frame, sigmoid(q_halt)).
 
     Batches are padded to ``batch_size`` (static shapes: one compiled graph / kernel config).
+    ``should_stop()``, asked before each batch after the first, ends the run early: the lists
+    then cover the first items only.
     """
     from hrm_fast.kernels.augment import augment_batch, invert_batch
 
@@ -153,6 +192,8 @@ def predict(
     grids: list[np.ndarray] = []
     q_out: list[float] = []
     for start in range(0, len(items), batch_size):
+        if start and should_stop is not None and should_stop():
+            break
         chunk = items[start : start + batch_size]
         n = len(chunk)
         padded = chunk + [chunk[0]] * (batch_size - n)
@@ -193,6 +234,9 @@ class TaskResult:
     pairs: list[PairScore]
     n_aug: int
 
+    def pass_at(self, k: int) -> bool:
+        return all(p.pass_at(k) for p in self.pairs)
+
     @property
     def pass1(self) -> bool:
         return all(p.pass1 for p in self.pairs)
@@ -222,6 +266,7 @@ class TaskResult:
                 {
                     "pass1": p.pass1,
                     "pass2": p.pass2,
+                    "hit_rank": p.hit_rank,
                     "pixel_accuracy": p.pixel_accuracy,
                     "n_groups": len(p.groups),
                     "groups": gs,
@@ -255,14 +300,31 @@ def score_tasks(dataset, items: list[Item], grids, q_prob) -> list[TaskResult]:
     return [results[e] for e in sorted(results)]
 
 
-def summarise(results: list[TaskResult]) -> dict:
-    def mean(xs):
-        xs = list(xs)
-        return float(np.mean(xs)) if xs else float("nan")
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else float("nan")
 
+
+def _part(results: list[TaskResult], pass_k) -> dict:
+    pairs = [p for r in results for p in r.pairs]
+    return {
+        "n_tasks": len(results),
+        "n_test_pairs": len(pairs),
+        "pass_at": {str(k): _mean(r.pass_at(k) for r in results) for k in pass_k},
+        "pixel_accuracy": _mean(p.pixel_accuracy for p in pairs),
+    }
+
+
+def summarise(results: list[TaskResult], pass_k=DEFAULT_PASS_K) -> dict:
+    """Overall numbers; ``pass_at`` maps each k to the task pass@k, and ``seen`` / ``unseen``
+    give the same for tasks with a learned puzzle id / predicted with the blank id."""
+    mean = _mean
     pairs = [p for r in results for p in r.pairs]
     known = [r for r in results if r.has_puzzle_id]
     return {
+        "pass_at": {str(k): mean(r.pass_at(k) for r in results) for k in pass_k},
+        "seen": _part(known, pass_k),
+        "unseen": _part([r for r in results if not r.has_puzzle_id], pass_k),
         "n_tasks": len(results),
         "n_test_pairs": len(pairs),
         "pass1": mean(r.pass1 for r in results),
@@ -299,6 +361,66 @@ def default_out(ckpt_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
+def run_predictions(
+    model, bank, items, cfg, batch_size, device, quiet=False, dp=None, should_stop=None
+):
+    """``predict`` with the progress line (rate, ETA); under torchrun (``dp``) each rank
+    predicts whole batches and rank 0 gets every prediction back in item order (others get
+    None). Returns (grids, sigmoid(q_halt)), covering the first items only if stopped early."""
+    from hrm_fast.train import Progress
+
+    mine = list(range(len(items)))
+    if dp is not None:
+        from hrm_fast.distributed import shard_batches
+
+        mine = shard_batches(len(items), batch_size, dp.rank, dp.world)
+    prog = Progress(len(mine), 0, quiet=quiet, unit="canvases")
+    last = {"t": 0.0}
+
+    def on_batch(done: int) -> None:  # redraw on a terminal; every few seconds in a log
+        now = time.perf_counter()
+        if prog.tty or done == len(mine) or now - last["t"] >= 5.0:
+            last["t"] = now
+            prog.update(done)
+
+    grids, q_prob = predict(
+        model,
+        bank,
+        [items[i] for i in mine],
+        cfg.data.canvas,
+        cfg.model.halt_max_steps,
+        batch_size,
+        device,
+        progress=on_batch,
+        should_stop=should_stop,
+    )
+    prog.close()
+    if dp is not None:  # every rank's predictions, back in item order, on rank 0
+        parts = dp.gather_objects((mine, grids, q_prob))
+        if not dp.is_main:
+            return None
+        grids, q_prob = [None] * len(items), [0.0] * len(items)
+        for idx, g, q in parts:
+            for i, gi, qi in zip(idx, g, q, strict=True):
+                grids[i], q_prob[i] = gi, qi
+    return grids, q_prob
+
+
+def load_for_inference(checkpoint, device):
+    """(model, RunConfig, payload, device, backend) of a checkpoint: the training backend and
+    dtype on CUDA (fused kernels, bf16), the fp32 reference on CPU."""
+    from hrm_fast import checkpoint as ckpt
+
+    path = ckpt.resolve(checkpoint)
+    backend, dtype = (
+        ("fused", torch.bfloat16) if device.type == "cuda" else ("reference", torch.float32)
+    )
+    model, cfg, payload = ckpt.model_from_checkpoint(
+        path, device=device, backend=backend, dtype=dtype
+    )
+    return model, cfg, payload, backend
+
+
 def evaluate(
     checkpoint,
     out=None,
@@ -310,6 +432,7 @@ def evaluate(
     eval_source: str | None = None,
     quiet: bool = False,
     dp=None,
+    pass_k=DEFAULT_PASS_K,
 ) -> dict | None:
     """Evaluate a checkpoint; writes ``eval.json`` (and ``eval.png``) into ``out``; returns
     the eval.json dict.
@@ -317,9 +440,8 @@ def evaluate(
     ``dp`` (``hrm_fast.distributed``, under torchrun): each rank predicts whole batches of the
     single-process batching, rank 0 gathers the predictions, scores and writes (others get
     None), so eval.json is the one a single process writes."""
-    from hrm_fast import checkpoint as ckpt
     from hrm_fast.data import ArcDataset
-    from hrm_fast.train import Progress
+    from hrm_fast.overlap import dataset_overlap
 
     if n_aug < 1:
         raise UserError(f"--n-aug must be >= 1, got {n_aug}")
@@ -329,13 +451,12 @@ def evaluate(
         raise UserError(f"--max-tasks must be >= 0, got {max_tasks}")
     if render < 0:
         raise UserError(f"--render must be >= 0, got {render}")
+    pass_k = tuple(sorted(set(pass_k)))
+    if not pass_k or pass_k[0] < 1:
+        raise UserError(f"--pass-k: every k must be >= 1, got {pass_k}")
     dev = resolve_device(device) if dp is None else dp.device
-    path = ckpt.resolve(checkpoint)
-    # The training backend/dtype on CUDA (fused kernels, bf16); the fp32 reference on CPU.
-    backend, dtype = (
-        ("fused", torch.bfloat16) if dev.type == "cuda" else ("reference", torch.float32)
-    )
-    model, cfg, payload = ckpt.model_from_checkpoint(path, device=dev, backend=backend, dtype=dtype)
+    model, cfg, payload, backend = load_for_inference(checkpoint, dev)
+    path = Path(payload["path"])
     if eval_source:
         from hrm_fast.data import BUILTIN_SOURCES, split_sources
 
@@ -372,41 +493,17 @@ def evaluate(
         f"(K={k} augmentations{capped}, {cfg.model.halt_max_steps} ACT steps) | "
         f"{dev.type} {backend}"
     )
-    mine = list(range(len(items)))
-    if dp is not None:
-        from hrm_fast.distributed import shard_batches
-
-        mine = shard_batches(len(items), batch_size, dp.rank, dp.world)
-    prog = Progress(len(mine), 0, quiet=quiet, unit="canvases")
-    last = {"t": 0.0}
-
-    def on_batch(done: int) -> None:  # redraw on a terminal; every few seconds in a log
-        now = time.perf_counter()
-        if prog.tty or done == len(mine) or now - last["t"] >= 5.0:
-            last["t"] = now
-            prog.update(done)
-
-    grids, q_prob = predict(
-        model,
-        dataset.bank,
-        [items[i] for i in mine],
-        cfg.data.canvas,
-        cfg.model.halt_max_steps,
-        batch_size,
-        dev,
-        progress=on_batch,
+    overlap = dataset_overlap(dataset, n_tasks)
+    if overlap.n_overlapping_pairs:
+        log(f"hrm-fast eval: warning: {overlap.summary()}")
+    predicted = run_predictions(
+        model, dataset.bank, items, cfg, batch_size, dev, quiet=quiet, dp=dp
     )
-    prog.close()
-    if dp is not None:  # every rank's predictions, back in item order, on rank 0
-        parts = dp.gather_objects((mine, grids, q_prob))
-        if not dp.is_main:
-            return None
-        grids, q_prob = [None] * len(items), [0.0] * len(items)
-        for idx, g, q in parts:
-            for i, gi, qi in zip(idx, g, q, strict=True):
-                grids[i], q_prob[i] = gi, qi
+    if predicted is None:  # a torchrun rank other than 0
+        return None
+    grids, q_prob = predicted
     results = score_tasks(dataset, items, grids, q_prob)
-    overall = summarise(results)
+    overall = summarise(results, pass_k)
 
     report = {
         "checkpoint": str(path),
@@ -414,7 +511,9 @@ def evaluate(
         "eval_source": cfg.data.eval_source or _default_eval_source(cfg.data.source),
         "n_aug": int(k),
         "halt_max_steps": cfg.model.halt_max_steps,
+        "pass_k": list(pass_k),
         "overall": overall,
+        "overlap": overlap.to_dict(),
         "tasks": {r.task_id: r.to_dict() for r in results},
     }
     write_output(out_dir / "eval.json", json.dumps(_json_safe(report), indent=1), WriteFailed)
@@ -450,20 +549,39 @@ def evaluate(
     return report
 
 
+def _pass_line(part: dict) -> str:
+    return "  ".join(f"pass@{k} {v:.3f}" for k, v in part["pass_at"].items())
+
+
 def summary(report: dict, n_blank: int | None = None) -> str:
     o = report["overall"]
     n_blank = o["n_tasks_without_puzzle_id"] if n_blank is None else n_blank
+    pass_at = o.get("pass_at") or {"1": o["pass1"], "2": o["pass2"]}
     lines = [
         f"eval step {report['step']}: {o['n_tasks']} tasks, {o['n_test_pairs']} test pairs, "
         f"K={report['n_aug']} augmentations",
-        f"  pass@1 {o['pass1']:.3f}  pass@2 {o['pass2']:.3f}  (tasks; all test pairs exact)",
+        f"  {_pass_line({'pass_at': pass_at})}  (tasks; all test pairs exact)",
         f"  test pairs: pass@1 {o['pair_pass1']:.3f}  pass@2 {o['pair_pass2']:.3f}  "
         f"pixel accuracy {o['pixel_accuracy']:.3f}",
     ]
+    for name, what in (("seen", "learned puzzle id"), ("unseen", "blank id")):
+        part = o.get(name)
+        if part and part["n_tasks"] and part["n_tasks"] < o["n_tasks"]:
+            lines.append(
+                f"  {name} ({what}): {part['n_tasks']} tasks  {_pass_line(part)}  "
+                f"pixel accuracy {part['pixel_accuracy']:.3f}"
+            )
     if n_blank:
         lines.append(
             f"  {n_blank} task(s) had no puzzle id (no trainable pairs): predicted with the blank "
             "id; HRM cannot know them"
+        )
+    ov = report.get("overlap")
+    if ov and ov.get("n_overlapping_pairs"):
+        lines.append(
+            f"  overlap: {ov['n_overlapping_pairs']} of {ov['n_scored_pairs']} scored test pairs "
+            f"({len(ov['task_ids'])} tasks) are also training pairs: these scores are not "
+            "held-out"
         )
     paths = report.get("paths", {})
     lines.append(
@@ -488,6 +606,7 @@ def main(args) -> int:
             eval_source=args.eval_source,
             quiet=dp is not None and not dp.is_main,
             dp=dp,
+            pass_k=args.pass_k,
         )
     except BaseException:
         if dp is not None:

@@ -114,20 +114,30 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-class Ops:
-    """The memory-bound ops of a block; ``fused`` swaps in the Triton kernels."""
+ATTENTION_CHOICES = ("kernel", "sdpa")
 
-    def __init__(self, backend: str):
+
+class Ops:
+    """The memory-bound ops of a block; ``fused`` swaps in the Triton kernels.
+
+    ``attention="sdpa"`` keeps the other fused kernels but runs attention through PyTorch's SDPA:
+    the fallback when the start-up self-check (hrm_fast.selfcheck) fails for attention alone.
+    """
+
+    def __init__(self, backend: str, attention: str = "kernel"):
         if backend not in ("reference", "fused"):
             raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be 'kernel' or 'sdpa', got {attention!r}")
         self.backend = backend
+        self.attention_impl = attention if backend == "fused" else "reference"
         if backend == "fused":
-            from hrm_fast.kernels.attention import rope_attention
+            from hrm_fast.kernels.attention import rope_attention, rope_attention_sdpa
             from hrm_fast.kernels.rms_norm import add3, add_rms_norm
             from hrm_fast.kernels.swiglu import swiglu
 
-            self.attention, self.add_rms_norm, self.swiglu = rope_attention, add_rms_norm, swiglu
-            self.add3 = add3
+            self.attention = rope_attention if attention == "kernel" else rope_attention_sdpa
+            self.add_rms_norm, self.swiglu, self.add3 = add_rms_norm, swiglu, add3
         else:
             self.attention, self.add_rms_norm = _attention_reference, _add_rms_norm_reference
             self.swiglu, self.add3 = _swiglu_reference, _add3_reference

@@ -127,10 +127,13 @@ class HRM(nn.Module):
         batch_size: int,
         backend: str = "reference",
         forward_dtype: torch.dtype = torch.float32,
+        attention: str = "kernel",
     ):
         super().__init__()
         self.cfg = cfg
-        self.inner = HRMInner(cfg, seq_len, num_puzzle_ids, batch_size, forward_dtype, Ops(backend))
+        self.inner = HRMInner(
+            cfg, seq_len, num_puzzle_ids, batch_size, forward_dtype, Ops(backend, attention)
+        )
 
     @property
     def backend(self) -> str:

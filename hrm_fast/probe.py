@@ -1,7 +1,7 @@
 """Input-sensitivity probe: does the model's answer depend on the puzzle it is shown?
 
 The run this project exists for trained for days on a model whose output ignored its input (see
-shared/seed.md): loss fell while every grid got the same answer. The probe feeds K pairs of
+docs/seed-run.md): loss fell while every grid got the same answer. The probe feeds K pairs of
 *different* inputs through the full ACT unroll in eval mode and measures
 
 * ``frac_differ``: the fraction of pairs whose predicted grids (argmax per canvas cell) differ;

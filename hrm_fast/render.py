@@ -58,7 +58,8 @@ _FONT = {
     "g": "011100101101011", "i": "111010010010111", "k": "101101110101101",
     "n": "110101101101101", "o": "010101101101010", "p": "110101110100100",
     "r": "110101110101101", "s": "011100010001110", "t": "111010010010010",
-    "u": "101101101101111",
+    "u": "101101101101111", "m": "101111111101101", "h": "101101111101101",
+    "l": "100100100100111", "w": "101101111111101", "y": "101101010010010",
 }  # fmt: skip
 _UNKNOWN = "111101101101111"
 
@@ -143,38 +144,51 @@ def _paste(canvas: np.ndarray, img: np.ndarray, y: int, x: int) -> None:
     canvas[y : y + img.shape[0], x : x + img.shape[1]] = img
 
 
-def _cell_size(rows: list[dict]) -> int:
+def _cell_size(rows: list[dict], columns=CAPTIONS) -> int:
     dims = [
-        max(np.asarray(r[k]).shape or (1,)) for r in rows for k in ("input", "target", "prediction")
+        max(np.asarray(r[k]).shape or (1,)) for r in rows for k in columns if r.get(k) is not None
     ]
     biggest = max([d for d in dims if d > 0] or [1])
     return int(np.clip(200 // biggest, 6, 20))
 
 
-def render_tasks(rows: list[dict], path: str | Path, cell: int | None = None) -> Path:
+def render_tasks(
+    rows: list[dict], path: str | Path, cell: int | None = None, columns=CAPTIONS
+) -> Path:
     """Draw ``rows`` (one per test pair) to a PNG at ``path``.
 
     Each row: ``{"task_id": str, "input": grid, "target": grid, "prediction": grid,
     "correct": bool}``; grids are 2-D arrays of colours 0-9 (the prediction may be empty).
+    Other ``columns`` name the row keys drawn instead; a row's ``"verdicts": {column: bool}``
+    puts a green / red bar under those columns, and a None grid leaves its panel blank.
     Returns the path.
     """
-    return write_png(path, tasks_image(rows, cell))
+    return write_png(path, tasks_image(rows, cell, columns))
 
 
-def tasks_image(rows: list[dict], cell: int | None = None) -> np.ndarray:
+def _verdicts(row: dict, columns) -> dict:
+    if "verdicts" in row:
+        return row["verdicts"]
+    return {"prediction": row.get("correct")} if "prediction" in columns else {}
+
+
+def tasks_image(rows: list[dict], cell: int | None = None, columns=CAPTIONS) -> np.ndarray:
     """The ``[H, W, 3]`` uint8 image ``render_tasks`` writes (rows as there)."""
     if not rows:
         raise ValueError("render_tasks: no rows to draw")
-    cell = cell or _cell_size(rows)
+    columns = tuple(columns)
+    n_col = len(columns)
+    blank = np.zeros((0, 0, 3), np.uint8)
+    cell = cell or _cell_size(rows, columns)
     labels = [text_image(str(r.get("task_id", ""))) for r in rows]
     label_w = max(m.shape[1] for m in labels) + GAP
     drawn = []
     for r in rows:
-        panels = [grid_panel(r[k], cell) for k in ("input", "target", "prediction")]
+        panels = [grid_panel(r[k], cell) if r.get(k) is not None else blank for k in columns]
         drawn.append(panels)
-    captions = [text_image(c) for c in CAPTIONS]
-    panel_w = [max([p[i].shape[1] for p in drawn] + [captions[i].shape[1]]) for i in range(3)]
-    width = MARGIN * 2 + label_w + sum(panel_w) + 2 * GAP
+    captions = [text_image(c) for c in columns]
+    panel_w = [max([p[i].shape[1] for p in drawn] + [captions[i].shape[1]]) for i in range(n_col)]
+    width = MARGIN * 2 + label_w + sum(panel_w) + (n_col - 1) * GAP
     heights = [max(p.shape[0] for p in panels) + 2 + BAR for panels in drawn]
     height = MARGIN * 2 + HEADER + sum(heights) + ROW_GAP * (len(rows) - 1)
     img = np.empty((height, width, 3), np.uint8)
@@ -187,11 +201,12 @@ def tasks_image(rows: list[dict], cell: int | None = None) -> np.ndarray:
     for r, panels, label, rh in zip(rows, drawn, labels, heights, strict=True):
         img[y : y + label.shape[0], MARGIN : MARGIN + label.shape[1]][label] = TEXT
         x = MARGIN + label_w
+        verdicts = _verdicts(r, columns)
         for i, p in enumerate(panels):
             _paste(img, p, y, x)
-            if i == 2:  # the verdict bar spans the prediction panel's column
+            if verdicts.get(columns[i]) is not None:  # the bar spans the judged panel
                 bar_y = y + p.shape[0] + 2
-                colour = CORRECT if r.get("correct") else WRONG
+                colour = CORRECT if verdicts[columns[i]] else WRONG
                 img[bar_y : bar_y + BAR, x : x + p.shape[1]] = colour
             x += panel_w[i] + GAP
         y += rh + ROW_GAP

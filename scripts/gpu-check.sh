@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one command: kernel parity on CUDA, the fused step and every
+# Everything that needs a GPU, in one command: `hrm-fast check` (the start-up self-check, written
+# to bench/results/check-*.json for a bug report), kernel parity on CUDA, the fused step and every
 # fast-path variant (compile, CUDA graphs, bf16) against the reference step, then the bench.
 # Extra arguments go to `hrm-fast bench` (e.g. --quick, --json my_gpu.json).
 #
@@ -29,6 +30,9 @@ if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 
   exit 2
 fi
 export TRITON_INTERPRET=0
+check_json="$root/bench/results/check-$(date -u +%Y%m%dT%H%M%SZ).json"
+echo "== hrm-fast check ($check_json)" >&2
+hrm-fast check --device cuda --json "$check_json"
 echo "== parity on $(python -c 'import torch; print(torch.cuda.get_device_name())')" >&2
 python -m pytest -q tests -m "interpret or cuda"
 echo "== bench" >&2

@@ -13,6 +13,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from hrm_fast import tolerances as tol  # noqa: E402
+
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 
 
@@ -75,7 +77,8 @@ def logged_losses(run_dir):
 def assert_fused_step_matches_reference(cfg, steps, loss_keys):
     """Train ``steps`` fp32 steps on the reference and on the fused backend (the Triton
     kernels, interpreted on CPU tensors unless TRITON_INTERPRET=0): losses agree to 1e-4
-    relative and weights to 1e-5. Returns both trainers for further checks."""
+    relative and weights to 1e-5 (hrm_fast.tolerances, which the start-up self-check
+    shares). Returns both trainers for further checks."""
     import contextlib
 
     from hrm_fast.kernels.dispatch import triton_on_cpu
@@ -89,10 +92,13 @@ def assert_fused_step_matches_reference(cfg, steps, loss_keys):
         fused_trainer, fused = step_metrics(cfg, steps)
     for step, (r, f) in enumerate(zip(ref, fused, strict=True)):
         for k in loss_keys:
-            assert f[k] == pytest.approx(r[k], rel=1e-4, abs=1e-5), (step, k)
+            assert f[k] == pytest.approx(r[k], rel=tol.STEP_LOSS_REL, abs=tol.STEP_LOSS_ABS), (
+                step,
+                k,
+            )
     ref_params = dict(ref_trainer.model.named_parameters())
     for name, p in fused_trainer.model.named_parameters():
-        assert_close(p, ref_params[name], atol=1e-5, rtol=1e-4, name=name)
+        assert_close(p, ref_params[name], *tol.STEP_WEIGHTS, name=name)
     return ref_trainer, fused_trainer
 
 

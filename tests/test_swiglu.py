@@ -11,6 +11,7 @@ from hrm_fast.kernels import swiglu as K
 from test_rms_norm import aot_resource_usage
 
 from hrm_fast.compile_report import preset_shape
+from hrm_fast.tolerances import SWIGLU
 
 pytestmark = pytest.mark.interpret
 
@@ -51,9 +52,9 @@ def test_swiglu_fp32(lead, I):
     gate_up, dy = _inputs(lead, I, torch.float32, seed=I + len(lead))
     out, dgu = _run(gate_up, dy)
     out64, dgu64 = _truth(gate_up, dy)
-    assert_close(out, out64, atol=1e-5, rtol=1e-5, name="out")
-    assert_close(dgu[..., :I], dgu64[..., :I], atol=1e-5, rtol=1e-5, name="d_gate")
-    assert_close(dgu[..., I:], dgu64[..., I:], atol=1e-5, rtol=1e-5, name="d_up")
+    assert_close(out, out64, *SWIGLU, name="out")
+    assert_close(dgu[..., :I], dgu64[..., :I], *SWIGLU, name="d_gate")
+    assert_close(dgu[..., I:], dgu64[..., I:], *SWIGLU, name="d_up")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

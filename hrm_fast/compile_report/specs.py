@@ -16,7 +16,7 @@ from hrm_fast.config import CPU_PRESETS, RunConfig, from_name
 from hrm_fast.config import PRESETS as CONFIG_PRESETS
 from hrm_fast.kernels.aot import LaunchShape
 
-FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment")
+FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment", "board_augment")
 PRESETS = tuple(name for name in CONFIG_PRESETS if name not in CPU_PRESETS)
 # Head dim 128 is in no preset: attention is also compiled at the paper shape with 4 heads
 # (--num-heads 4), listed with the paper preset.
