@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hrm_fast.kernels import arc_loss, attention, rms_norm, swiglu
+from hrm_fast.kernels import attention, rms_norm, swiglu
 
 from hrm_fast.config import LossConfig
-from hrm_fast.loss import arc_loss_ref
+from hrm_fast.loss import arc_loss_fused, arc_loss_ref
 
 SEED = dict(B=20, S=901, d=256, H=8, D=32, I=768, V=12)
 QUICK = dict(B=2, S=65, d=64, H=2, D=32, I=128, V=12)
@@ -72,7 +72,7 @@ def _make(family: str, k: dict, device: str, grad: bool):
         q = [t(B, dtype=torch.float32) for _ in range(2)]
         args = (t(B, So, V), labels.to(device), *q, torch.rand(B, generator=g).to(device), steps,
                 LossConfig(), 8)  # fmt: skip
-        return (arc_loss.arc_loss_fused, arc_loss_ref), args
+        return (arc_loss_fused, arc_loss_ref), args
     raise ValueError(family)
 
 

@@ -281,7 +281,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_kernels_report(args) -> int:
-    from hrm_fast.kernels.report import main as kernels_report_main
+    from hrm_fast.compile_report import main as kernels_report_main
 
     return kernels_report_main(args.rest)
 

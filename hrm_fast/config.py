@@ -402,6 +402,11 @@ def from_name(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
+# Presets sized for a CPU (tests, demos). Every other preset is sized for a GPU: the kernel
+# compile report (hrm_fast.compile_report) compiles the kernels at its training shapes.
+CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse")
+
+
 # (section, field) -> the interval a value must lie in. Checked for flags, config.json and
 # checkpoints alike, so nothing downstream meets a value torch rejects with a traceback (AdamW's
 # betas) or one that silently means nothing (a negative lr).

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrm_fast.config import ModelConfig
+from hrm_fast.kernels.rope import apply_rope
 
 # --------------------------------------------------------------------------- layers
 
@@ -107,18 +108,6 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cached", emb.sin(), persistent=False)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin):
-    dtype = q.dtype
-    q, k = q.to(cos.dtype), k.to(cos.dtype)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    return (q * cos + rotate_half(q) * sin).to(dtype), (k * cos + rotate_half(k) * sin).to(dtype)
-
-
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """HRM's weightless RMSNorm: fp32 statistics, output in the input dtype."""
     x32 = x.float()
@@ -159,7 +148,7 @@ def _attention_reference(qkv, cos, sin):
     h = h3 // 3
     q, k, v = qkv[:, :, :h], qkv[:, :, h : 2 * h], qkv[:, :, 2 * h :]
     if cos is not None:  # None: no position encoding (TRM's pos_encodings="none")
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 

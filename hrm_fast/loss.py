@@ -1,121 +1,45 @@
-"""ImprovedARCLoss on top of HRM's ACT loss: eager reference and metrics.
+"""ImprovedARCLoss on top of HRM's ACT loss: the loss composition, reference and fused.
 
-The loss is split in two so that the fused Triton path (``hrm_fast.kernels.arc_loss``) reuses
-every line after the one pass over the logits:
+The loss is split in two so that the fused path reuses every line after the one pass over
+the logits:
 
-* ``arc_loss_stats_ref(logits, labels, stablemax, div_temperature)`` -> per-example sums
-  (``ArcStats``): CE sum, valid count, correct count, soft histogram ``p_sum = sum softmax``,
-  sharpened histogram ``q_sum = sum softmax(logits / T)`` (a differentiable stand-in for the
-  argmax histogram), label histogram ``y_sum``, argmax histogram ``a_sum``. The kernel computes
-  exactly these.
-* ``arc_loss_from_stats(stats, ...)`` -> (loss, metrics): the tiny ``[B]`` / ``[B, C]`` math.
-  Gradients reach the logits only through ``stats.ce_sum``, ``stats.p_sum`` and ``stats.q_sum``.
+* the pass (``hrm_fast.kernels.arc_loss``): per-example sums (``ArcStats``): CE sum, valid
+  count, correct count, soft histogram ``p_sum = sum softmax``, sharpened histogram
+  ``q_sum = sum softmax(logits / T)`` (a differentiable stand-in for the argmax histogram),
+  label histogram ``y_sum``, argmax histogram ``a_sum``; ``arc_loss_stats_ref`` in eager torch,
+  ``arc_loss_stats`` in one Triton kernel.
+* ``arc_loss_from_stats(stats, ...)`` -> (loss, metrics): the tiny ``[B]`` / ``[B, C]`` math
+  (CE mean, ACT Q losses, penalties). Gradients reach the logits only through
+  ``stats.ce_sum``, ``stats.p_sum`` and ``stats.q_sum``.
 
-Everything is masked arithmetic on fixed shapes (no ``.item()``, no boolean indexing), so the
-reference compiles with ``torch.compile(fullgraph=True)`` and is CUDA-graph safe.
+``arc_loss_ref`` and ``arc_loss_fused`` are the two compositions. Everything is masked
+arithmetic on fixed shapes (no ``.item()``, no boolean indexing), so the reference compiles with
+``torch.compile(fullgraph=True)`` and is CUDA-graph safe.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from hrm_fast.config import LossConfig
+from hrm_fast.kernels.arc_loss import (
+    IGNORE,  # noqa: F401 - the loss's label convention, read from here by callers
+    ArcStats,
+    arc_loss_stats,
+    arc_loss_stats_ref,
+    softmax_cross_entropy,  # noqa: F401 - the probe's per-position CE
+)
 
-IGNORE = -100
 _KL_EPS = 1e-8  # histogram clamp inside the KLs (docs/architecture.md)
-
-
-# --- HRM's stablemax (models/losses.py) ---------------------------------------------------
-
-
-def s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
-    return torch.where(x < 0, 1 / (1 - x + epsilon), x + 1)
-
-
-def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    s_x = s(x)
-    return torch.log(s_x / torch.sum(s_x, dim=dim, keepdim=True))
-
-
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position CE under stablemax in float64 (HRM); 0 at ignored positions."""
-    logprobs = log_stablemax(logits.to(torch.float64), dim=-1)
-    valid = labels != IGNORE
-    idx = torch.where(valid, labels, 0).to(torch.long).unsqueeze(-1)
-    pred = torch.gather(logprobs, index=idx, dim=-1).squeeze(-1)
-    return -torch.where(valid, pred, 0)
-
-
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position softmax CE in float32 (float64 stays float64); 0 at ignored positions."""
-    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    V = logits.shape[-1]
-    ce = F.cross_entropy(
-        logits.to(dt).reshape(-1, V),
-        labels.to(torch.long).reshape(-1),
-        ignore_index=IGNORE,
-        reduction="none",
-    )
-    return ce.view(labels.shape)
 
 
 def use_stablemax(cfg: LossConfig) -> bool:
     if cfg.ce not in ("softmax", "stablemax"):
         raise ValueError(f"LossConfig.ce must be 'softmax' or 'stablemax', got {cfg.ce!r}")
     return cfg.ce == "stablemax"
-
-
-# --- per-example statistics ---------------------------------------------------------------
-
-
-class ArcStats(NamedTuple):
-    ce_sum: torch.Tensor  # [B] float: sum of CE over valid positions
-    n_valid: torch.Tensor  # [B] int32
-    correct: torch.Tensor  # [B] int32: valid positions with argmax == label
-    p_sum: torch.Tensor  # [B, C] float: sum of softmax over valid positions
-    q_sum: torch.Tensor  # [B, C] float: sum of softmax(logits / div_temperature), valid positions
-    y_sum: torch.Tensor  # [B, C] int32: label counts
-    a_sum: torch.Tensor  # [B, C] int32: argmax counts over valid positions
-
-
-def compute_dtype(logits: torch.Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
-def arc_loss_stats_ref(
-    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, div_temperature: float = 1.0
-) -> ArcStats:
-    """The one pass over the logits, in eager torch (what the fused kernel computes)."""
-    dt = compute_dtype(logits)
-    V = logits.shape[-1]
-    x = logits.to(dt)
-    valid = labels != IGNORE
-    vf = valid.to(dt)
-    if stablemax:
-        ce = stablemax_cross_entropy(logits, labels)
-    else:
-        ce = softmax_cross_entropy(logits, labels)
-    ce_sum = ce.sum(-1).to(dt)
-    p_sum = (torch.softmax(x, dim=-1) * vf.unsqueeze(-1)).sum(1)
-    q_sum = (torch.softmax(x / div_temperature, dim=-1) * vf.unsqueeze(-1)).sum(1)
-    y_oh = F.one_hot(torch.where(valid, labels, 0).to(torch.long), V) * valid.unsqueeze(-1)
-    am = x.argmax(-1)
-    a_oh = F.one_hot(am, V) * valid.unsqueeze(-1)
-    correct = ((am == labels.to(torch.long)) & valid).sum(-1)
-    i32 = torch.int32
-    return ArcStats(
-        ce_sum,
-        valid.sum(-1).to(i32),
-        correct.to(i32),
-        p_sum,
-        q_sum,
-        y_oh.sum(1).to(i32),
-        a_oh.sum(1).to(i32),
-    )
 
 
 # --- tiny [B, C] math shared by the reference and the fused path ---------------------------
@@ -262,6 +186,24 @@ def arc_loss_ref(
     ``batch_gather`` (data parallel): the batch-level penalties and ``unique_classes`` are
     computed over every rank's examples (``hrm_fast.distributed``)."""
     stats = arc_loss_stats_ref(logits, labels, use_stablemax(cfg), cfg.div_temperature)
+    return arc_loss_from_stats(
+        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
+    )
+
+
+def arc_loss_fused(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    q_halt: torch.Tensor,
+    q_continue: torch.Tensor,
+    target_q_continue: torch.Tensor | None,
+    steps: torch.Tensor,
+    cfg: LossConfig,
+    halt_max_steps: int,
+    batch_gather=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``arc_loss_ref`` with the statistics from the fused kernel (one Triton pass on CUDA)."""
+    stats = arc_loss_stats(logits, labels, use_stablemax(cfg), cfg.div_temperature)
     return arc_loss_from_stats(
         stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
     )

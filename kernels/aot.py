@@ -1,10 +1,11 @@
 """Ahead-of-time compile specs shared by every kernel family.
 
-Each kernel module exposes ``aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]``
-describing the launch configurations the trainer really uses for a preset (``seed``, ``paper``)
-on a target family (see ``TARGET_FAMILIES``). The kernels report (``hrm-fast kernels-report``)
-compiles each spec with ``triton.compile`` for every GPU target and reads registers, spills,
-shared memory / LDS and MMA / MFMA / WMMA usage from the cubin or the AMDGCN assembly.
+Each kernel module exposes ``aot_specs(shape: LaunchShape, target: str) -> list[AotSpec]``
+describing the launch configurations the trainer really uses at a model's training shapes on a
+target family (see ``TARGET_FAMILIES``). The compile report (``hrm_fast.compile_report``,
+``hrm-fast kernels-report``) derives one ``LaunchShape`` per preset, compiles each spec with
+``triton.compile`` for every GPU target and reads registers, spills, shared memory / LDS and
+MMA / MFMA / WMMA usage from the cubin or the AMDGCN assembly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ class AotSpec:
     grid: tuple[int, ...] = ()  # launch grid at this shape (for occupancy context)
     note: str = ""  # the shape, e.g. "B=20 S=901 H=8 D=32 bf16"
     has_dot: bool = False  # the kernel uses tl.dot, so MMA instructions are expected
+
+
+@dataclass(frozen=True)
+class LaunchShape:
+    """A model's training shapes as the kernels' launches see them (bf16 activations)."""
+
+    batch: int
+    seq_len: int  # positions per example in the blocks: canvas**2 + puzzle-embedding positions
+    hidden: int
+    heads: int
+    intermediate: int  # SwiGLU inner width
+    vocab: int
+    canvas: int  # grid side: the loss and the augmentation see canvas**2 positions
+    # More head counts to compile attention for at this shape: head dims no preset uses.
+    extra_heads: tuple[int, ...] = ()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def grid_len(self) -> int:
+        return self.canvas * self.canvas
 
 
 # GPU target families: launch configurations differ per family only where the static report

@@ -1,12 +1,12 @@
-"""Fused ARC loss: one Triton pass over the logits for every per-example statistic.
+"""Fused ARC loss statistics: one Triton pass over the logits for every per-example sum.
 
-The loss (``hrm_fast.loss``) only needs, per example b, the CE sum, the valid count, the
+The ARC loss (``hrm_fast.loss``) only needs, per example b, the CE sum, the valid count, the
 correct count and four [C] histograms (soft ``sum softmax``, sharpened ``sum softmax(x / T)``,
-labels, argmax). The forward
+labels, argmax): ``ArcStats``. ``arc_loss_stats_ref`` defines them in eager torch; the forward
 kernel computes all of them in one read of ``logits[B, S, V]`` (V = 12 padded to a 16-wide
 tile); grid = (example, token block), each program writes its own partial row and torch sums
-the partials, so the result is deterministic (no atomics). The remaining [B] / [B, C] math is
-the reference's own ``arc_loss_from_stats``: its autograd hands the backward kernel
+the partials, so the result is deterministic (no atomics). The loss's remaining [B] / [B, C]
+math (``hrm_fast.loss.arc_loss_from_stats``) hands the backward kernel, through autograd,
 ``g_ce[b] = dL/dce_sum[b]``, ``g_p[b, c] = dL/dp_sum[b, c]`` and ``g_q[b, c] = dL/dq_sum[b, c]``,
 and one more pass writes (p = softmax(x), q = softmax(x / T), valid positions)
 
@@ -17,23 +17,107 @@ in the logits' dtype (0 at ignored positions). No host sync anywhere.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
-from hrm_fast.kernels.aot import AotSpec
-from hrm_fast.kernels.dispatch import use_triton
 
-from hrm_fast.config import LossConfig
-from hrm_fast.loss import (
-    IGNORE,
-    ArcStats,
-    arc_loss_from_stats,
-    arc_loss_stats_ref,
-    use_stablemax,
-)
+from ._common import MEMORY_BOUND_WARPS
+from .aot import AotSpec, LaunchShape
+from .dispatch import use_triton
+
+IGNORE = -100
+
+
+# --- HRM's stablemax (models/losses.py) ---------------------------------------------------
+
+
+def s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
+    return torch.where(x < 0, 1 / (1 - x + epsilon), x + 1)
+
+
+def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s_x = s(x)
+    return torch.log(s_x / torch.sum(s_x, dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position CE under stablemax in float64 (HRM); 0 at ignored positions."""
+    logprobs = log_stablemax(logits.to(torch.float64), dim=-1)
+    valid = labels != IGNORE
+    idx = torch.where(valid, labels, 0).to(torch.long).unsqueeze(-1)
+    pred = torch.gather(logprobs, index=idx, dim=-1).squeeze(-1)
+    return -torch.where(valid, pred, 0)
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position softmax CE in float32 (float64 stays float64); 0 at ignored positions."""
+    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    V = logits.shape[-1]
+    ce = F.cross_entropy(
+        logits.to(dt).reshape(-1, V),
+        labels.to(torch.long).reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    )
+    return ce.view(labels.shape)
+
+
+# --- per-example statistics ---------------------------------------------------------------
+
+
+class ArcStats(NamedTuple):
+    ce_sum: torch.Tensor  # [B] float: sum of CE over valid positions
+    n_valid: torch.Tensor  # [B] int32
+    correct: torch.Tensor  # [B] int32: valid positions with argmax == label
+    p_sum: torch.Tensor  # [B, C] float: sum of softmax over valid positions
+    q_sum: torch.Tensor  # [B, C] float: sum of softmax(logits / div_temperature), valid positions
+    y_sum: torch.Tensor  # [B, C] int32: label counts
+    a_sum: torch.Tensor  # [B, C] int32: argmax counts over valid positions
+
+
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def arc_loss_stats_ref(
+    logits: torch.Tensor, labels: torch.Tensor, stablemax: bool, div_temperature: float = 1.0
+) -> ArcStats:
+    """The one pass over the logits, in eager torch (what the fused kernel computes)."""
+    dt = compute_dtype(logits)
+    V = logits.shape[-1]
+    x = logits.to(dt)
+    valid = labels != IGNORE
+    vf = valid.to(dt)
+    if stablemax:
+        ce = stablemax_cross_entropy(logits, labels)
+    else:
+        ce = softmax_cross_entropy(logits, labels)
+    ce_sum = ce.sum(-1).to(dt)
+    p_sum = (torch.softmax(x, dim=-1) * vf.unsqueeze(-1)).sum(1)
+    q_sum = (torch.softmax(x / div_temperature, dim=-1) * vf.unsqueeze(-1)).sum(1)
+    y_oh = F.one_hot(torch.where(valid, labels, 0).to(torch.long), V) * valid.unsqueeze(-1)
+    am = x.argmax(-1)
+    a_oh = F.one_hot(am, V) * valid.unsqueeze(-1)
+    correct = ((am == labels.to(torch.long)) & valid).sum(-1)
+    i32 = torch.int32
+    return ArcStats(
+        ce_sum,
+        valid.sum(-1).to(i32),
+        correct.to(i32),
+        p_sum,
+        q_sum,
+        y_oh.sum(1).to(i32),
+        a_oh.sum(1).to(i32),
+    )
+
+
+# --- Triton kernels -----------------------------------------------------------------------
 
 BLOCK_S = 64  # tokens per program: seed B=20, S=900 -> 300 programs
-NUM_WARPS = 4
+NUM_WARPS = MEMORY_BOUND_WARPS
 
 
 @triton.jit
@@ -307,32 +391,13 @@ def arc_loss_stats(
     return arc_loss_stats_ref(logits, labels, stablemax, div_temperature)
 
 
-def arc_loss_fused(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    q_halt: torch.Tensor,
-    q_continue: torch.Tensor,
-    target_q_continue: torch.Tensor | None,
-    steps: torch.Tensor,
-    cfg: LossConfig,
-    halt_max_steps: int,
-    batch_gather=None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Same signature and outputs as ``hrm_fast.loss.arc_loss_ref``; one Triton pass on CUDA."""
-    stats = arc_loss_stats(logits, labels, use_stablemax(cfg), cfg.div_temperature)
-    return arc_loss_from_stats(
-        stats, q_halt, q_continue, target_q_continue, steps, cfg, halt_max_steps, batch_gather
-    )
-
-
 # --- AOT compile specs --------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    B = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
-    S, V = 900, 12
+    B, S, V = shape.batch, shape.grid_len, shape.vocab  # the loss sees the canvas only
     NB = _num_blocks(S)
     fwd_sig = {
         "logits_ptr": "*bf16", "labels_ptr": "*i32", "ce_ptr": "*fp32", "cnt_ptr": "*i32",
@@ -370,7 +435,6 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
 __all__ = [
     "IGNORE",
     "aot_specs",
-    "arc_loss_fused",
     "arc_loss_stats",
     "_arc_loss_stats_fwd",
     "_arc_loss_stats_bwd",

@@ -21,17 +21,17 @@ RoPE is recomputed on the fly and its transpose (``dx1 = dxe1*c1 + dxe2*s2``,
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec
+from ._common import INTERPRET, MEMORY_BOUND_WARPS, rows_per_program
+from .aot import AotSpec, LaunchShape
 from .dispatch import device_target_family, use_triton
+from .rope import apply_rope
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_IN_INTERPRETER = tl.constexpr(_INTERPRET)  # the same fact, readable inside @triton.jit code
+_IN_INTERPRETER = tl.constexpr(INTERPRET)  # the same fact, readable inside @triton.jit code
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +338,8 @@ def _attn_bwd_dq_kernel(
 # autotune: one config per shape keeps launches deterministic and compile-free after warm-up).
 # Families share a row unless the static report (hrm-fast kernels-report) shows they must differ.
 # Head dims 32 (seed) and 64 (paper, TRM) are the presets'; 128 is any model with
-# hidden / heads = 128 (e.g. --hidden-size 512 --num-heads 4), compiled by the report as an
-# extra "paper" spec (aot_specs).
+# hidden / heads = 128 (e.g. --hidden-size 512 --num-heads 4), compiled by the report at the
+# paper shape with 4 heads (LaunchShape.extra_heads).
 #
 # nvidia (sm_80/86/89/90): every entry compiles with zero spill bytes for bf16, with and without
 # 16-byte alignment specialisation, and fits sm_89's 99 KB of shared memory. Register pressure
@@ -396,8 +396,8 @@ HEAD_DIMS = tuple(_FWD_NVIDIA)  # head dims the kernels take; a family's tables 
 
 
 def _pre_block_m(D: int) -> int:
-    # delta = rowsum(dO * O) is bandwidth-bound: 2048 elements per program keeps registers low.
-    return 2048 // D
+    # delta = rowsum(dO * O) is bandwidth-bound: ~2K elements per program keeps registers low.
+    return rows_per_program(D)
 
 
 # Interpreter runs use one config (None) unless a test sets a target family here to run that
@@ -406,7 +406,7 @@ _interpret_family: str | None = None
 
 
 def _family(t: torch.Tensor) -> str | None:
-    if _INTERPRET:
+    if INTERPRET:
         return _interpret_family
     return device_target_family(t.device)
 
@@ -424,7 +424,7 @@ def _triton_attention_on(qkv: torch.Tensor) -> bool:
     """Whether the kernels have launch configurations for this head dim on this device's
     target family (RDNA3 has none at D=128, see the tables); otherwise SDPA runs."""
     D = qkv.shape[-1]
-    family = _family(qkv) if (_INTERPRET or qkv.is_cuda) else None
+    family = _family(qkv) if (INTERPRET or qkv.is_cuda) else None
     if family is None:
         return D in HEAD_DIMS
     return all(D in table[family] for table in (_FWD_CFG, _DKDV_CFG, _DQ_CFG))
@@ -500,7 +500,7 @@ def _attention_bwd(do, qkv, cos, sin, out, lse, dqkv=None):
         out, do, delta,
         out.stride(0), out.stride(1), out.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
-        S, H, D=D, BLOCK_M=pre_bm, num_warps=4,
+        S, H, D=D, BLOCK_M=pre_bm, num_warps=MEMORY_BOUND_WARPS,
     )  # fmt: skip
     args = (
         qkv, cos, sin, do, lse, delta, dqkv,
@@ -582,26 +582,19 @@ def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 def rope_attention_sdpa(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE as in rope_attention_ref, then PyTorch's fused SDPA (no [S, S] scores in memory)."""
-    S, D = qkv.shape[1], qkv.shape[3]
-    H = qkv.shape[2] // 3
-    dtype = qkv.dtype
-    acc = torch.promote_types(dtype, torch.float32)
-    cos = cos[:S].to(acc)[:, None, :]
-    sin = sin[:S].to(acc)[:, None, :]
-    q, k, v = qkv.split(H, dim=2)
-
-    def rope(x):
-        xf = x.to(acc)
-        return (xf * cos + _rotate_half(xf) * sin).to(dtype)
-
-    q, k, v = (t.transpose(1, 2) for t in (rope(q), rope(k), v))
+    D = qkv.shape[3]
+    q, k, v = _rope_qkv(qkv, cos, sin)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(D))
     return out.transpose(1, 2).contiguous()
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """q, k (rotated) and v as ``[B, H, S, D]``. RoPE runs in fp32 (fp64 for fp64 inputs)."""
+    S, H = qkv.shape[1], qkv.shape[2] // 3
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    cos, sin = cos[:S].to(acc), sin[:S].to(acc)
+    q, k, v = qkv.split(H, dim=2)
+    return (t.transpose(1, 2) for t in (apply_rope(q, cos, sin), apply_rope(k, cos, sin), v))
 
 
 def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -611,19 +604,10 @@ def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     does. Scores come from input-dtype matmuls; the softmax runs in fp32 (fp64) and the
     probabilities are rounded to the input dtype before the PV product, like flash attention.
     """
-    B, S, H3, D = qkv.shape
-    H = H3 // 3
+    D = qkv.shape[3]
     dtype = qkv.dtype
     acc = torch.promote_types(dtype, torch.float32)
-    cos = cos[:S].to(acc)[:, None, :]  # [S, 1, D] broadcasts over heads
-    sin = sin[:S].to(acc)[:, None, :]
-    q, k, v = qkv.split(H, dim=2)
-
-    def rope(x):
-        xf = x.to(acc)
-        return (xf * cos + _rotate_half(xf) * sin).to(dtype)
-
-    q, k, v = (t.transpose(1, 2) for t in (rope(q), rope(k), v))  # [B, H, S, D]
+    q, k, v = _rope_qkv(qkv, cos, sin)  # [B, H, S, D]
     scores = torch.matmul(q, k.transpose(-1, -2)).to(acc) * (1.0 / math.sqrt(D))
     p = torch.softmax(scores, dim=-1).to(dtype)
     out = torch.matmul(p, v)  # [B, H, S, D]
@@ -633,14 +617,6 @@ def rope_attention_ref(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
 # --------------------------------------------------------------------------------------------
 # Ahead-of-time compile specs
 # --------------------------------------------------------------------------------------------
-
-# B, S, H, D (bf16). TRM prepends 16 puzzle-embedding positions: S = 916.
-_PRESET_SHAPES = {
-    "seed": (20, 901, 8, 32),
-    "paper": (768, 901, 8, 64),
-    "trm-arc1": (768, 916, 8, 64),
-    "trm-arc2": (768, 916, 8, 64),
-}
 
 _SIG_FWD = {
     "QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16", "LSE": "*fp32",
@@ -668,18 +644,15 @@ _SIG_BWD = {
 }  # fmt: skip
 
 
-# Head dim 128 is in no preset: the report compiles its rows at the paper shape with 4 heads
-# (--num-heads 4), listed with the paper preset.
-_EXTRA_SHAPES = {"paper": [(768, 901, 4, 128)]}
-
-
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
-    """Launch configs of the four attention kernels at the preset's training shape (bf16),
-    plus any extra head dims compiled with that preset (_EXTRA_SHAPES)."""
-    specs = _aot_specs_for(*_PRESET_SHAPES[preset], target=target)
-    for shape in _EXTRA_SHAPES.get(preset, []):
-        if shape[3] in _DQ_CFG[target]:  # RDNA3 has no D=128 rows
-            specs += _aot_specs_for(*shape, target=target)
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
+    """Launch configs of the four attention kernels at the training shape (bf16), plus those
+    at the shape's extra head counts where the target family has rows for that head dim."""
+    B, S = shape.batch, shape.seq_len
+    specs = _aot_specs_for(B, S, shape.heads, shape.head_dim, target=target)
+    for heads in shape.extra_heads:
+        D = shape.hidden // heads
+        if D in _DQ_CFG[target]:  # RDNA3 has no D=128 rows
+            specs += _aot_specs_for(B, S, heads, D, target=target)
     return specs
 
 
@@ -701,7 +674,7 @@ def _aot_specs_for(B: int, S: int, H: int, D: int, target: str = "nvidia") -> li
     specs.append(
         AotSpec(
             "attention_bwd_preprocess", _attn_bwd_preprocess_kernel, dict(_SIG_PRE),
-            {"D": D, "BLOCK_M": _pre_block_m(D)}, num_warps=4, num_stages=2,
+            {"D": D, "BLOCK_M": _pre_block_m(D)}, num_warps=MEMORY_BOUND_WARPS, num_stages=2,
             grid=(triton.cdiv(S, _pre_block_m(D)), B * H), note=note, has_dot=False,
         )
     )  # fmt: skip

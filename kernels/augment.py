@@ -4,24 +4,28 @@
 bank: each program owns one example x a block of cells and computes the source cell through
 the dihedral index map (``hrm_fast.augment`` docstring), then applies the colour map, the
 translation and the EOS / PAD encoding. ``invert_batch`` crops a prediction made at offset 0,
-applies the inverse dihedral and the inverse colour map. Both are bit-identical to
-``augment_batch_ref`` / ``invert_batch_ref`` (integer outputs, so there is no autograd).
+applies the inverse dihedral and the inverse colour map. Both are bit-identical to the torch
+references ``augment_batch_ref`` / ``invert_batch_ref`` at the end of this file (integer
+outputs, so there is no autograd).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from hrm_fast.augment import augment_batch_ref, invert_batch_ref
-
-from .aot import AotSpec
+from ._common import MEMORY_BOUND_WARPS
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Token encoding: PAD, EOS, colour k -> k + COLOUR_OFFSET; labels' PAD -> IGNORE.
+PAD = 0
+EOS = 1
+COLOUR_OFFSET = 2
+IGNORE = -100
+NUM_COLOURS = 10
+
 BLOCK = 256  # canvas cells per program: 4 programs per 30x30 example
 
 
@@ -182,7 +186,7 @@ def _launch_augment(
         labels,
         CANVAS=canvas,
         BLOCK=BLOCK,
-        num_warps=4,
+        num_warps=MEMORY_BOUND_WARPS,
     )
     return inputs, labels
 
@@ -206,7 +210,7 @@ def _launch_invert(kernel, pred_tokens, dihedral, colour_map, canvas, out):
         CANVAS=canvas,
         SIDE=triton.next_power_of_2(canvas),
         BLOCK=BLOCK,
-        num_warps=4,
+        num_warps=MEMORY_BOUND_WARPS,
     )
     return grids, shapes
 
@@ -281,7 +285,7 @@ def _invert_op(
 def augment_batch(
     bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
 ):
-    """Same contract as ``hrm_fast.augment.augment_batch_ref``; Triton on CUDA."""
+    """Same contract as ``augment_batch_ref``; Triton on CUDA."""
     if use_triton(bank_inputs):
         return torch.ops.hrm_fast.augment_batch(
             bank_inputs, bank_outputs, shapes, pair_idx, dihedral, colour_map, offset, canvas
@@ -292,10 +296,156 @@ def augment_batch(
 
 
 def invert_batch(pred_tokens, dihedral, colour_map, canvas):
-    """Same contract as ``hrm_fast.augment.invert_batch_ref``; Triton on CUDA."""
+    """Same contract as ``invert_batch_ref``; Triton on CUDA."""
     if use_triton(pred_tokens):
         return torch.ops.hrm_fast.invert_batch(pred_tokens, dihedral, colour_map, canvas)
     return invert_batch_ref(pred_tokens, dihedral, colour_map, canvas)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch reference (the definition the kernels match bit for bit; hrm_fast.augment checks it
+# against HRM's numpy pipeline)
+# ---------------------------------------------------------------------------------------------
+
+
+def dihedral_bits(tid: torch.Tensor):
+    # SWAP / FLIP_R / FLIP_C as comparisons, not a table lookup: building a table with
+    # torch.tensor(list, device=cuda) is a host->device copy, illegal under CUDA graph capture.
+    t = tid.long()
+    swap = (t == 1) | (t == 3) | (t == 6) | (t == 7)
+    flip_r = (t == 2) | (t == 3) | (t == 5) | (t == 7)
+    flip_c = (t == 1) | (t == 2) | (t == 4) | (t == 7)
+    return swap, flip_r, flip_c
+
+
+def inverse_dihedral(tid: torch.Tensor) -> torch.Tensor:
+    # DIHEDRAL_INVERSE: rot90 <-> rot270, every other element is its own inverse.
+    t = tid.long()
+    return torch.where(t == 1, 3, torch.where(t == 3, 1, t))
+
+
+def _encode_side_ref(
+    bank: torch.Tensor,
+    pair: torch.Tensor,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    swap: torch.Tensor,
+    flip_r: torch.Tensor,
+    flip_c: torch.Tensor,
+    colour_map: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+) -> torch.Tensor:
+    # i, j: [B, S] coordinates relative to the offset; h, w etc.: [B, 1].
+    canvas = bank.shape[-1]
+    ht = torch.where(swap, w, h)  # transformed shape
+    wt = torch.where(swap, h, w)
+    row_ok = (i >= 0) & (i < ht)
+    col_ok = (j >= 0) & (j < wt)
+    inside = row_ok & col_ok
+    eos = ((i == ht) & col_ok) | ((j == wt) & row_ok)
+    p = torch.where(swap, j, i)
+    q = torch.where(swap, i, j)
+    si = torch.where(flip_r, h - 1 - p, p)
+    sj = torch.where(flip_c, w - 1 - q, q)
+    # Clamp so masked-out cells still gather in bounds.
+    src = torch.where(inside, si * canvas + sj, 0)
+    raw = bank.reshape(bank.shape[0], -1)[pair.long()].gather(1, src.long())
+    colour = colour_map.long().gather(1, raw.long())
+    tok = torch.where(inside, colour + COLOUR_OFFSET, torch.where(eos, EOS, PAD))
+    return tok.to(torch.int32)
+
+
+def augment_batch_ref(
+    bank_inputs: torch.Tensor,
+    bank_outputs: torch.Tensor,
+    shapes: torch.Tensor,
+    pair_idx: torch.Tensor,
+    dihedral: torch.Tensor,
+    colour_map: torch.Tensor,
+    offset: torch.Tensor,
+    canvas: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build a batch of augmented examples from the packed bank.
+
+    bank_inputs/bank_outputs: uint8 ``[P, canvas, canvas]`` raw colours; shapes: ``[P, 4]``
+    (h_in, w_in, h_out, w_out); pair_idx, dihedral: ``[B]`` ints; colour_map: ``[B, 10]``;
+    offset: ``[B, 2]`` (row, col) of the transformed grids' top-left corner.
+    Returns ``inputs int32 [B, S]`` and ``labels int32 [B, S]`` (PAD -> -100), S = canvas².
+    """
+    assert bank_inputs.shape[-1] == canvas and bank_inputs.shape[-2] == canvas
+    dev = bank_inputs.device
+    s = torch.arange(canvas * canvas, device=dev)
+    r = (s // canvas)[None]
+    c = (s % canvas)[None]
+    off = offset.long()
+    i = r - off[:, 0:1]
+    j = c - off[:, 1:2]
+    shp = shapes.long()[pair_idx.long()]  # [B, 4]
+    swap, flip_r, flip_c = (x[:, None] for x in dihedral_bits(dihedral))
+    args = (swap, flip_r, flip_c, colour_map, i, j)
+    inputs = _encode_side_ref(bank_inputs, pair_idx, shp[:, 0:1], shp[:, 1:2], *args)
+    out_tok = _encode_side_ref(bank_outputs, pair_idx, shp[:, 2:3], shp[:, 3:4], *args)
+    labels = torch.where(out_tok == PAD, IGNORE, out_tok).to(torch.int32)
+    return inputs, labels
+
+
+def crop_canvas(tokens: torch.Tensor, canvas: int) -> torch.Tensor:
+    """Predicted grid shape ``[B, 2]`` int32 (h, w) read from the top-left corner.
+
+    width = number of leading colour tokens (2..11) in row 0, height = number of leading
+    colour tokens in column 0. This simplifies HRM's ``_crop`` (largest EOS-free rectangle
+    from the corner): both agree on any well-formed canvas at offset 0 (a rectangle of
+    colours closed by EOS / the canvas edge), and this one is a batched op with no loops.
+    """
+    t = tokens.reshape(tokens.shape[0], canvas, canvas)
+    is_colour = (t >= COLOUR_OFFSET) & (t < COLOUR_OFFSET + NUM_COLOURS)
+    w = torch.cumprod(is_colour[:, 0, :].to(torch.int32), dim=1).sum(1)
+    h = torch.cumprod(is_colour[:, :, 0].to(torch.int32), dim=1).sum(1)
+    return torch.stack([h, w], dim=1).to(torch.int32)
+
+
+def inverse_colour_map(colour_map: torch.Tensor) -> torch.Tensor:
+    """``inv[b, colour_map[b, k]] = k`` (uint8 ``[B, 10]``)."""
+    cm = colour_map.long()
+    k = torch.arange(NUM_COLOURS, device=cm.device).expand_as(cm)
+    return torch.zeros_like(cm).scatter(1, cm, k).to(torch.uint8)
+
+
+def invert_batch_ref(
+    pred_tokens: torch.Tensor,
+    dihedral: torch.Tensor,
+    colour_map: torch.Tensor,
+    canvas: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Undo an augmentation on predictions made at offset 0.
+
+    crop (``crop_canvas``) -> inverse dihedral -> inverse colour map. Returns
+    ``grids uint8 [B, canvas, canvas]`` (raw colours, zero outside the grid) and
+    ``shapes int32 [B, 2]`` (h, w) in the original orientation. Non-colour tokens inside the
+    cropped rectangle (possible only for ill-formed predictions) decode as colour 0.
+    """
+    b = pred_tokens.shape[0]
+    dev = pred_tokens.device
+    tok = pred_tokens.reshape(b, canvas * canvas).long()
+    crop = crop_canvas(tok, canvas).long()
+    hp, wp = crop[:, 0:1], crop[:, 1:2]  # predicted (transformed) shape
+    swap, flip_r, flip_c = (x[:, None] for x in dihedral_bits(inverse_dihedral(dihedral)))
+    h = torch.where(swap, wp, hp)  # original shape (the inverse swaps iff the forward does)
+    w = torch.where(swap, hp, wp)
+    s = torch.arange(canvas * canvas, device=dev)
+    r = (s // canvas)[None]
+    c = (s % canvas)[None]
+    inside = (r < h) & (c < w)
+    p = torch.where(swap, c, r)
+    q = torch.where(swap, r, c)
+    si = torch.where(flip_r, hp - 1 - p, p)
+    sj = torch.where(flip_c, wp - 1 - q, q)
+    src = torch.where(inside, si * canvas + sj, 0)
+    colour = (tok.gather(1, src) - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1)
+    raw = inverse_colour_map(colour_map).long().gather(1, colour)
+    grids = torch.where(inside, raw, 0).to(torch.uint8).reshape(b, canvas, canvas)
+    return grids, torch.cat([h, w], dim=1).to(torch.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,12 +453,11 @@ def invert_batch(pred_tokens, dihedral, colour_map, canvas):
 # ---------------------------------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs of the trainer (sampler: int64 indices, uint8 colour maps) and evaluator."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    batch = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}[preset]
-    canvas = 30
+    batch, canvas = shape.batch, shape.canvas
     nblk = triton.cdiv(canvas * canvas, BLOCK)
     aug_sig = {
         "bank_in_ptr": "*u8",
@@ -340,7 +489,7 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
             fn=_augment_kernel,
             signature=aug_sig,
             constexprs={"CANVAS": canvas, "BLOCK": BLOCK},
-            num_warps=4,
+            num_warps=MEMORY_BOUND_WARPS,
             num_stages=1,
             grid=(batch, nblk),
             note=note,
@@ -350,7 +499,7 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
             fn=_invert_kernel,
             signature=inv_sig,
             constexprs={"CANVAS": canvas, "SIDE": 32, "BLOCK": BLOCK},
-            num_warps=4,
+            num_warps=MEMORY_BOUND_WARPS,
             num_stages=1,
             grid=(batch, nblk),
             note=note,

@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec
+from ._common import MEMORY_BOUND_WARPS
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
 IGNORE_LABEL = -100
@@ -92,7 +93,7 @@ def _launch(kernel, bank_inputs, bank_labels, board, index_map, value_map, out):
         S=cells,
         V=vocab,
         BLOCK=block,
-        num_warps=4,
+        num_warps=MEMORY_BOUND_WARPS,
     )
     return inputs, labels
 
@@ -132,11 +133,11 @@ def board_augment(bank_inputs, bank_labels, board, index_map, value_map):
     return board_augment_ref(bank_inputs, bank_labels, board, index_map, value_map)
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
-    """Launch configs of the board sampler: 9x9 Sudoku (S 81, vocab 11) and 30x30 maze
-    (S 900, vocab 6); int64 board and index maps as the sampler builds them."""
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
+    """Launch configs of the board sampler at the shape's batch: 9x9 Sudoku (S 81, vocab 11)
+    and 30x30 maze (S 900, vocab 6); int64 board and index maps as the sampler builds them."""
     del target
-    batch = {"seed": 20, "paper": 768, "trm-arc1": 768, "trm-arc2": 768}.get(preset, 768)
+    batch = shape.batch
     sig = {
         "bank_in_ptr": "*u8",
         "bank_label_ptr": "*u8",
@@ -158,7 +159,7 @@ def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
                 fn=_board_augment_kernel,
                 signature=sig,
                 constexprs={"S": cells, "V": vocab, "BLOCK": block},
-                num_warps=4,
+                num_warps=MEMORY_BOUND_WARPS,
                 num_stages=1,
                 grid=(batch, triton.cdiv(cells, block)),
                 note=f"B={batch} S={cells} V={vocab}",

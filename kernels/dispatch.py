@@ -9,11 +9,11 @@ on a machine without a GPU.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import torch
 
+from ._common import INTERPRET
 from .aot import target_family
 
 _triton_on_cpu = False
@@ -26,7 +26,7 @@ def use_triton(t: torch.Tensor) -> bool:
 @contextmanager
 def triton_on_cpu():
     """Run the Triton kernels on CPU tensors (needs ``TRITON_INTERPRET=1`` before import)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not INTERPRET:
         raise RuntimeError("triton_on_cpu() needs TRITON_INTERPRET=1 set before triton is imported")
     global _triton_on_cpu
     previous, _triton_on_cpu = _triton_on_cpu, True

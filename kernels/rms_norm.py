@@ -22,16 +22,14 @@ Kernels:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec
+from ._common import ELEMENTS_PER_PROGRAM, MEMORY_BOUND_WARPS, rows_per_program
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_N = 1024
 
 
@@ -104,12 +102,11 @@ def _norm_config(N: int) -> tuple[int, int, int]:
     if N > MAX_N:
         raise ValueError(f"add_rms_norm supports hidden sizes up to {MAX_N}, got {N}")
     block_n = triton.next_power_of_2(N)
-    block_m = max(1, 2048 // block_n)
-    return block_m, block_n, 4
+    return rows_per_program(block_n), block_n, MEMORY_BOUND_WARPS
 
 
-ADD3_BLOCK = 2048
-ADD3_WARPS = 4
+ADD3_BLOCK = ELEMENTS_PER_PROGRAM
+ADD3_WARPS = MEMORY_BOUND_WARPS
 
 
 def _rows(t: torch.Tensor) -> int:
@@ -268,18 +265,12 @@ def add3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> tor
 # --------------------------------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs at the trainer's shapes (bf16 activations)."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    if preset == "seed":
-        rows, N, note = 20 * 901, 256, "B=20 S=901 hidden=256 bf16"
-    elif preset == "paper":
-        rows, N, note = 768 * 901, 512, "B=768 S=901 hidden=512 bf16"
-    elif preset in ("trm-arc1", "trm-arc2"):
-        rows, N, note = 768 * 916, 512, "B=768 S=916 hidden=512 bf16"
-    else:
-        raise KeyError(f"no AOT specs for preset {preset!r}")
+    B, S, N = shape.batch, shape.seq_len, shape.hidden
+    rows, note = B * S, f"B={B} S={S} hidden={N} bf16"
     block_m, block_n, warps = _norm_config(N)
     consts = {"N": N, "BLOCK_M": block_m, "BLOCK_N": block_n}
     grid = (triton.cdiv(rows, block_m),)

@@ -12,17 +12,13 @@ Math is fp32; storage is the input dtype.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from .aot import AotSpec
+from ._common import MEMORY_BOUND_WARPS, rows_per_program
+from .aot import AotSpec, LaunchShape
 from .dispatch import use_triton
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
 
 # --------------------------------------------------------------------------------------------
 # Triton kernels: a [BLOCK_M rows, BLOCK_I columns] tile of the [M, I] output per program
@@ -77,8 +73,7 @@ def _config(I: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_I, num_warps): 2K output elements per program, columns in 256-chunks
     (768 and 1536 are multiples of 256, so only odd test widths are masked)."""
     block_i = min(triton.next_power_of_2(I), 256)
-    block_m = max(1, 2048 // block_i)
-    return block_m, block_i, 4
+    return rows_per_program(block_i), block_i, MEMORY_BOUND_WARPS
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,18 +167,12 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def aot_specs(preset: str, target: str = "nvidia") -> list[AotSpec]:
+def aot_specs(shape: LaunchShape, target: str = "nvidia") -> list[AotSpec]:
     """Launch configs at the trainer's shapes (bf16 activations)."""
     # One launch configuration for every target family (kernels-report: no spills on any).
     del target
-    if preset == "seed":
-        rows, I, note = 20 * 901, 768, "rows=B*S=20*901 I=768 bf16"
-    elif preset == "paper":
-        rows, I, note = 768 * 901, 1536, "rows=B*S=768*901 I=1536 bf16"
-    elif preset in ("trm-arc1", "trm-arc2"):
-        rows, I, note = 768 * 916, 1536, "rows=B*S=768*916 I=1536 bf16"
-    else:
-        raise KeyError(f"no AOT specs for preset {preset!r}")
+    B, S, I = shape.batch, shape.seq_len, shape.intermediate
+    rows, note = B * S, f"rows=B*S={B}*{S} I={I} bf16"
     block_m, block_i, warps = _config(I)
     consts = {"I": I, "BLOCK_M": block_m, "BLOCK_I": block_i}
     grid = (triton.cdiv(rows, block_m), triton.cdiv(I, block_i))

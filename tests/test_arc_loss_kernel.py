@@ -13,11 +13,16 @@ from hrm_fast.kernels.arc_loss import (
     _alloc_stats_partials,
     _arc_loss_stats_bwd,
     _arc_loss_stats_fwd,
-    arc_loss_fused,
 )
 
 from hrm_fast.config import LossConfig
-from hrm_fast.loss import IGNORE, arc_loss_from_stats, arc_loss_ref, arc_loss_stats_ref
+from hrm_fast.loss import (
+    IGNORE,
+    arc_loss_from_stats,
+    arc_loss_fused,
+    arc_loss_ref,
+    arc_loss_stats_ref,
+)
 from hrm_fast.tolerances import ARC_LOSS, ARC_LOSS_DLOGITS
 
 pytestmark = pytest.mark.interpret

@@ -20,6 +20,7 @@ from hrm_fast.kernels.attention import (
     rope_attention_ref,
 )
 
+from hrm_fast.compile_report import preset_shape
 from hrm_fast.tolerances import ATTENTION_DQKV, ATTENTION_OUT
 
 pytestmark = pytest.mark.interpret
@@ -187,7 +188,7 @@ def test_triton_op_registered():
 
 @pytest.mark.parametrize("preset", ["seed", "paper", "trm-arc1", "trm-arc2"])
 def test_aot_specs_match_kernel_signatures(preset):
-    specs = attn.aot_specs(preset)
+    specs = attn.aot_specs(preset_shape(preset))
     assert {s.name for s in specs} == {
         "attention_fwd",
         "attention_bwd_preprocess",
@@ -209,16 +210,17 @@ def test_aot_specs_match_kernel_signatures(preset):
 
 def test_per_target_tables():
     # CDNA differs from NVIDIA only where the static report showed a spill (dq, D=64).
-    dq = next(s for s in attn.aot_specs("paper", target="cdna") if s.name == "attention_bwd_dq")
+    cdna = attn.aot_specs(preset_shape("paper"), target="cdna")
+    dq = next(s for s in cdna if s.name == "attention_bwd_dq")
     assert (dq.constexprs["BLOCK_M"], dq.constexprs["BLOCK_N"], dq.num_warps) == (64, 16, 8)
     assert attn._DQ_CFG["cdna"][32] == attn._DQ_CFG["nvidia"][32]
     # Only RDNA3 compiles the asm barrier; NVIDIA and CDNA code is what it was without it.
     for target, opaque in (("nvidia", False), ("cdna", False), ("rdna3", True)):
-        dots = [s for s in attn.aot_specs("seed", target=target) if s.has_dot]
+        dots = [s for s in attn.aot_specs(preset_shape("seed"), target=target) if s.has_dot]
         assert len(dots) == 3 and all(s.constexprs["OPAQUE_TILES"] is opaque for s in dots)
     # D=128 is compiled with the paper preset (4 heads) where a family has rows for it.
     for target, n_specs in (("nvidia", 8), ("cdna", 8), ("rdna3", 4)):
-        specs = attn.aot_specs("paper", target=target)
+        specs = attn.aot_specs(preset_shape("paper"), target=target)
         assert len(specs) == n_specs, target
         d128 = [s for s in specs if "D=128" in s.note]
         assert len(d128) == n_specs - 4 and all("H=4" in s.note for s in d128)

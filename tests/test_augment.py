@@ -207,10 +207,12 @@ def test_random_offsets_range_and_no_translate():
 
 def test_index_bits_match_tables():
     # The batched/kernels' index-map bits and inverse ids agree with the documented tables.
-    from hrm_fast.augment import FLIP_C, FLIP_R, SWAP, _bits, _inverse_id
+    from hrm_fast.kernels.augment import dihedral_bits, inverse_dihedral
+
+    from hrm_fast.augment import FLIP_C, FLIP_R, SWAP
 
     t = torch.arange(8)
-    swap, flip_r, flip_c = _bits(t)
+    swap, flip_r, flip_c = dihedral_bits(t)
     assert swap.long().tolist() == SWAP
     assert flip_r.long().tolist() == FLIP_R and flip_c.long().tolist() == FLIP_C
-    assert _inverse_id(t).tolist() == DIHEDRAL_INVERSE
+    assert inverse_dihedral(t).tolist() == DIHEDRAL_INVERSE

@@ -13,6 +13,7 @@ from hrm_fast.kernels.augment import (
 )
 
 from hrm_fast.augment import augment_batch_ref, invert_batch_ref, random_offsets, sample_pool
+from hrm_fast.compile_report import preset_shape
 
 pytestmark = pytest.mark.interpret
 
@@ -83,7 +84,7 @@ def test_invert_kernel_matches_ref(canvas, batch):
 
 @pytest.mark.parametrize("preset,batch", [("seed", 20), ("paper", 768)])
 def test_aot_specs(preset, batch):
-    specs = aot_specs(preset)
+    specs = aot_specs(preset_shape(preset))
     assert {s.name for s in specs} == {"augment_batch", "invert_batch"}
     for s in specs:
         assert s.grid[0] == batch
@@ -110,9 +111,10 @@ AOT_SCRIPT = """
 import os, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
+from hrm_fast.compile_report import preset_shape
 from hrm_fast.kernels.augment import aot_specs
 tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
-for cc, spec in [(int(cc), s) for cc in sys.argv[1:] for s in aot_specs("paper")]:
+for cc, spec in [(int(cc), s) for cc in sys.argv[1:] for s in aot_specs(preset_shape("paper"))]:
     sig, cx = spec.signature, spec.constexprs
     src = triton.compiler.ASTSource(fn=spec.fn, signature=sig, constexprs=cx)
     opts = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}

@@ -10,6 +10,8 @@ from hrm_fast.kernels.board_augment import (
     board_augment_ref,
 )
 
+from hrm_fast.compile_report import preset_shape
+
 pytestmark = pytest.mark.interpret
 
 
@@ -70,7 +72,7 @@ def test_registered_op_matches_ref():
 
 @pytest.mark.parametrize("preset", ["seed", "paper", "trm-arc1"])
 def test_aot_specs(preset):
-    specs = aot_specs(preset)
+    specs = aot_specs(preset_shape(preset))
     assert {s.name for s in specs} == {"board_augment_sudoku", "board_augment_maze"}
     for s in specs:
         assert set(s.signature) == set(s.fn.arg_names)
@@ -80,8 +82,9 @@ def test_aot_specs(preset):
 @pytest.mark.static
 def test_aot_compile_no_spills():
     # The interpreter replaces @triton.jit functions, so compile in fresh processes.
-    from hrm_fast.kernels import report
     from hrm_fast.kernels.aot import TARGET_FAMILIES
+
+    from hrm_fast import compile_report as report
 
     entries = report.collect_specs(("paper",), families=("board_augment",), targets=TARGET_FAMILIES)
     rows = report.compile_all(entries, (80, 90, "gfx942", "gfx1100"))

@@ -15,6 +15,7 @@ import torch
 from conftest import INTERPRET, assert_close, kernel_device, max_err
 from hrm_fast.kernels import rms_norm as K
 
+from hrm_fast.compile_report import preset_shape
 from hrm_fast.tolerances import RMS_NORM_DX, RMS_NORM_Y
 
 pytestmark = pytest.mark.interpret
@@ -178,7 +179,7 @@ def test_too_wide_rejected():
 
 @pytest.mark.parametrize("preset", ["seed", "paper"])
 def test_aot_specs_match_kernels(preset):
-    specs = K.aot_specs(preset)
+    specs = K.aot_specs(preset_shape(preset))
     N = 256 if preset == "seed" else 512
     assert {s.name for s in specs} == {"add_rms_norm_fwd", "add_rms_norm_bwd", "add3", "add2"}
     for s in specs:
@@ -194,11 +195,12 @@ import json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 import importlib
+from hrm_fast.compile_report import preset_shape
 mod = importlib.import_module(sys.argv[1])
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 rows = []
 for preset in ("seed", "paper"):
-    for s in mod.aot_specs(preset):
+    for s in mod.aot_specs(preset_shape(preset)):
         for cc in (80, 89, 90):
             src = triton.compiler.ASTSource(fn=s.fn, signature=s.signature, constexprs=s.constexprs)
             opts = {"num_warps": s.num_warps, "num_stages": s.num_stages}

@@ -10,6 +10,7 @@ from conftest import INTERPRET, assert_close, kernel_device, max_err
 from hrm_fast.kernels import swiglu as K
 from test_rms_norm import aot_resource_usage
 
+from hrm_fast.compile_report import preset_shape
 from hrm_fast.tolerances import SWIGLU
 
 pytestmark = pytest.mark.interpret
@@ -116,7 +117,7 @@ def test_ops_registered():
 
 @pytest.mark.parametrize("preset", ["seed", "paper"])
 def test_aot_specs_match_kernels(preset):
-    specs = K.aot_specs(preset)
+    specs = K.aot_specs(preset_shape(preset))
     I = 768 if preset == "seed" else 1536
     assert [s.name for s in specs] == ["swiglu_fwd", "swiglu_bwd"]
     for s in specs:

@@ -113,8 +113,7 @@ def check_swiglu(cfg, device, gen):
 
 
 def check_arc_loss(cfg, device, gen):
-    from hrm_fast.kernels.arc_loss import arc_loss_fused
-    from hrm_fast.loss import IGNORE, arc_loss_ref
+    from hrm_fast.loss import IGNORE, arc_loss_fused, arc_loss_ref
 
     B, S, V = CHECK_BATCH, cfg.seq_len, cfg.model.vocab_size
     logits = randn(B, S, V, gen=gen, scale=3)

@@ -49,8 +49,7 @@ def _gradients(model) -> dict[str, torch.Tensor]:
 
 def check_step(cfg, device, gen, attention: str = "kernel"):
     """One fused training step against the reference step on the same weights and batch."""
-    from hrm_fast.kernels.arc_loss import arc_loss_fused
-    from hrm_fast.loss import arc_loss_ref
+    from hrm_fast.loss import arc_loss_fused, arc_loss_ref
 
     num_ids = 4
     batch = _synthetic_batch(cfg, num_ids, device, gen)
@@ -100,7 +99,7 @@ def check_step(cfg, device, gen, attention: str = "kernel"):
 
 def check_cuda_graphs(cfg, device, gen, attention: str = "kernel"):
     """The fused step's forward and backward replayed from a CUDA graph against eager."""
-    from hrm_fast.kernels.arc_loss import arc_loss_fused
+    from hrm_fast.loss import arc_loss_fused
 
     cfg = copy.deepcopy(cfg)
     cfg.model.halt_exploration_prob = 0.0  # no random draws: eager and replay see the same

@@ -81,7 +81,7 @@ class Trainer:
         ).to(self.device)
         self.model.train()
         if self.backend == "fused":
-            from hrm_fast.kernels.arc_loss import arc_loss_fused as loss_fn
+            from hrm_fast.loss import arc_loss_fused as loss_fn
         else:
             from hrm_fast.loss import arc_loss_ref as loss_fn
         if dp is not None:  # the batch-level penalties see every rank's examples
