@@ -329,6 +329,26 @@ def run(args) -> None:
             next_eval += args.eval_every * 60
             if done:
                 break
+    for blanks in args.difficulty:  # accuracy against difficulty, at the end only
+        data = held_out(n, box, blanks, args.eval_n, seed=20_000 + blanks + args.seed)
+        curve = evaluate(trainer.model, data, args.eval_steps)
+        final = curve[args.halt_max_steps - 1]
+        rec = {
+            "name": args.name,
+            "step": trainer.step_count,
+            "difficulty_blanks": blanks,
+            "exact": final["exact"],
+            "blank_acc": final["blank_acc"],
+            "by_steps": curve,
+        }
+        print(
+            f"[{args.name}] blanks {blanks}: exact {final['exact']:.3f} "
+            f"blank {final['blank_acc']:.3f} | by steps "
+            + " ".join(f"{c['exact']:.2f}" for c in curve),
+            flush=True,
+        )
+        with open(log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def main() -> None:
@@ -339,6 +359,12 @@ def main() -> None:
     a("--board", type=int, default=9, choices=(4, 9))
     a("--blanks", type=int, default=10, help="blanks per held-out puzzle (and training max)")
     a("--blanks-lo", type=int, default=0, help="training minimum blanks (0 = --blanks)")
+    a(
+        "--difficulty",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="comma-separated blank counts to evaluate at the end",
+    )
     a("--pool", type=int, default=2000, help="solution grids the training draws transform")
     a("--eval-n", type=int, default=256)
     a("--eval-steps", type=int, default=0, help="ACT steps at eval (0 = 2 x halt_max_steps)")
