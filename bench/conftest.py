@@ -1,21 +1,18 @@
 """Bench suite (pytest-benchmark): ``pytest bench/ [--device cpu|cuda] [--quick]``.
 
-Not part of the test suite (``testpaths = tests``). Every result's ``extra_info`` carries what
-``hrm-fast bench`` needs for its table (``kind``, ``unit``, ``items_per_call``, peak memory) and
-the environment before and after the benchmark (``bench/env.py``).
+Not part of the test suite (``testpaths = tests``); ``pytest tests bench`` runs both. Every
+result's ``extra_info`` carries what ``hrm-fast bench`` needs for its table (``kind``, ``unit``,
+``items_per_call``, peak memory) and the environment before and after the benchmark
+(``bench/env.py``).
 """
 
 from __future__ import annotations
 
 import resource
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from env import environment  # noqa: E402
+from bench.env import environment
 
 
 def pytest_addoption(parser):

@@ -6,7 +6,7 @@ it is a *ceiling* (an upper bound on it/s) or a *prediction*, never a measuremen
 FLOPs (``step_flops``) count the tensor-core work only: every matmul (2*m*n*k) and the two
 attention matmuls (QK^T and PV: 4*B*H*S*S*D forward). Elementwise ops (RMSNorm, SwiGLU, RoPE,
 softmax, the loss, AdamW) are not counted as FLOPs; their cost is in the bytes. This is what
-``torch.utils.flop_counter.FlopCounterMode`` counts too (``tests/test_roofline.py`` checks it).
+``torch.utils.flop_counter.FlopCounterMode`` counts too (``tests/unit/test_roofline.py`` checks it).
 
 One training step (``hrm_fast.trainer.step.Trainer.step``) is:
 

@@ -26,7 +26,7 @@ ARC_LOSS_DLOGITS = (1e-8, 1e-4)
 # kernels/augment.py: integer outputs, bit-identical.
 AUGMENT = (0.0, 0.0)
 
-# The whole fused training step against the reference step, fp32 (tests/conftest.py): losses
+# The whole fused training step against the reference step, fp32 (tests/support/training.py): losses
 # and metrics as pytest.approx(rel, abs), weights after the optimiser update as (atol, rtol).
 STEP_LOSS_REL, STEP_LOSS_ABS = 1e-4, 1e-5
 # The continuous loss terms; accuracies and class counts follow argmaxes, which near-ties flip.

@@ -401,7 +401,7 @@ def _pre_block_m(D: int) -> int:
 
 
 # Interpreter runs use one config (None) unless a test sets a target family here to run that
-# family's launch configuration on the CPU (tests/test_attention.py).
+# family's launch configuration on the CPU (tests/kernels/test_attention.py).
 _interpret_family: str | None = None
 
 

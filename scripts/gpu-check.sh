@@ -16,7 +16,7 @@ if [ "${1:-}" = "--device" ] && [ "${2:-}" = "mps" ]; then
     exit 2
   fi
   echo "== MPS tests" >&2
-  python -m pytest -q tests/test_device.py
+  python -m pytest -q tests/unit/test_device.py
   run="$(mktemp -d)"
   echo "== smoke training on MPS ($run)" >&2
   hrm-fast train --preset smoke --device mps --steps 30 --out "$run/run"
@@ -37,7 +37,7 @@ echo "== parity on $(python -c 'import torch; print(torch.cuda.get_device_name()
 python -m pytest -q tests -m "interpret or cuda"
 echo "== bench" >&2
 hrm-fast bench --device cuda "$@"
-# Data parallel (NCCL): the parity run above includes tests/test_distributed.py's 2-GPU NCCL +
+# Data parallel (NCCL): the parity run above includes tests/distributed/test_distributed.py's 2-GPU NCCL +
 # CUDA-graphs test, which skips with fewer than 2 GPUs; with 2 or more, the 1 vs N-GPU table.
 n_gpu="$(python -c 'import torch; print(torch.cuda.device_count())')"
 if [ "$n_gpu" -ge 2 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite on a fresh machine: unit, Triton-interpreter parity and static GPU-compile tests.
+# The test suite on a fresh machine: every lane under tests/ (docs/testing.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup-env.sh"
