@@ -223,3 +223,41 @@ def test_ranks_agree_on_the_worst_outcome(tiny_cfg, monkeypatch):
         )  # fmt: skip
     with pytest.raises(selfcheck.SelfCheckFailed, match="another rank's self-check failed$"):
         runtime.checked_backend(tiny_cfg, cpu, "fused", _Ranks(1, runtime.STOP, "z"), force=True)
+
+
+def test_kernel_times_against_the_roofline_floor(tiny_cfg):
+    import torch
+
+    from hrm_fast import kernel_timing
+    from hrm_fast.roofline import GPUS
+
+    tiny_cfg.train.batch_size = 2
+    # On CPU tensors the ops run their eager reference: this exercises the arithmetic only.
+    result = kernel_timing.measure(tiny_cfg, "cpu", "NVIDIA H100 80GB HBM3", torch.float32)
+    rows = {r["family"]: r for r in result["kernels"]}
+    assert set(rows) == {"attention", "rms_norm", "swiglu", "arc_loss"}
+    h100 = GPUS["h100"]
+    n = 2 * 17 * tiny_cfg.model.hidden_size  # [B, 16 + 1 puzzle position, hidden], fp32
+    assert rows["rms_norm"]["fwd_floor_s"] == pytest.approx(3 * 4 * n / h100.peak_bytes)
+    assert rows["rms_norm"]["bwd_floor_s"] == pytest.approx(5 * 4 * n / h100.peak_bytes)
+    m = tiny_cfg.model
+    flops = 4.0 * 2 * m.num_heads * 17 * 17 * m.head_dim
+    assert rows["attention"]["fwd_floor_s"] >= flops / h100.peak_flops
+    for r in rows.values():
+        assert r["fwd_s"] > 0 and r["bwd_s"] >= 0
+        assert r["fwd_of_roofline"] == pytest.approx(r["fwd_floor_s"] / r["fwd_s"])
+    table = kernel_timing.format_times(result)
+    assert table.splitlines()[0].startswith("kernel times at batch 2") and "rms_norm" in table
+    unknown = kernel_timing.measure(tiny_cfg, "cpu", "Some Future GPU", torch.float32)
+    assert unknown["peak"] is None and "no datasheet peak" in unknown["note"]
+    assert all(r["fwd_floor_s"] is None for r in unknown["kernels"])
+
+
+def test_check_on_cpu_says_timings_are_gpu_only(tmp_path, monkeypatch, capsys):
+    _canned(monkeypatch, _report())
+    out = tmp_path / "check.json"
+    assert cli.main(["check", "--device", "cpu", "--preset", "debug", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].startswith("kernel timings are GPU-only")
+    record = json.loads(out.read_text())
+    assert record["schema"] == 2 and "kernels" not in record["kernel_times"]
