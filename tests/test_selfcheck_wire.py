@@ -156,6 +156,8 @@ def test_a_passed_check_is_cached_so_the_second_run_does_not_check(tiny_cfg, tmp
         rec = _selfcheck_record(tmp_path / name)
         assert rec["passed"] and rec["backend"] == "fused" and rec["fallback"] is None
     assert len(calls) == 1
+    first, second = (_selfcheck_record(tmp_path / n)["note"] for n in ("first", "second"))
+    assert second == f"{first} (cached)"
     config = json.loads((tmp_path / "second" / "config.json").read_text())["train"]
     assert config["backend"] == "auto" and config["attention"] == "kernel"
     assert config["selfcheck"].startswith("self-check passed")
