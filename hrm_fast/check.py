@@ -3,8 +3,10 @@
 It runs ``hrm_fast.selfcheck.run_checks`` (never the cache) at a preset's shapes, with the
 CUDA-graph replay on a GPU, and records where it ran: the bench's environment record
 (``bench/env.py``: GPU, clocks, driver, versions) and the identity the cache is keyed by.
-On a CPU the kernels run under Triton's interpreter; the CLI sets ``TRITON_INTERPRET=1``
-before triton is imported.
+On a GPU whose check passed it also times each kernel family at the preset's training shapes
+beside its datasheet-roofline floor (``hrm_fast.kernel_timing``). On a CPU the kernels run
+under Triton's interpreter (no timings: they would time the interpreter); the CLI sets
+``TRITON_INTERPRET=1`` before triton is imported.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from hrm_fast import selfcheck
+from hrm_fast import kernel_timing, selfcheck
 from hrm_fast.config import from_name
 from hrm_fast.files import write_output
 
 BENCH_ENV = Path(__file__).resolve().parents[1] / "bench" / "env.py"
 EXIT_CHECK_FAILED = 1
-SCHEMA = 1  # bump when the file's layout changes
+SCHEMA = 2  # bump when the file's layout changes
+CPU_TIMES_NOTE = "kernel timings are GPU-only (on a CPU they would time Triton's interpreter)"
 
 
 def environment(device: torch.device) -> dict:
@@ -39,11 +42,21 @@ def default_preset(device: torch.device) -> str:
     return "seed" if device.type == "cuda" else "debug"
 
 
+def kernel_times(cfg, device: torch.device, report: dict) -> dict:
+    """The kernel timings on a GPU whose check passed; else a note saying why there are none."""
+    if device.type != "cuda":
+        return {"note": CPU_TIMES_NOTE}
+    if not report["passed"]:
+        return {"note": "kernel timings skipped: the self-check failed"}
+    return kernel_timing.measure(cfg, device, torch.cuda.get_device_name(device))
+
+
 def run(device: torch.device, preset: str | None, json_path: Path | None) -> int:
     preset = preset or default_preset(device)
     cfg = from_name(preset)
     cfg.train.cuda_graphs = device.type == "cuda"
     report = selfcheck.run_checks(cfg, device)
+    times = kernel_times(cfg, device, report)
     record = {
         "schema": SCHEMA,
         "preset": preset,
@@ -51,8 +64,10 @@ def run(device: torch.device, preset: str | None, json_path: Path | None) -> int
         "shapes": selfcheck.preset_shapes(cfg),
         "environment": environment(device),
         "selfcheck": report,
+        "kernel_times": times,
     }
     print(report["summary"])
+    print(times["note"] if "kernels" not in times else kernel_timing.format_times(times))
     if json_path is not None:
         write_output(json_path, json.dumps(record, indent=1, default=str) + "\n")
         print(f"wrote {json_path} (please attach it to a bug report)")

@@ -217,12 +217,14 @@ def load_latest(run_dir: Path, map_location="cpu", on_skip=None) -> dict | None:
     return None
 
 
-def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.float32):
-    """Rebuild the model (HRM or TRM) in a checkpoint, with its EMA weights where it has
-    them. Returns (model in eval mode, RunConfig, payload)."""
+def model_from_checkpoint(
+    path, device="cpu", backend="reference", dtype=torch.float32, attention="kernel"
+):
+    """Rebuild the model (HRM or TRM) in a checkpoint (a path, or a payload ``load`` read),
+    with its EMA weights where it has them. Returns (model in eval mode, RunConfig, payload)."""
     from hrm_fast.arch import build_model, expected_shapes
 
-    payload = load(path, map_location="cpu")
+    payload = path if isinstance(path, dict) else load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])
     # The table's own shape, not a count stored beside it: a wrong count cannot allocate.
     table = payload["model"].get("inner.puzzle_emb.weights")
@@ -244,6 +246,7 @@ def model_from_checkpoint(path, device="cpu", backend="reference", dtype=torch.f
             batch_size=cfg.train.batch_size,
             backend=backend,
             forward_dtype=dtype,
+            attention=attention,
         )
         missing, unexpected = model.load_state_dict(payload["model"], strict=False)
     except (RuntimeError, ValueError, ZeroDivisionError) as e:

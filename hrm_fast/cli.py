@@ -87,6 +87,7 @@ def _validate(cfg: RunConfig) -> None:
         (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
         (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
         (t.optimizer in ("adamw", "adam_atan2"), "--optimizer must be adamw or adam_atan2"),
+        (t.attention in ("kernel", "sdpa"), "--attention must be kernel or sdpa"),
         (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
         (d.sample_by in ("task", "pair"), "--sample-by must be task or pair"),
         (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),

@@ -122,7 +122,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
     backend: str = "auto"  # "auto" (fused on CUDA, reference on CPU), "reference", "fused"
+    # The fused backend's attention: "kernel" (Triton) or "sdpa" (PyTorch's; the self-check's
+    # fallback when only the attention kernel fails on this GPU).
+    attention: str = "kernel"
     dtype: str = "auto"  # forward dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
+    # The start-up self-check's one line (written by the trainer: a record, not a setting).
+    selfcheck: str = ""
     compile: bool = False
     cuda_graphs: bool = False
     # Exponential moving average of the network weights (TRM's runs), used by eval and probe.
@@ -480,12 +485,16 @@ def check_ranges(cfg: RunConfig) -> None:
             raise ValueError(f"{flag} must be {want}, got {v}")
 
 
+RECORDS = {("train", "selfcheck")}  # written by a run, not set by the user: no flag
+
+
 def iter_fields(cfg: RunConfig):
     """Yield (section, field) for every overridable field."""
     for section in dataclasses.fields(cfg):
         sub = getattr(cfg, section.name)
         for f in dataclasses.fields(sub):
-            yield section.name, f
+            if (section.name, f.name) not in RECORDS:
+                yield section.name, f
 
 
 def parse_value(text: str, current):

@@ -107,6 +107,7 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str
     bad: list[int] = []
     unknown_keys: set[str] = set()
     unknown_events: set[str] = set()
+    selfchecks: list[str] = []
     replayed = 0
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -124,9 +125,12 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str
         elif event == "probe":
             probes[step] = rec
             unknown_keys |= set(rec) - {"event", "step", *PROBE_KEYS}
+        elif event == "selfcheck":  # the start-up check's line (one per start or resume)
+            note = "self-check passed" if rec.get("passed") else str(rec.get("note"))
+            selfchecks.append(note if len(note) <= 200 else note[:197] + "...")
         else:
             unknown_events.add(str(event))
-    notes = []
+    notes = selfchecks[-1:]  # the latest start's check: what the run trains on now
     if bad == [len(lines)] and cut_last:
         notes.append("skipped 1 unreadable line (the last, cut off mid-write)")
     elif bad:
@@ -198,7 +202,9 @@ def config_summary(run: RunData) -> str:
         f"data {d.get('source')}"
         + (f" ({d.get('max_tasks')} tasks)" if d.get("max_tasks") else "")
         + f" x {d.get('n_aug')} aug",
-        f"backend {t.get('backend')}, dtype {t.get('dtype')}",
+        f"backend {t.get('backend')}"
+        + (", SDPA attention" if t.get("attention") == "sdpa" else "")
+        + f", dtype {t.get('dtype')}",
     ]
     return " | ".join(parts)
 

@@ -406,19 +406,29 @@ def run_predictions(
     return grids, q_prob
 
 
-def load_for_inference(checkpoint, device):
-    """(model, RunConfig, payload, device, backend) of a checkpoint: the training backend and
-    dtype on CUDA (fused kernels, bf16), the fp32 reference on CPU."""
+def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
+    """(model, RunConfig, payload, backend) of a checkpoint: the training backend and dtype on
+    CUDA (fused kernels after the self-check, bf16), the fp32 reference on CPU. The check's
+    line goes to stderr; ``backend`` names a fallback ("reference", "fused, SDPA attention")."""
     from hrm_fast import checkpoint as ckpt
+    from hrm_fast.config import RunConfig
+    from hrm_fast.selfcheck import checked_backend
 
     path = ckpt.resolve(checkpoint)
-    backend, dtype = (
-        ("fused", torch.bfloat16) if device.type == "cuda" else ("reference", torch.float32)
-    )
+    if device.type != "cuda":
+        model, cfg, payload = ckpt.model_from_checkpoint(path, device=device)
+        return model, cfg, payload, "reference"
+    payload = ckpt.load(path, map_location="cpu")
+    cfg = RunConfig.from_dict(payload["config"])
+    backend, attention, note = checked_backend(cfg, device, "auto", dp=dp)
+    attention = attention or cfg.train.attention
+    if note is not None and not quiet and (dp is None or dp.is_main):
+        print(f"hrm-fast: {note}", file=sys.stderr, flush=True)
     model, cfg, payload = ckpt.model_from_checkpoint(
-        path, device=device, backend=backend, dtype=dtype
+        payload, device=device, backend=backend, dtype=torch.bfloat16, attention=attention
     )
-    return model, cfg, payload, backend
+    label = "fused, SDPA attention" if backend == "fused" and attention == "sdpa" else backend
+    return model, cfg, payload, label
 
 
 def evaluate(
@@ -455,7 +465,7 @@ def evaluate(
     if not pass_k or pass_k[0] < 1:
         raise UserError(f"--pass-k: every k must be >= 1, got {pass_k}")
     dev = resolve_device(device) if dp is None else dp.device
-    model, cfg, payload, backend = load_for_inference(checkpoint, dev)
+    model, cfg, payload, backend = load_for_inference(checkpoint, dev, quiet, dp)
     path = Path(payload["path"])
     if eval_source:
         from hrm_fast.data import BUILTIN_SOURCES, split_sources

@@ -19,7 +19,8 @@ def choose_backend(
     """-> (backend, attention_fallback, note) for a run asked for ``requested`` on ``device``.
 
     Only the fused path on a GPU is checked (``force``: anywhere, the kernels interpreted on a
-    CPU). Passed: ("fused", None, summary). Attention alone failed: ("fused", "sdpa", note).
+    CPU). Passed: ("fused", None, summary), "(cached)" added when an earlier run's pass was
+    reused. Attention alone failed: ("fused", "sdpa", note).
     Anything else failed: ("reference", None, note). ``requested == "fused"`` (given
     explicitly) and a failure: SelfCheckFailed, exit 2. ``note`` is the one line to print and
     record; None where nothing was checked.
@@ -32,7 +33,7 @@ def choose_backend(
         return backend, None, None
     report = cache.checked(cfg, device)
     if report["passed"]:
-        return "fused", None, report["summary"]
+        return "fused", None, report["summary"] + (" (cached)" if report.get("cached") else "")
     if requested == "fused":
         raise SelfCheckFailed(
             f"--backend fused: {report['summary']}; drop --backend fused to fall back, and "

@@ -233,7 +233,7 @@ def run_loop(
                     warning = watch.on_log(step, m["unique_classes"])
                     if warning is not None:
                         writer.emit(warning)
-                    progress.update(step, _progress_text(m, warning))
+                    progress.update(step, _progress_text(m, warning, trainer.runtime))
                     if not math.isfinite(m["loss"]):
                         progress.close()
                         path = writer.save()
@@ -258,11 +258,14 @@ def run_loop(
     return code
 
 
-def _progress_text(m: dict, warning: dict | None) -> str:
+def _progress_text(m: dict, warning: dict | None, runtime=None) -> str:
+    tag = runtime.progress_tag() if runtime is not None else None
     return (
         f"loss {m['loss']:.4f} acc {m['accuracy']:.3f} exact {m['exact_accuracy']:.3f}"
         f" uniq {m['unique_classes']:.1f}/{m['label_classes']:.1f}"
-        f" act {m['act_steps']:.2f}" + (f" | WARNING: {warning['message']}" if warning else "")
+        f" act {m['act_steps']:.2f}"
+        + (f" | {tag}" if tag else "")
+        + (f" | WARNING: {warning['message']}" if warning else "")
     )
 
 
@@ -287,7 +290,13 @@ def _probe_at_checkpoint(trainer, writer, watch, log, progress, path: Path) -> b
 # --------------------------------------------------------------------------- hrm-fast train
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> int:
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    force_selfcheck: bool = False,
+) -> int:
     """Run training; returns the process exit code (0, 3 when the probe fails).
 
     Bad input raises UserError (exit 2) before any work; a write that fails mid-run (disk full,
@@ -301,9 +310,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     t = cfg.train
     dp = distributed.setup(t.device, t.dist_backend, t.dist_timeout)  # None: a single process
     if dp is None:
-        return _train(cfg, out_dir, resume, quiet, None)
+        return _train(cfg, out_dir, resume, quiet, None, force_selfcheck)
     try:
-        code = _train(cfg, out_dir, resume, quiet or not dp.is_main, dp)
+        code = _train(cfg, out_dir, resume, quiet or not dp.is_main, dp, force_selfcheck)
     except Exception as e:
         dp.close(wait_for_all=False)
         if not distributed.is_comm_error(e):
@@ -335,9 +344,13 @@ def _open_run_dir(cfg: RunConfig, out_dir, resume: bool, log: Log) -> tuple[Path
 def _log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
     counts = count_parameters(trainer.model)
     dp = trainer.dp
+    if trainer.runtime.note is not None:
+        log.note(trainer.runtime.note)
     ranks = "" if dp is None else f" | {dp.world} ranks ({dp.backend}) x batch {trainer.batch_size}"
     log.note(
-        f"{trainer.device.type} backend={trainer.backend} dtype={str(trainer.dtype)[6:]}"
+        f"{trainer.device.type} backend={trainer.backend}"
+        + (" attention=sdpa" if trainer.runtime.attention == "sdpa" else "")
+        + f" dtype={str(trainer.dtype)[6:]}"
         f" | {counts['network'] / 1e6:.2f}M network params"
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"
@@ -360,10 +373,12 @@ def _log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
         )
 
 
-def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
+def _train(
+    cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None, force_selfcheck
+) -> int:
     log = Log(quiet)
     out, payload = _open_run_dir(cfg, out_dir, resume, log)
-    trainer = Trainer(cfg, dp=dp)
+    trainer = Trainer(cfg, dp=dp, force_selfcheck=force_selfcheck)
     if payload is not None:
         check_resume_data(trainer, payload)
     _log_start(cfg, trainer, log)
@@ -372,6 +387,8 @@ def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel 
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
     writer = RunWriter.open(cfg, out, trainer, last_saved, log)
     try:
+        if trainer.runtime.note is not None:
+            writer.emit(trainer.runtime.record(trainer.step_count))
         watch = watch_for(cfg.train)
         if payload is not None:
             _log_resumed(trainer, payload, log)

@@ -20,12 +20,12 @@ import torch
 
 from hrm_fast.arch import build_model
 from hrm_fast.config import RunConfig
-from hrm_fast.device import resolve_runtime
 from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.layers import Carry
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
+from hrm_fast.selfcheck import resolve_checked_runtime
 
 
 def steps_for_epochs(epochs: int, num_train_pairs: int, batch_size: int) -> int:
@@ -50,20 +50,30 @@ METRIC_KEYS = (
 
 class Trainer:
     """The model, its optimisers and the static step's buffers for one RunConfig (one rank's
-    share of the batch under data parallelism). Saving and restoring: ``trainer.state``."""
+    share of the batch under data parallelism). Saving and restoring: ``trainer.state``.
 
-    def __init__(self, cfg: RunConfig, dp: DataParallel | None = None):
+    The fused path on a GPU is self-checked first (``hrm_fast.selfcheck``; ``force_selfcheck``:
+    on a CPU too, for tests); ``self.runtime`` says what was checked and any fallback."""
+
+    def __init__(
+        self, cfg: RunConfig, dp: DataParallel | None = None, force_selfcheck: bool = False
+    ):
         from hrm_fast.data import ArcDataset, DeviceSampler
 
         self.cfg = cfg
-        self.device, self.backend, self.dtype = resolve_runtime(cfg)
         # Data parallel (torchrun, world > 1): this rank's device and share of the global batch.
         self.dp = dp
         self.batch_size = cfg.train.batch_size
         if dp is not None:
-            self.device, self.batch_size = dp.device, dp.local_batch(cfg.train.batch_size)
+            self.batch_size = dp.local_batch(cfg.train.batch_size)
             if cfg.train.cuda_graphs and dp.backend != "nccl":
                 raise UserError("--cuda-graphs with several ranks needs --dist-backend nccl")
+        self.runtime = resolve_checked_runtime(cfg, dp, force=force_selfcheck)
+        self.device, self.backend, self.dtype = (
+            self.runtime.device,
+            self.runtime.backend,
+            self.runtime.dtype,
+        )
         torch.manual_seed(cfg.train.seed)
         self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
         if cfg.train.epochs > 0:  # the run length follows the data actually loaded
@@ -78,6 +88,7 @@ class Trainer:
             batch_size=self.batch_size,
             backend=self.backend,
             forward_dtype=self.dtype,
+            attention=self.runtime.attention,
         ).to(self.device)
         self.model.train()
         if self.backend == "fused":
