@@ -9,7 +9,6 @@ for it to keep these fast.
 import json
 
 import pytest
-from conftest import write_tiny_tasks
 from hrm_fast.kernels import rms_norm as rms_norm_kernels
 from hrm_fast.kernels import swiglu as swiglu_kernels
 
@@ -19,6 +18,7 @@ from hrm_fast.config import from_name
 from hrm_fast.selfcheck import runtime
 from hrm_fast.trainer import step as trainer_step
 from hrm_fast.trainer.loop import train
+from tests.support.tasks import write_tiny_tasks
 
 pytestmark = pytest.mark.interpret
 
