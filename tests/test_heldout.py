@@ -131,3 +131,84 @@ def test_best_pt_missing_names_the_flag(debug_cfg, tmp_path, capsys):
     assert train(debug_cfg, run, quiet=True) == 0
     assert cli_main(["eval", str(run / "best.pt")]) == 2
     assert "--eval-every" in capsys.readouterr().err
+
+
+def test_report_draws_the_held_out_scores_and_best(tmp_path):
+    from hrm_fast.config import from_name
+    from hrm_fast.dashboard import build_figure, load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(from_name("debug").to_json())
+    lines = [{"event": "train", "step": s, "loss": 3.0 - s / 10} for s in range(1, 7)]
+    best = {2: 2, 4: 4, 6: 4}
+    for s, (p2, px) in zip((2, 4, 6), ((0.0, 0.2), (0.5, 0.4), (0.5, 0.3)), strict=True):
+        lines.append({"event": "eval", "step": s, "pass1": 0.0, "pass2": p2, "pixel_accuracy": px,
+                      "pair_pass1": 0.0, "pair_pass2": p2, "n_tasks": 2, "n_test_pairs": 2,
+                      "n_aug": 2, "best_step": best[s], "best_pass2": p2,
+                      "best_pixel_accuracy": px, "since_best": int(s == 6),
+                      "improved": s != 6})  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    data = load_run(run)
+    assert [e["step"] for e in data.evals] == [2, 4, 6]
+    assert not any("ignored" in n for n in data.notes)  # the report knows every eval key
+    ax = build_figure([data]).axes[11]
+    assert "during training" in ax.get_title()
+    curves = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(curves["pass@2"].get_xdata()) == [2, 4, 6]
+    assert list(curves["pixel acc."].get_ydata()) == [0.2, 0.4, 0.3]
+    assert list(curves["best.pt"].get_xdata()) == [4] and list(curves["best.pt"].get_ydata()) == [
+        0.5
+    ]
+
+
+def test_trackers_get_eval_scalars():
+    from hrm_fast.trackers import Trackers
+
+    got = []
+
+    class Fake:
+        def scalars(self, step, values):
+            got.append((step, values))
+
+        def image(self, step, tag, rgb):
+            raise AssertionError("no picture for an eval record")
+
+        def close(self):
+            pass
+
+    Trackers([Fake()]).record({"event": "eval", "step": 4, "pass2": 0.5, "improved": True,
+                               "pixel_accuracy": 0.25})  # fmt: skip
+    assert got == [(4, {"eval/pass2": 0.5, "eval/pixel_accuracy": 0.25})]
+
+
+def test_two_ranks_score_together_and_stop_at_one_checkpoint(tiny_tasks, tmp_path):
+    """torchrun, gloo, 2 ranks: lr 0 keeps the weights, so the second evaluation cannot
+    improve and --early-stop 1 ends both ranks there; the scores are one process's eval."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    run = tmp_path / "run"
+    flags = ["--steps", "12", "--checkpoint-every", "2", "--eval-every", "2", "--early-stop", "1",
+             "--eval-n-aug", "3", "--lr", "0", "--puzzle-emb-lr", "0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "hrm_fast", "train", "--preset", "debug", "--source", str(tiny_tasks),
+           "--out", str(run), *flags]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "early stop at step 4: 1 held-out evaluation without" in r.stderr
+    assert [p.name for p in ckpt.list_checkpoints(run)][-1] == "step_000000004.pt"
+    evals = records(run)
+    assert [(e["step"], e["improved"]) for e in evals] == [(2, True), (4, False)]
+    assert ckpt.load(run / "best.pt")["step"] == 2
+    out = tmp_path / "one"
+    one = subprocess.run([sys.executable, "-m", "hrm_fast", "eval", str(run / "best.pt"),
+                          "--batch-size", "2", "--n-aug", "3", "--render", "0", "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    overall = json.loads((out / "eval.json").read_text())["overall"]
+    for k in ("pass1", "pass2", "pixel_accuracy", "n_test_pairs"):
+        assert overall[k] == pytest.approx(evals[0][k], abs=1e-9), k

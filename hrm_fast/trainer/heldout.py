@@ -130,7 +130,8 @@ class HeldOutEval:
             return None
         best = state["best"]
         return (
-            f"early stop at step {step}: {state['since_best']} held-out evaluations without a "
+            f"early stop at step {step}: {state['since_best']} held-out evaluation"
+            f"{'s' if state['since_best'] > 1 else ''} without a "
             f"better pass@2 or pixel accuracy (--early-stop {self.patience}); the best is step "
             f"{best['step']} (pass@2 {best['pass2']:.3f}, pixel accuracy "
             f"{best['pixel_accuracy']:.3f}), kept as {self.best_file}"
