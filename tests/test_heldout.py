@@ -40,6 +40,13 @@ def test_eval_records_and_best_pt_scores_as_eval_does(debug_cfg, tiny_tasks, tmp
     for r in evals:
         assert r["n_tasks"] == 2 and r["n_aug"] == 2
         assert 0 <= r["pass1"] <= r["pass2"] <= 1 and 0 <= r["pixel_accuracy"] <= 1
+    # Scoring leaves training as it was: the same losses and weights as a run without it.
+    plain = tmp_path / "plain"
+    t.eval_every = 0
+    assert train(debug_cfg, plain, quiet=True) == 0
+    assert logged_losses(plain) == logged_losses(run)
+    a, b = ckpt.load(run)["model"], ckpt.load(plain)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
     best_step = evals[-1]["best_step"]
     best = ckpt.load(run / "best.pt")  # weights-only, like every checkpoint
     assert best["step"] == best_step and best["held_out"]["best"]["step"] == best_step
