@@ -118,6 +118,20 @@ def test_resume_continues_best_and_patience(debug_cfg, tmp_path, monkeypatch, ca
     assert ckpt.load(split)["step"] == 5
 
 
+def test_resume_relinks_a_best_pt_the_killed_run_did_not_write(debug_cfg, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    t = debug_cfg.train
+    t.steps, t.checkpoint_every, t.eval_every = 2, 1, 1
+    fixed_scores(monkeypatch, [(0.0, 0.1), (0.0, 0.2)])
+    run = tmp_path / "run"
+    assert train(debug_cfg, run, quiet=True) == 0
+    (run / "best.pt").unlink()  # killed after step 2's checkpoint, before its best.pt
+    t.steps = 3
+    fixed_scores(monkeypatch, [(0.0, 0.0)])
+    assert train(debug_cfg, run, resume=True, quiet=True) == 0
+    assert ckpt.load(run / "best.pt")["step"] == 2
+
+
 @pytest.mark.parametrize(
     "changes, needle",
     [

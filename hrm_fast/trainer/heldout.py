@@ -85,15 +85,20 @@ class HeldOutEval:
         scored_on = {"tasks": self.n_tasks, "n_aug": self.n_aug}
         state = trainer.held_out
         if state is not None and state.get("on") != scored_on:
+            was = state.get("on") or {}
             log.note(
                 f"held-out evaluation now scores {self.n_tasks} tasks x {self.n_aug} "
-                f"augmentations, the checkpoint's best was on {state.get('on')}: the best "
-                "score and the patience count start afresh"
+                f"augmentations, the checkpoint's best {was.get('tasks')} x {was.get('n_aug')}: "
+                "the best score and the patience count start afresh"
             )
             state = None
         if state is None:
             state = {"on": scored_on, "best": None, "since_best": 0, "evals": 0}
         trainer.held_out = state
+        best = state["best"]
+        resumed_at = ckpt.checkpoint_path(out, trainer.step_count)
+        if best and best["step"] == trainer.step_count and self.main and resumed_at.exists():
+            self._keep_best(resumed_at)  # a run killed between that save and its best.pt
 
     @classmethod
     def for_run(cls, cfg: RunConfig, trainer, out: Path, log, scorer: Scorer | None = None):
@@ -184,17 +189,20 @@ class HeldOutEval:
         if self._scored_at != step:
             return None
         if self._improved and self.main:
-            try:
-                atomic_link_or_copy(path, self.best_file)
-            except OSError as e:
-                raise WriteFailed(
-                    f"{self.best_file}: cannot write: {os_reason(e)}; training stopped at step "
-                    f"{step}; the last checkpoint saved is {path}"
-                ) from None
+            self._keep_best(path)
         reason = self.out_of_patience()
         if reason is not None and step < self.last_step:
             raise StopTraining(reason)
         return None
+
+    def _keep_best(self, path: Path) -> None:
+        try:
+            atomic_link_or_copy(path, self.best_file)
+        except OSError as e:
+            raise WriteFailed(
+                f"{self.best_file}: cannot write: {os_reason(e)}; training stopped at step "
+                f"{self.trainer.step_count}; the last checkpoint saved is {path}"
+            ) from None
 
     def _score(self, trainer) -> dict:
         """The scorer on the trainer's model (eval mode, EMA weights), RNG untouched."""
