@@ -100,23 +100,28 @@ class HeldOutEval:
         if best and best["step"] == trainer.step_count and self.main and resumed_at.exists():
             self._keep_best(resumed_at)  # a run killed between that save and its best.pt
 
+    @staticmethod
+    def check_settings(cfg: RunConfig) -> None:
+        """UserError on flags that cannot work together (before any work)."""
+        t = cfg.train
+        if t.eval_every == 0 and t.early_stop:
+            raise UserError(
+                f"--early-stop {t.early_stop}: counts held-out evaluations; give --eval-every N too"
+            )
+        if t.eval_every and t.eval_every % t.checkpoint_every:
+            raise UserError(
+                f"--eval-every {t.eval_every}: evaluations run at checkpoints; give a multiple "
+                f"of --checkpoint-every ({t.checkpoint_every})"
+            )
+
     @classmethod
     def for_run(cls, cfg: RunConfig, trainer, out: Path, log, scorer: Scorer | None = None):
         """The hook pair for this run, or None with ``eval_every`` 0; UserError on settings
         that cannot work. Call after the checkpoint's state is loaded (``--resume``)."""
         t = cfg.train
+        cls.check_settings(cfg)
         if t.eval_every == 0:
-            if t.early_stop:
-                raise UserError(
-                    f"--early-stop {t.early_stop}: counts held-out evaluations; give "
-                    "--eval-every N too"
-                )
             return None
-        if t.eval_every % t.checkpoint_every:
-            raise UserError(
-                f"--eval-every {t.eval_every}: evaluations run at checkpoints; give a multiple "
-                f"of --checkpoint-every ({t.checkpoint_every})"
-            )
         if not len(trainer.dataset.eval_task_ids):
             raise UserError(
                 f"--eval-every {t.eval_every}: the data has no held-out tasks to score "

@@ -385,6 +385,7 @@ def _log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
 
 def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
     log = Log(quiet)
+    HeldOutEval.check_settings(cfg)
     out, payload = _open_run_dir(cfg, out_dir, resume, log)
     trainer = Trainer(cfg, dp=dp)
     if payload is not None:
