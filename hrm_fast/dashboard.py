@@ -374,6 +374,9 @@ def _held_out_panel(ax, runs) -> None:
             ax.plot([step], [_number(o.get("pass2"))], marker="x", markersize=9, color="0.15",
                     linestyle="none", label="eval.json pass@2" if r == 0 else None)  # fmt: skip
     ax.set_ylim(*FRACTION)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(which="both", labelsize=8)
+    ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="best")
 
 
