@@ -2,8 +2,9 @@
 
 A checkpoint is one ``torch.save`` file ``DIR/checkpoints/step_{step:09d}.pt`` holding
 ``{"version", "step", "config", "model", "optimizer", "ema", "carry", "rng", "world_size",
-"dataset"}`` (built by ``hrm_fast.trainer.state.make_payload``; ``ema``: the averaged network
-weights as a plain {name: tensor} dict, or None):
+"held_out", "dataset"}`` (built by ``hrm_fast.trainer.state.make_payload``; ``ema``: the
+averaged network weights as a plain {name: tensor} dict, or None; ``held_out``: the held-out
+score's state, ``hrm_fast.trainer.heldout``, absent or None when off):
 tensors and plain Python data only (dicts, lists, tuples, str, numbers, bools, None). It is written
 to a temporary file in the same folder, fsynced, then renamed over the final name, so a crash or a
 full disk mid-write leaves every earlier checkpoint intact.
@@ -36,6 +37,15 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step_{step:09d}.pt"
+
+
+BEST_NAME = "best.pt"
+
+
+def best_path(run_dir: Path) -> Path:
+    """``RUN/best.pt``: the checkpoint with the best held-out score (``--eval-every``), a normal
+    checkpoint outside ``checkpoints/`` so pruning never removes it."""
+    return Path(run_dir) / BEST_NAME
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -95,6 +105,11 @@ def resolve(path: str | Path) -> Path:
             raise UserError(f"{p}: no checkpoints (expected {checkpoint_dir(p)}/step_*.pt)")
         return ckpts[-1]
     if not p.exists():
+        if p.name == BEST_NAME and checkpoint_dir(p.parent).is_dir():
+            raise UserError(
+                f"{p}: no such file: training writes it at its first held-out evaluation "
+                "(--eval-every N)"
+            )
         raise UserError(f"{p}: no such checkpoint file or run directory")
     return p
 

@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probe)
 
     e = sub.add_parser("eval", help="evaluate on held-out test pairs (pass@1/2, eval.json, PNG)")
-    e.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    e.add_argument("checkpoint", help="checkpoint file (RUN/best.pt: the best held-out one) "
+                   "or run directory (latest)")  # fmt: skip
     e.add_argument("--out", default=None, help="where eval.json and the PNG go (default: run dir)")
     e.add_argument("--n-aug", type=int, default=8, help="augmentations to vote over (K)")
     e.add_argument("--max-tasks", type=int, default=0, help="evaluate only the first N tasks")
@@ -360,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd = sub.add_parser("predict", help="answer test inputs (seen or unseen tasks): "
                         "submission.json in the ARC Prize format")  # fmt: skip
-    pd.add_argument("checkpoint", help="checkpoint file or run directory (latest)")
+    pd.add_argument("checkpoint", help="checkpoint file (RUN/best.pt: the best held-out one) "
+                    "or run directory (latest)")  # fmt: skip
     pd.add_argument("--source", required=True,
                     help="tasks to answer: a *_challenges.json (solutions optional), a "
                          "directory of task files (test outputs optional), or arcagi/arcagi2 "

@@ -152,6 +152,14 @@ class TrainConfig:
     warn_unique_below: float = 2.5  # unique argmax classes per batch below this ...
     warn_intervals: int = 3  # ... for this many log intervals in a row
     warn_probe_shrink: float = 0.5  # probe TV fell below this fraction of the last one
+    # Held-out score during training (hrm_fast/trainer/heldout.py): at checkpoints on multiples
+    # of eval_every, the first eval_tasks held-out tasks (0: all) voted over eval_n_aug
+    # augmentations, as `hrm-fast eval` scores them; RUN/best.pt keeps the best by pass@2, then
+    # pixel accuracy. early_stop > 0: stop after that many evaluations without improvement.
+    eval_every: int = 0  # 0 = off
+    eval_tasks: int = 0
+    eval_n_aug: int = 4
+    early_stop: int = 0  # 0 = off
 
 
 @dataclass
@@ -461,6 +469,10 @@ _RANGES = {
     ("train", "log_every"): "[1, inf)",
     ("train", "seed"): "[0, 4294967295]",  # numpy's seed range
     ("train", "ema_rate"): "[0, 1)",
+    ("train", "eval_every"): "[0, inf)",
+    ("train", "eval_tasks"): "[0, inf)",
+    ("train", "eval_n_aug"): "[1, inf)",
+    ("train", "early_stop"): "[0, inf)",
     ("train", "probe_pairs"): "[1, inf)",
     # Above 1 the probe can never pass: a way to force its failure, so allowed.
     ("train", "probe_min_differ"): "[0, inf)",

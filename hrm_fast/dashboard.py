@@ -30,6 +30,11 @@ TRAIN_KEYS = (
 PROBE_KEYS = (
     "pairs", "frac_differ", "mean_tv", "min_differ", "min_tv", "passed", "input_gain", "checkpoint",
 )  # fmt: skip
+# The held-out score during training (--eval-every; hrm_fast/trainer/heldout.py).
+EVAL_KEYS = (
+    "pass1", "pass2", "pixel_accuracy", "pair_pass1", "pair_pass2", "n_tasks", "n_test_pairs",
+    "n_aug", "best_step", "best_pass2", "best_pixel_accuracy", "since_best", "improved",
+)  # fmt: skip
 LOSS_PARTS = ("lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt")
 RUN_STYLES = ("-", "--", ":", "-.")
 STYLE_NAMES = ("solid", "dashed", "dotted", "dash-dot")
@@ -56,6 +61,7 @@ class RunData:
     eval: dict | None = None
     eval_png: Path | None = None
     notes: list[str] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # held-out eval records, one per step
     logged: set[str] = field(default_factory=set)  # TRAIN_KEYS present in some record
     label: str = ""  # in legends: the shortest path tail that tells the runs apart
 
@@ -94,8 +100,9 @@ def _step(rec: dict) -> int | None:
     return int(s)
 
 
-def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str]]:
-    """Train and probe records by step (the last one for a step wins), and notes."""
+def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], dict[int, dict], list[str]]:
+    """Train, probe and held-out eval records by step (the last one for a step wins), and
+    notes."""
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as e:
@@ -104,6 +111,7 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str
     cut_last = bool(lines[-1].strip())  # no newline at the end: cut off, or being written
     train: dict[int, dict] = {}
     probes: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
     bad: list[int] = []
     unknown_keys: set[str] = set()
     unknown_events: set[str] = set()
@@ -128,6 +136,9 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str
         elif event == "selfcheck":  # the start-up check's line (one per start or resume)
             note = "self-check passed" if rec.get("passed") else str(rec.get("note"))
             selfchecks.append(note if len(note) <= 200 else note[:197] + "...")
+        elif event == "eval":
+            evals[step] = rec
+            unknown_keys |= set(rec) - {"event", "step", *EVAL_KEYS}
         else:
             unknown_events.add(str(event))
     notes = selfchecks[-1:]  # the latest start's check: what the run trains on now
@@ -143,7 +154,7 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], list[str
         notes.append(f"ignored keys this version does not know: {', '.join(sorted(unknown_keys))}")
     if unknown_events:
         notes.append(f"ignored events: {', '.join(sorted(unknown_events))}")
-    return train, probes, notes
+    return train, probes, evals, notes
 
 
 def _read_json(path: Path, notes: list[str]) -> dict | None:
@@ -169,13 +180,14 @@ def load_run(run: str | Path) -> RunData:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path}: no such file (training writes it from its first step)")
-    train, probes, notes = read_metrics(path)
+    train, probes, evals, notes = read_metrics(path)
     if not train and not probes:
         raise UserError(f"{path}: no readable records ({notes[0]})" if notes else
                         f"{path}: no metrics records yet")  # fmt: skip
     steps = np.array(sorted(train), dtype=np.int64)
     values = {k: np.array([_number(train[s].get(k)) for s in steps]) for k in TRAIN_KEYS}
     data = RunData(run, str(run), steps, values, [probes[s] for s in sorted(probes)], notes=notes)
+    data.evals = [evals[s] for s in sorted(evals)]
     data.logged = {k for rec in train.values() for k in rec if k in TRAIN_KEYS}
     data.config = _read_json(run / "config.json", notes)
     data.eval = _read_json(run / "eval.json", notes)
@@ -336,11 +348,52 @@ EVAL_SCORES = (
 )  # fmt: skip
 
 
+HELD_OUT_SERIES = (("pass2", "pass@2", "-"), ("pass1", "pass@1", "--"),
+                   ("pixel_accuracy", "pixel acc.", ":"))  # fmt: skip
+
+
+def _held_out_panel(ax, runs) -> None:
+    """The held-out score during training (--eval-every): a line per score, a colour per run
+    (a colour per score with one run); a star on each run's best checkpoint (RUN/best.pt) and
+    a cross on ``hrm-fast eval``'s scores where eval.json exists."""
+    ax.set_title("held-out eval during training (--eval-every)")
+    for r, run in enumerate(runs):
+        if not run.evals:
+            continue
+        x = np.array([_step(e) for e in run.evals])
+        for j, (key, label, style) in enumerate(HELD_OUT_SERIES):
+            y = np.array([_number(e.get(key)) for e in run.evals])
+            colour = f"C{j}" if len(runs) == 1 else f"C{r}"
+            lab = label if len(runs) == 1 else f"{label} ({run.label})"
+            ax.plot(x, y, color=colour, linestyle=style, marker="o", markersize=3,
+                    linewidth=1.3, label=lab)  # fmt: skip
+        last = run.evals[-1]
+        best = _step({"step": last.get("best_step")})
+        hit = [e for e in run.evals if _step(e) == best]
+        if hit:
+            ax.plot([best], [_number(hit[0].get("pass2"))], marker="*", markersize=13,
+                    color="0.15", linestyle="none",
+                    label="best.pt" if r == 0 else None)  # fmt: skip
+        o = (run.eval or {}).get("overall", {})
+        step = _step(run.eval or {})
+        if step is not None and math.isfinite(_number(o.get("pass2"))):
+            ax.plot([step], [_number(o.get("pass2"))], marker="x", markersize=9, color="0.15",
+                    linestyle="none", label="eval.json pass@2" if r == 0 else None)  # fmt: skip
+    ax.set_ylim(*FRACTION)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(which="both", labelsize=8)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="best")
+
+
 def _eval_panel(ax, runs) -> None:
+    if any(run.evals for run in runs):
+        _held_out_panel(ax, runs)
+        return
     ax.set_title("held-out eval (hrm-fast eval)")
     with_eval = [(r, run) for r, run in enumerate(runs) if run.eval is not None]
     if not with_eval:
-        _no_data(ax, "no eval.json yet:\nrun `hrm-fast eval RUN`")
+        _no_data(ax, "no eval.json yet:\nrun `hrm-fast eval RUN`\n(or train with --eval-every N)")
         ax.set_xticks([])
         ax.set_yticks([])
         return

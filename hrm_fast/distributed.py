@@ -236,6 +236,12 @@ class DataParallel:
                     out[r][name] = p.cpu().view(t.dtype).view(t.shape)
         return out
 
+    def broadcast_object(self, obj):
+        """Rank 0's small picklable object, on every rank."""
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_objects(self, obj) -> list | None:
         """Small picklable objects from every rank, on rank 0 in rank order (None elsewhere)."""
         out = [None] * self.world if self.is_main else None

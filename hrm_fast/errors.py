@@ -37,3 +37,10 @@ class PeerLost(UserError):
     """A collective failed: another rank died or stopped answering within the timeout."""
 
     exit_code = EXIT_PEER_LOST
+
+
+class StopTraining(Exception):
+    """Not an error: a train-loop hook ends the run cleanly after the checkpoint just saved
+    (exit 0); the message is the one-line reason (say, an early stop)."""
+
+    exit_code = EXIT_OK

@@ -406,6 +406,40 @@ def run_predictions(
     return grids, q_prob
 
 
+def predict_and_score(
+    model, dataset, items, cfg, batch_size, device, quiet=False, dp=None
+) -> list[TaskResult] | None:
+    """Predict every item, vote and score per task (rank 0; None on the other ranks)."""
+    predicted = run_predictions(
+        model, dataset.bank, items, cfg, batch_size, device, quiet=quiet, dp=dp
+    )
+    if predicted is None:
+        return None
+    grids, q_prob = predicted
+    return score_tasks(dataset, items, grids, q_prob)
+
+
+HELD_OUT_KEYS = ("pass1", "pass2", "pixel_accuracy", "pair_pass1", "pair_pass2", "n_tasks",
+                 "n_test_pairs")  # fmt: skip
+
+
+def held_out_scores(
+    model, dataset, cfg, n_tasks: int, n_aug: int, batch_size: int, device, quiet=True, dp=None
+) -> dict | None:
+    """What ``hrm-fast eval --max-tasks n_tasks --n-aug n_aug`` reports overall (the
+    ``HELD_OUT_KEYS`` of ``summarise``, plus ``n_aug``, the K used), for a model in memory:
+    the train loop's held-out score. ``n_tasks`` 0: every held-out task. The model runs as
+    given (eval mode, EMA weights: the caller's choice). Rank 0 gets the dict, others None."""
+    total = len(dataset.eval_task_ids)
+    n = min(total, n_tasks) if n_tasks else total
+    items = build_items(dataset, n_aug, n, cfg.train.seed)
+    results = predict_and_score(model, dataset, items, cfg, batch_size, device, quiet, dp)
+    if results is None:
+        return None
+    overall = summarise(results)
+    return {k: overall[k] for k in HELD_OUT_KEYS} | {"n_aug": max(1, min(n_aug, dataset.n_aug))}
+
+
 def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
     """(model, RunConfig, payload, backend) of a checkpoint: the training backend and dtype on
     CUDA (fused kernels after the self-check, bf16), the fp32 reference on CPU. The check's
@@ -506,13 +540,9 @@ def evaluate(
     overlap = dataset_overlap(dataset, n_tasks)
     if overlap.n_overlapping_pairs:
         log(f"hrm-fast eval: warning: {overlap.summary()}")
-    predicted = run_predictions(
-        model, dataset.bank, items, cfg, batch_size, dev, quiet=quiet, dp=dp
-    )
-    if predicted is None:  # a torchrun rank other than 0
+    results = predict_and_score(model, dataset, items, cfg, batch_size, dev, quiet, dp)
+    if results is None:  # a torchrun rank other than 0
         return None
-    grids, q_prob = predicted
-    results = score_tasks(dataset, items, grids, q_prob)
     overall = summarise(results, pass_k)
 
     report = {

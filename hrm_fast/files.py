@@ -71,11 +71,37 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dfd = os.open(folder, os.O_RDONLY)  # make a rename itself durable
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def atomic_link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link renamed over ``dst`` (no copy,
+    and ``dst`` outlives the deletion of ``src``), or a copy where the file system has no links.
+    Raises the OSError of the step that failed; the old ``dst`` stays intact."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    try:
+        _remove_quietly(str(tmp))
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        _remove_quietly(str(tmp))
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+        with open(src, "rb") as f_src:
+            atomic_write(dst, lambda f: shutil.copyfileobj(f_src, f))
+        return
+    _fsync_dir(dst.parent)
 
 
 def write_output(path: str | Path, data: str | bytes, error=UserError) -> Path:

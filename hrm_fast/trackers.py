@@ -5,7 +5,8 @@ tracker sees exactly what the file holds and adds no host sync to the step: trai
 device sums the loop reads every ``--log-every`` steps) become scalars ``train/<key>``; probe
 records become ``probe/frac_differ``, ``probe/mean_tv``, ``probe/passed`` and
 ``probe/input_gain``, plus one picture of the model's predictions on a few fixed training
-examples (input | target | prediction).
+examples (input | target | prediction); held-out eval records (``--eval-every``) become
+``eval/<key>``.
 Trackers are opened only where ``metrics.jsonl`` is written, so under torchrun only rank 0 logs.
 """
 
@@ -51,6 +52,8 @@ class Trackers:
             values = {f"train/{k}": float(v) for k, v in rec.items() if _is_number(k, v)}
         elif event == "probe":
             values = {f"probe/{k}": float(rec[k]) for k in PROBE_KEYS if rec.get(k) is not None}
+        elif event == "eval":  # the held-out score during training (--eval-every)
+            values = {f"eval/{k}": float(v) for k, v in rec.items() if _is_number(k, v)}
         else:
             return
         for t in self.trackers:

@@ -22,12 +22,20 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig, TrainConfig
 from hrm_fast.distributed import DataParallel
 from hrm_fast.early_warning import CollapseWatch
-from hrm_fast.errors import EXIT_OK, EXIT_PROBE_FAILED, PeerLost, UserError, WriteFailed
+from hrm_fast.errors import (
+    EXIT_OK,
+    EXIT_PROBE_FAILED,
+    PeerLost,
+    StopTraining,
+    UserError,
+    WriteFailed,
+)
 from hrm_fast.files import AppendLog, os_reason, prepare_dir, write_output
 from hrm_fast.layers import count_parameters
 from hrm_fast.probe import checked_probe, probe_stop_hint
 from hrm_fast.progress import Progress
 from hrm_fast.trackers import Trackers, open_trackers
+from hrm_fast.trainer.heldout import HeldOutEval
 from hrm_fast.trainer.state import (
     check_resume_config,
     check_resume_data,
@@ -37,8 +45,12 @@ from hrm_fast.trainer.state import (
 from hrm_fast.trainer.step import Trainer
 
 # Called after each checkpoint is saved and probed: (trainer, checkpoint path) -> records for
-# metrics.jsonl (say, a held-out evaluation's scores), or None.
+# metrics.jsonl (say, a held-out evaluation's scores), or None. It may end the run cleanly by
+# raising StopTraining (under torchrun, on every rank at the same checkpoint).
 CheckpointHook = Callable[[Trainer, Path], list[dict] | None]
+# Called just before each checkpoint is written: trainer -> records, or None. What it changes in
+# the trainer's state (``trainer.held_out``) goes into that checkpoint.
+BeforeCheckpointHook = Callable[[Trainer], list[dict] | None]
 
 
 class Log:
@@ -209,9 +221,10 @@ def run_loop(
     log: Log,
     watch: CollapseWatch,
     at_checkpoint: Sequence[CheckpointHook] = (),
+    before_checkpoint: Sequence[BeforeCheckpointHook] = (),
 ) -> int:
     """Step to ``options.steps``; returns the exit code (0, or 3 when a checkpoint's probe
-    fails). A stop signal saves a checkpoint and returns 0."""
+    fails). A stop signal, or a hook's StopTraining, saves a checkpoint and returns 0."""
     dp: DataParallel | None = trainer.dp
     progress = Progress(options.steps, trainer.step_count, options.quiet)
     code = EXIT_OK
@@ -239,13 +252,23 @@ def run_loop(
                         path = writer.save()
                         raise UserError(f"loss became {m['loss']} at step {step}; saved {path}")
                 if step % options.checkpoint_every == 0 or step == options.steps:
+                    if before_checkpoint:
+                        progress.close()  # a hook's own messages start on a line of their own
+                    for before in before_checkpoint:
+                        for record in before(trainer) or ():
+                            writer.emit(record)
                     path = writer.save()
                     if not _probe_at_checkpoint(trainer, writer, watch, log, progress, path):
                         code = EXIT_PROBE_FAILED
                         break
-                    for hook in at_checkpoint:
-                        for record in hook(trainer, path) or ():
-                            writer.emit(record)
+                    try:
+                        for hook in at_checkpoint:
+                            for record in hook(trainer, path) or ():
+                                writer.emit(record)
+                    except StopTraining as e:
+                        progress.close()
+                        log.note(str(e))
+                        break
                     tick = (time.perf_counter(), step)
                 # One process stops at once; ranks agree at log intervals, so they stop at one step.
                 stop = signalled.requested if dp is None else logged and dp.any(signalled.requested)
@@ -377,6 +400,7 @@ def _train(
     cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None, force_selfcheck
 ) -> int:
     log = Log(quiet)
+    HeldOutEval.check_settings(cfg)
     out, payload = _open_run_dir(cfg, out_dir, resume, log)
     trainer = Trainer(cfg, dp=dp, force_selfcheck=force_selfcheck)
     if payload is not None:
@@ -384,6 +408,7 @@ def _train(
     _log_start(cfg, trainer, log)
     if payload is not None:
         load_state(trainer, payload)
+    held_out = HeldOutEval.for_run(cfg, trainer, out, log)  # None: --eval-every 0
     last_saved = (trainer.step_count, payload["path"]) if payload is not None else None
     writer = RunWriter.open(cfg, out, trainer, last_saved, log)
     try:
@@ -394,6 +419,13 @@ def _train(
             _log_resumed(trainer, payload, log)
         elif not probe_before_training(trainer, writer, watch, log):
             return EXIT_PROBE_FAILED
-        return run_loop(trainer, writer, LoopOptions.from_config(cfg.train, quiet), log, watch)
+        hooks = ([held_out], [held_out.before_checkpoint]) if held_out is not None else ((), ())
+        if held_out is not None and trainer.step_count < cfg.train.steps:
+            reason = held_out.stopped_already()
+            if reason is not None:  # an early-stopped run resumed with the same patience
+                log.note(reason)
+                return EXIT_OK
+        options = LoopOptions.from_config(cfg.train, quiet)
+        return run_loop(trainer, writer, options, log, watch, hooks[0], hooks[1])
     finally:
         writer.close()

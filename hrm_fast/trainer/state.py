@@ -53,7 +53,7 @@ def training_payload(trainer) -> dict | None:
     if trainer.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(trainer.device)
     carry = {k: v.detach().cpu() for k, v in trainer.carry.tensors().items()}
-    extra = {}
+    extra = {"held_out": trainer.held_out} if trainer.held_out is not None else {}
     if trainer.dp is not None:
         carries = trainer.dp.gather_tensors(carry)
         rngs = trainer.dp.gather_tensors(rng)
@@ -61,7 +61,7 @@ def training_payload(trainer) -> dict | None:
             return None
         # The global batch's carry (rank r holds rows [r*b, (r+1)*b)); every rank's RNG.
         carry = {k: torch.cat([c[k] for c in carries]) for k in carry}
-        extra = {"rank_rng": rngs}
+        extra["rank_rng"] = rngs
     return make_payload(
         step=trainer.step_count,
         config=trainer.cfg.to_dict(),
@@ -125,6 +125,8 @@ def load_state(trainer, payload: dict) -> None:
         msg = " ".join(str(e).split())[:160]
         raise UserError(f"{where}: does not fit this run's model or data ({msg})") from None
     trainer.step_count = int(payload["step"])
+    held_out = payload.get("held_out")
+    trainer.held_out = dict(held_out) if isinstance(held_out, dict) else None
 
 
 # What a resumed run must keep: it shapes the model and the carry, or fixes what each puzzle id

@@ -136,6 +136,8 @@ class Trainer:
         self.sums = {k: torch.zeros((), device=self.device) for k in names}
         self.n_in_sums = 0
         self.step_count = 0
+        # The held-out score's state (best, evaluations since): saved in the checkpoint.
+        self.held_out: dict | None = None
 
         fl = self._forward_loss
         if t.compile:
