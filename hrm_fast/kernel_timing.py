@@ -42,7 +42,7 @@ def _nbytes(*ts: torch.Tensor) -> int:
 
 def cases(cfg: RunConfig, device, dtype=torch.bfloat16) -> list[KernelCase]:
     """Each family's op at ``cfg``'s training shapes (batch ``cfg.train.batch_size``)."""
-    from hrm_fast.kernels.arc_loss import arc_loss_fused
+    from hrm_fast.loss import arc_loss_fused
     from hrm_fast.kernels.attention import rope_attention
     from hrm_fast.kernels.rms_norm import add_rms_norm
     from hrm_fast.kernels.swiglu import swiglu
