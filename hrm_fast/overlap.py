@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hrm_fast.errors import UserError
+
 Pair = tuple[np.ndarray, np.ndarray]
 
 
@@ -112,3 +114,17 @@ def dataset_overlap(dataset, n_tasks: int | None = None) -> OverlapReport:
         for e in range(n)
     ]
     return check_overlap(trained, scored)
+
+
+def refuse_overlap(report: OverlapReport, allowed: bool, log=None) -> None:
+    """At the start of training or adaptation: an overlap is a UserError (exit 2) unless
+    ``allowed`` (``--allow-overlap true``), then a warning through ``log``."""
+    if not report.any:
+        return
+    if not allowed:
+        raise UserError(
+            f"overlap: {report.summary()}; remove those tasks from the training data or pass "
+            "--allow-overlap true"
+        )
+    if log is not None:
+        log(f"warning (--allow-overlap true): {report.summary()}")
