@@ -248,3 +248,39 @@ def test_chain_train_adapt_predict_submission(arch, base_run, tmp_path, capsys):
     # eval on the adapted checkpoint: its own held-out set, rows found by task id.
     assert main(["eval", str(adapted), "--n-aug", "2", "--out", str(tmp_path / "ev"),
                  "--render", "0"]) == 0  # fmt: skip
+
+
+def test_benchmark_duplicate_is_reported_not_refused():
+    from hrm_fast.errors import UserError
+    from hrm_fast.overlap import OverlapReport, refuse_overlap
+
+    notes = []
+    own = OverlapReport(419, 1, ["070dd51e"], {"070dd51e": ["40853293"]})
+    refuse_overlap(own, allowed=False, log=notes.append)
+    assert "duplicate" in notes[0] and "1 of 419" in notes[0]
+    more = OverlapReport(419, 1, ["070dd51e"], {"070dd51e": ["40853293", "070dd51e"]})
+    with pytest.raises(UserError, match="--allow-overlap true"):
+        refuse_overlap(more, allowed=False)
+
+
+def test_adapt_under_torchrun_two_ranks(base_run, tmp_path):
+    """2 gloo ranks, frozen network: the new rows train (gathered across ranks), the network
+    stays, rank 0 writes the checkpoint."""
+    from test_distributed import run, torchrun
+
+    out = tmp_path / "dp"
+    cmd = torchrun("--standalone", "--nproc-per-node", "2", "-m", "hrm_fast", "adapt",
+                   str(base_run / "run"), "--source", str(base_run / "new_challenges.json"),
+                   "--out", str(out), "--steps", "2", "--device", "cpu")  # fmt: skip
+    r = run(cmd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 ranks" in r.stderr
+    base, adapted = _load(base_run / "run"), _load(out)
+    assert adapted["step"] == 2 and adapted["world_size"] == 2
+    n_old = base["model"][TABLE].shape[0]
+    assert torch.equal(adapted["model"][TABLE][:n_old], base["model"][TABLE])
+    assert not torch.equal(adapted["model"][TABLE][n_old:], adapted["model"][TABLE][n_old:n_old + 1]
+                           .expand(adapted["model"][TABLE].shape[0] - n_old, -1))  # fmt: skip
+    for k, v in base["model"].items():
+        if k != TABLE:
+            assert torch.equal(adapted["model"][k], v), k
