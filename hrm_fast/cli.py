@@ -1,4 +1,4 @@
-"""``hrm-fast`` command line: train, probe, eval, predict, check, report, convert, params,
+"""``hrm-fast`` command line: train, adapt, probe, eval, predict, check, report, convert, params,
 kernels-report, bench.
 
 Bad input ends with one line ``hrm-fast: <file or flag>: <what is wrong>`` and exit code 2,
@@ -152,6 +152,25 @@ def cmd_train(args) -> int:
 
     cfg = _config_for_train(args)
     return train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_adapt(args) -> int:
+    from hrm_fast.adapt import AdaptOptions, adapt
+
+    opts = AdaptOptions(
+        source=args.source, mode=args.mode, steps=args.steps, time_budget=args.time_budget,
+        n_aug=args.n_aug, init=args.init, lr=args.lr, puzzle_emb_lr=args.puzzle_emb_lr,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+        allow_overlap=args.allow_overlap, device=args.device,
+    )  # fmt: skip
+    return adapt(args.checkpoint, opts, args.out, resume=args.resume, quiet=args.quiet)
+
+
+def _bool(text: str) -> bool:
+    try:
+        return parse_value(text, False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_probe(args) -> int:
@@ -333,6 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
+
+    ad = sub.add_parser("adapt", help="test-time adaptation: puzzle ids for new tasks, trained "
+                        "on their demonstrations")  # fmt: skip
+    ad.add_argument("checkpoint", help="trained checkpoint file or run directory (latest)")
+    ad.add_argument("--source", required=True,
+                    help="the new tasks: a *_challenges.json (solutions optional) or a "
+                         "directory of task files; only their demonstrations train")  # fmt: skip
+    ad.add_argument("--out", required=True, help="run directory of the adapted checkpoints")
+    ad.add_argument("--mode", default="embeddings", choices=["embeddings", "full"],
+                    help="embeddings: network frozen, new rows train; full: both")  # fmt: skip
+    ad.add_argument("--steps", type=int, default=None, help="stop after N steps")
+    ad.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                    help="stop this long after the loop starts, with a checkpoint")  # fmt: skip
+    ad.add_argument("--n-aug", type=int, default=None,
+                    help="puzzle ids per new task (default: the checkpoint's n_aug)")  # fmt: skip
+    ad.add_argument("--init", default="mean", choices=["mean", "blank"],
+                    help="new rows start at the trained rows' mean, or the blank row")  # fmt: skip
+    ad.add_argument("--lr", type=float, default=None, help="network lr (full mode)")
+    ad.add_argument("--puzzle-emb-lr", type=float, default=None)
+    ad.add_argument("--checkpoint-every", type=int, default=None)
+    ad.add_argument("--log-every", type=int, default=None)
+    ad.add_argument("--allow-overlap", type=_bool, default=False, metavar="true|false",
+                    help="adapt even when scored test pairs are also trained pairs")  # fmt: skip
+    ad.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    ad.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    ad.add_argument("--quiet", action="store_true")
+    ad.set_defaults(func=cmd_adapt)
 
     pr = sub.add_parser("probe", help="input-sensitivity probe of a checkpoint")
     pr.add_argument("checkpoint", help="checkpoint file or run directory (latest)")

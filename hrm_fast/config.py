@@ -97,6 +97,8 @@ class DataConfig:
     max_blanks: int = -1  # generated Sudoku: digging stops at this many blanks; -1 = no bound
     min_blanks: int = 0  # generated Sudoku
     board_augment: bool = True  # Sudoku symmetries / maze dihedral transforms while sampling
+    # A scored test pair that is also a trained pair (by content) refuses the run unless true.
+    allow_overlap: bool = False
 
 
 @dataclass

@@ -406,6 +406,9 @@ class ArcDataset:
     eval_task_ids: list[str]  # [E]
     eval_pairs: list[np.ndarray]  # [E] bank indices of each eval task's held-out test pairs
     eval_task_puzzle: np.ndarray  # [E] int64: puzzle task index t, or -1 (no trainable pairs)
+    # Puzzle id of task 0's first row: 1 in training (0 is the blank id); a block appended to a
+    # trained table by ``adapt`` starts after the table's rows.
+    first_id: int = 1
 
     @property
     def num_tasks(self) -> int:
@@ -418,13 +421,13 @@ class ArcDataset:
     @property
     def num_puzzle_ids(self) -> int:
         per_task = self.n_aug if self.cfg.puzzle_id_per == "augmentation" else 1
-        return 1 + self.num_tasks * per_task
+        return self.first_id + self.num_tasks * per_task
 
     def puzzle_id(self, t, k):
         """Puzzle id of (task t, augmentation k); works on ints, numpy and torch tensors."""
         if self.cfg.puzzle_id_per == "augmentation":
-            return 1 + t * self.n_aug + k
-        return 1 + t + 0 * k
+            return self.first_id + t * self.n_aug + k
+        return self.first_id + t + 0 * k
 
     @property
     def num_train_pairs(self) -> int:
@@ -468,7 +471,20 @@ class ArcDataset:
                 held_out.append((task.id, task.test_pairs, t))
         if not trainable:
             raise DataError(cfg.source, "no training tasks")
+        return cls.from_split(cfg, seed, trainable, held_out)
 
+    @classmethod
+    def from_split(
+        cls,
+        cfg: DataConfig,
+        seed: int,
+        trainable: list[tuple[str, list[Pair]]],
+        held_out: list[tuple[str, list[Pair], int]],
+        first_id: int = 1,
+    ) -> ArcDataset:
+        """The bank, pool and layout of ``trainable`` ``(task id, pairs)`` (the puzzle tasks, in
+        order) and ``held_out`` ``(task id, test pairs, puzzle task or -1)``; the pool is drawn
+        from ``seed``."""
         pairs: list[Pair] = []
         starts, counts = [], []
         for _, ps in trainable:
@@ -493,6 +509,7 @@ class ArcDataset:
             eval_task_ids=[tid for tid, _, _ in held_out],
             eval_pairs=eval_pairs,
             eval_task_puzzle=np.asarray([t for _, _, t in held_out], np.int64),
+            first_id=first_id,
         )
 
 
@@ -526,6 +543,7 @@ class DeviceSampler:
         self.n_aug = dataset.n_aug
         self.num_tasks = dataset.num_tasks
         self.per_augmentation = dataset.cfg.puzzle_id_per == "augmentation"
+        self.first_id = dataset.first_id
         if dataset.cfg.sample_by not in ("task", "pair"):
             raise ValueError(f"sample_by must be 'task' or 'pair', got {dataset.cfg.sample_by!r}")
         self.by_pair = dataset.cfg.sample_by == "pair"
@@ -564,7 +582,7 @@ class DeviceSampler:
         dihedral = self.dihedral[t, k]
         colour_map = self.colour_map[t, k]
         offset = random_offsets(self.bank.shapes[pair], dihedral, self.canvas, self.translate)
-        puzzle = 1 + (r if self.per_augmentation else t)
+        puzzle = self.first_id + (r if self.per_augmentation else t)
         return dict(
             task=t,
             aug=k,

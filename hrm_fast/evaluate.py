@@ -465,6 +465,26 @@ def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
     return model, cfg, payload, label
 
 
+def _rows_by_task_id(dataset, payload, cfg):
+    """Each eval task's puzzle rows: its own in the checkpoint's table where a block appended
+    by ``adapt`` holds it (the dataset then counts it as seen), else the training layout."""
+    from hrm_fast.predict import table_rows
+    from hrm_fast.puzzle_rows import TaskRows, checkpoint_task_rows
+
+    if not (payload.get("dataset") or {}).get("puzzle_blocks"):
+        return None
+    known = checkpoint_task_rows(payload, cfg, table_rows(payload))
+    rows = []
+    for e, (tid, t) in enumerate(zip(dataset.eval_task_ids, dataset.eval_task_puzzle, strict=True)):
+        r = known.get(tid)
+        if r is None and t >= 0:
+            r = TaskRows.of_dataset(dataset, int(t))
+        if r is not None and t < 0:
+            dataset.eval_task_puzzle[e] = 0  # scored with learned rows: a seen task
+        rows.append(r)
+    return rows
+
+
 def evaluate(
     checkpoint,
     out=None,
@@ -527,7 +547,8 @@ def evaluate(
         raise UserError(f"{path}: no held-out eval tasks (eval_source={cfg.data.eval_source!r})")
     out_dir = prepare_dir(Path(out) if out else default_out(path), "--out")  # before the work
 
-    items = build_items(dataset, n_aug, n_tasks, cfg.train.seed)
+    rows = _rows_by_task_id(dataset, payload, cfg)
+    items = build_items(dataset, n_aug, n_tasks, cfg.train.seed, rows=rows)
     k = max(1, min(n_aug, dataset.n_aug))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     n_blank = int((dataset.eval_task_puzzle[:n_tasks] < 0).sum())

@@ -10,8 +10,11 @@ import time
 class Progress:
     """Redrawn in place on a terminal, logged as lines otherwise."""
 
-    def __init__(self, total: int, start: int, quiet: bool = False, unit: str = "it"):
+    def __init__(
+        self, total: int, start: int, quiet: bool = False, unit: str = "it", deadline=None
+    ):
         self.total, self.start, self.quiet, self.unit = total, start, quiet, unit
+        self.deadline = deadline  # perf_counter time work stops at (a time budget), or None
         self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.line_open = False  # a redrawn line waits for its newline
@@ -20,6 +23,8 @@ class Progress:
         dt = time.perf_counter() - self.t0
         rate = (done - self.start) / dt if dt > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else float("inf")
+        if self.deadline is not None:
+            eta = max(0.0, min(eta, self.deadline - time.perf_counter()))
         line = f"{done}/{self.total} | {rate:.2f} {self.unit}/s | ETA {fmt_time(eta)}"
         if extra:
             line += " | " + extra

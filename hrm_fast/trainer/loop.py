@@ -32,6 +32,7 @@ from hrm_fast.errors import (
 )
 from hrm_fast.files import AppendLog, os_reason, prepare_dir, write_output
 from hrm_fast.layers import count_parameters
+from hrm_fast.overlap import dataset_overlap, refuse_overlap
 from hrm_fast.probe import checked_probe, probe_stop_hint
 from hrm_fast.progress import Progress
 from hrm_fast.trackers import Trackers, open_trackers
@@ -75,6 +76,9 @@ class LoopOptions:
     log_every: int
     checkpoint_every: int
     quiet: bool = False
+    # Seconds of stepping from the loop's start; when they run out it stops with a checkpoint,
+    # as on a stop signal. None: no limit.
+    time_budget_s: float | None = None
 
     @classmethod
     def from_config(cls, t: TrainConfig, quiet: bool = False) -> LoopOptions:
@@ -226,9 +230,12 @@ def run_loop(
     """Step to ``options.steps``; returns the exit code (0, or 3 when a checkpoint's probe
     fails). A stop signal, or a hook's StopTraining, saves a checkpoint and returns 0."""
     dp: DataParallel | None = trainer.dp
-    progress = Progress(options.steps, trainer.step_count, options.quiet)
+    deadline = None
+    if options.time_budget_s is not None:
+        deadline = time.perf_counter() + options.time_budget_s
+    progress = Progress(options.steps, trainer.step_count, options.quiet, deadline=deadline)
     code = EXIT_OK
-    stop = False
+    stop = out_of_time = False
     tick = (time.perf_counter(), trainer.step_count)  # it/s leaves out checkpoints and probes
     with StopSignal() as signalled:
         try:
@@ -271,11 +278,16 @@ def run_loop(
                         break
                     tick = (time.perf_counter(), step)
                 # One process stops at once; ranks agree at log intervals, so they stop at one step.
-                stop = signalled.requested if dp is None else logged and dp.any(signalled.requested)
+                wants = signalled.requested or (
+                    deadline is not None and time.perf_counter() >= deadline
+                )
+                stop = wants if dp is None else logged and dp.any(wants)
+                out_of_time = stop and not signalled.requested
             if stop or (dp is None and signalled.requested):
                 progress.close()
                 path = writer.save()
-                log.note(f"interrupted at step {trainer.step_count}; saved {path}")
+                why = "time budget reached" if out_of_time else "interrupted"
+                log.note(f"{why} at step {trainer.step_count}; saved {path}")
         finally:
             progress.close()  # a failed write's message goes on its own line
     return code
@@ -328,14 +340,26 @@ def train(
     Under torchrun with several processes every rank runs this; rank 0 alone writes
     metrics.jsonl, the progress line and the checkpoints.
     """
+    return with_ranks(
+        cfg.train,
+        lambda dp: _train(cfg, out_dir, resume, quiet or not _main(dp), dp, force_selfcheck),
+    )
+
+
+def _main(dp: DataParallel | None) -> bool:
+    return dp is None or dp.is_main
+
+
+def with_ranks(t: TrainConfig, body: Callable[[DataParallel | None], int]) -> int:
+    """``body(dp)`` in this process's place among torchrun's ranks (``dp`` None in a single
+    process); a rank that loses its peers ends with PeerLost (continue with --resume)."""
     from hrm_fast import distributed
 
-    t = cfg.train
     dp = distributed.setup(t.device, t.dist_backend, t.dist_timeout)  # None: a single process
     if dp is None:
-        return _train(cfg, out_dir, resume, quiet, None, force_selfcheck)
+        return body(None)
     try:
-        code = _train(cfg, out_dir, resume, quiet or not dp.is_main, dp, force_selfcheck)
+        code = body(dp)
     except Exception as e:
         dp.close(wait_for_all=False)
         if not distributed.is_comm_error(e):
@@ -348,7 +372,7 @@ def train(
     return code
 
 
-def _open_run_dir(cfg: RunConfig, out_dir, resume: bool, log: Log) -> tuple[Path, dict | None]:
+def open_run_dir(cfg: RunConfig, out_dir, resume: bool, log: Log) -> tuple[Path, dict | None]:
     """The run directory, and with --resume its newest checkpoint that loads."""
     if resume and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: no such run directory to resume")
@@ -364,7 +388,7 @@ def _open_run_dir(cfg: RunConfig, out_dir, resume: bool, log: Log) -> tuple[Path
     return out, payload
 
 
-def _log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
+def log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
     counts = count_parameters(trainer.model)
     dp = trainer.dp
     if trainer.runtime.note is not None:
@@ -385,7 +409,7 @@ def _log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
         )
 
 
-def _log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
+def log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
     log.note(f"resumed from {payload['path']} at step {trainer.step_count}")
     saved_world = int(payload.get("world_size", 1))
     if saved_world != trainer.world_size:
@@ -401,11 +425,12 @@ def _train(
 ) -> int:
     log = Log(quiet)
     HeldOutEval.check_settings(cfg)
-    out, payload = _open_run_dir(cfg, out_dir, resume, log)
+    out, payload = open_run_dir(cfg, out_dir, resume, log)
     trainer = Trainer(cfg, dp=dp, force_selfcheck=force_selfcheck)
     if payload is not None:
         check_resume_data(trainer, payload)
-    _log_start(cfg, trainer, log)
+    refuse_overlap(dataset_overlap(trainer.dataset), cfg.data.allow_overlap, log.note)
+    log_start(cfg, trainer, log)
     if payload is not None:
         load_state(trainer, payload)
     held_out = HeldOutEval.for_run(cfg, trainer, out, log)  # None: --eval-every 0
@@ -416,7 +441,7 @@ def _train(
             writer.emit(trainer.runtime.record(trainer.step_count))
         watch = watch_for(cfg.train)
         if payload is not None:
-            _log_resumed(trainer, payload, log)
+            log_resumed(trainer, payload, log)
         elif not probe_before_training(trainer, writer, watch, log):
             return EXIT_PROBE_FAILED
         hooks = ([held_out], [held_out.before_checkpoint]) if held_out is not None else ((), ())

@@ -66,16 +66,19 @@ def training_payload(trainer) -> dict | None:
         step=trainer.step_count,
         config=trainer.cfg.to_dict(),
         model={k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-        optimizer=trainer.opt.state_dict(),
+        # A frozen network (adapt --mode embeddings) has no optimiser: an empty state.
+        optimizer=(
+            trainer.opt.state_dict()
+            if trainer.opt is not None
+            else {"state": {}, "param_groups": []}
+        ),
         ema=trainer.ema.state_dict() if trainer.ema is not None else None,
         carry=carry,
         rng=rng,
         world_size=trainer.world_size,
         **extra,
-        dataset={
-            "num_puzzle_ids": trainer.dataset.num_puzzle_ids,
-            "task_ids": list(trainer.dataset.task_ids),
-        },
+        **trainer.payload_extra,
+        dataset=dict(trainer.dataset_record),
     )
 
 
@@ -100,7 +103,7 @@ def load_state(trainer, payload: dict) -> None:
     rank = 0 if dp is None else dp.rank
     try:
         trainer.model.load_state_dict(payload["model"], strict=False)
-        if payload.get("optimizer") is not None:
+        if payload.get("optimizer") is not None and trainer.opt is not None:
             trainer.opt.load_state_dict(payload["optimizer"])
         if trainer.ema is not None:  # a checkpoint without one (convert) starts it afresh
             if payload.get("ema") is not None:

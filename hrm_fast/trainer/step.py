@@ -53,10 +53,19 @@ class Trainer:
     share of the batch under data parallelism). Saving and restoring: ``trainer.state``.
 
     The fused path on a GPU is self-checked first (``hrm_fast.selfcheck``; ``force_selfcheck``:
-    on a CPU too, for tests); ``self.runtime`` says what was checked and any fallback."""
+    on a CPU too, for tests); ``self.runtime`` says what was checked and any fallback.
+    ``dataset``: the data to train on instead of the one ``cfg.data`` builds (``adapt``: a new
+    block of puzzle ids for unseen tasks); ``train_network`` False freezes every network weight
+    (no gradients, no optimiser state), so only the puzzle-embedding rows train.
+    """
 
     def __init__(
-        self, cfg: RunConfig, dp: DataParallel | None = None, force_selfcheck: bool = False
+        self,
+        cfg: RunConfig,
+        dp: DataParallel | None = None,
+        dataset=None,
+        train_network: bool = True,
+        force_selfcheck: bool = False,
     ):
         from hrm_fast.data import ArcDataset, DeviceSampler
 
@@ -75,7 +84,16 @@ class Trainer:
             self.runtime.dtype,
         )
         torch.manual_seed(cfg.train.seed)
-        self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
+        self.dataset = (
+            dataset if dataset is not None else ArcDataset.build(cfg.data, cfg.train.seed)
+        )
+        # What the checkpoint records beside the weights: the dataset's puzzle tasks (adapt
+        # replaces it with the table's blocks) and any extra entries.
+        self.dataset_record = {
+            "num_puzzle_ids": self.dataset.num_puzzle_ids,
+            "task_ids": list(self.dataset.task_ids),
+        }
+        self.payload_extra: dict = {}
         if cfg.train.epochs > 0:  # the run length follows the data actually loaded
             cfg.train.steps = steps_for_epochs(
                 cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
@@ -100,8 +118,11 @@ class Trainer:
         self.loss_fn = loss_fn
 
         t = cfg.train
+        self.train_network = train_network
+        if not train_network:
+            self.model.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if dp is not None:
+        if dp is not None and self.params:
             dp.share_gradient_buffer(self.params)
             # The weights are made (the same on every rank); sampling differs by rank from here.
             torch.manual_seed(rank_seed(t.seed, dp.rank))
@@ -109,7 +130,9 @@ class Trainer:
         self.lr = torch.tensor(t.lr, device=self.device) if use_graphs else t.lr
         self.last_lr = 0.0  # the network's lr of the last step, for the log
         opt_kwargs = dict(lr=self.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay)
-        if t.optimizer == "adam_atan2":  # its step counters always live on the device
+        if not self.params:  # a frozen network: only the sparse sign-SGD below steps
+            self.opt = None
+        elif t.optimizer == "adam_atan2":  # its step counters always live on the device
             self.opt = AdamATan2(self.params, **opt_kwargs)
         elif t.optimizer == "adamw":
             if self.device.type == "cuda":
@@ -127,7 +150,7 @@ class Trainer:
             if cfg.model.puzzle_emb_ndim > 0
             else None
         )
-        self.ema = EMA(self.model, t.ema_rate) if t.ema else None
+        self.ema = EMA(self.model, t.ema_rate) if t.ema and self.params else None
 
         # Static state: the ACT carry and the metric sums live in fixed buffers.
         example = self.sampler.sample(self.batch_size)
@@ -154,17 +177,21 @@ class Trainer:
     def _step_body(self) -> None:
         new_carry, loss, metrics = self._forward_loss_fn(self.carry)
         loss.backward()
-        if self.dp is not None:
-            self.dp.average_gradients()  # one all-reduce of the flat gradient buffer
-        # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has none
-        # and foreach=True would raise there.
-        max_norm = self.cfg.train.grad_clip or math.inf  # inf: the norm only, for the log
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=None)
-        self.opt.step()
+        if self.opt is not None:
+            if self.dp is not None:
+                self.dp.average_gradients()  # one all-reduce of the flat gradient buffer
+            # foreach=None: the foreach kernels where the device has them (CUDA, CPU); MPS has
+            # none and foreach=True would raise there.
+            max_norm = self.cfg.train.grad_clip or math.inf  # inf: the norm only, for the log
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=None)
+            self.opt.step()
+        else:
+            gnorm = torch.zeros((), device=self.device)
         if self.sparse is not None:
             self.sparse.step()
             self.sparse.zero_grad()
-        self.opt.zero_grad(set_to_none=False)
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=False)
         if self.ema is not None:
             self.ema.update()
         with torch.no_grad():
@@ -185,7 +212,7 @@ class Trainer:
         self.last_lr = lr
         if isinstance(self.lr, torch.Tensor):
             self.lr.fill_(lr)
-        else:
+        elif self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
         if self.sparse is not None:
@@ -198,7 +225,7 @@ class Trainer:
         ts += list(self.model.state_dict(keep_vars=True).values())
         if self.ema is not None:
             ts += self.ema.shadow
-        for st in self.opt.state.values():
+        for st in self.opt.state.values() if self.opt is not None else ():
             ts += [v for v in st.values() if isinstance(v, torch.Tensor)]
         return ts
 

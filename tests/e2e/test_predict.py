@@ -133,6 +133,7 @@ def unseen_run(tmp_path_factory):
     cfg = from_name("debug")
     cfg.data.source, cfg.data.eval_source = str(seen), str(unseen)
     cfg.data.include_eval_demos = False
+    cfg.data.allow_overlap = True  # the planted overlap is what eval must report
     cfg.data.canvas = 8
     cfg.train.steps = 2
     cfg.train.probe_min_differ = cfg.train.probe_min_tv = 0.0
