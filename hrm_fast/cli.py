@@ -209,6 +209,15 @@ def _pass_k(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _act_steps(text: str) -> tuple[int, ...]:
+    from hrm_fast.board_eval import parse_act_steps
+
+    try:
+        return parse_act_steps(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--act-steps {text!r}: ")) from None
+
+
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
@@ -355,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
     e.add_argument("--pass-k", type=_pass_k, default=(1, 2), metavar="K,K,...",
                    help="pass@k for each k (default 1,2; HRM reports up to 1000)")  # fmt: skip
+    e.add_argument("--act-steps", type=_act_steps, default=None, metavar="N,N,...",
+                   help="Sudoku / maze: score after each of these ACT step counts (default: "
+                        "powers of two up to halt_max_steps)")  # fmt: skip
     e.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("predict", help="answer test inputs (seen or unseen tasks): "

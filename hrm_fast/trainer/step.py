@@ -53,7 +53,7 @@ class Trainer:
     share of the batch under data parallelism). Saving and restoring: ``trainer.state``."""
 
     def __init__(self, cfg: RunConfig, dp: DataParallel | None = None):
-        from hrm_fast.data import ArcDataset, DeviceSampler
+        from hrm_fast.data import build_dataset, check_fits, make_sampler
 
         self.cfg = cfg
         self.device, self.backend, self.dtype = resolve_runtime(cfg)
@@ -65,12 +65,14 @@ class Trainer:
             if cfg.train.cuda_graphs and dp.backend != "nccl":
                 raise UserError("--cuda-graphs with several ranks needs --dist-backend nccl")
         torch.manual_seed(cfg.train.seed)
-        self.dataset = ArcDataset.build(cfg.data, seed=cfg.train.seed)
+        # The data's kind (ARC, Sudoku, maze) decides the vocabulary, sequence and puzzle ids.
+        self.dataset = build_dataset(cfg.data, seed=cfg.train.seed)
+        check_fits(cfg, self.dataset)
         if cfg.train.epochs > 0:  # the run length follows the data actually loaded
             cfg.train.steps = steps_for_epochs(
                 cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
             )
-        self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
+        self.sampler = make_sampler(self.dataset, self.device, self.backend)
         self.model = build_model(
             cfg.model,
             seq_len=cfg.seq_len,
