@@ -174,10 +174,10 @@ def cmd_probe(args) -> int:
     min_tv = t.probe_min_tv if args.min_tv is None else args.min_tv
     sampler = None
     if not args.random_inputs:
-        from hrm_fast.data import ArcDataset, DeviceSampler
+        from hrm_fast.data import build_dataset, make_sampler
 
-        dataset = ArcDataset.build(cfg.data, seed=t.seed)
-        sampler = DeviceSampler(dataset, device, "reference")
+        # Pairs of real inputs of the run's kind (ARC canvases, Sudokus, mazes).
+        sampler = make_sampler(build_dataset(cfg.data, seed=t.seed), device, "reference")
     report = run_probe(model, sampler, k, min_differ, min_tv, device,
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))

@@ -451,7 +451,7 @@ def _sudoku_cpu() -> RunConfig:
         data=DataConfig(source="sudoku-gen", canvas=9, gen_train=10_000, gen_test=500,
                         min_blanks=10, max_blanks=10),
         train=TrainConfig(batch_size=32, steps=1200, lr=2e-3, warmup_steps=50, weight_decay=0.1,
-                          optimizer="adamw", grad_clip=1.0, checkpoint_every=250, log_every=25,
+                          optimizer="adamw", grad_clip=1.0, checkpoint_every=100, log_every=25,
                           probe_pairs=8),
     )  # fmt: skip
 
