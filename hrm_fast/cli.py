@@ -224,7 +224,9 @@ def cmd_convert(args) -> int:
     names = ("num_heads", "H_cycles", "L_cycles", "halt_max_steps", "puzzle_emb_tokens",
              "pos_encodings")  # fmt: skip
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    path = convert_to_checkpoint(args.src, args.out, **overrides)
+    path = convert_to_checkpoint(
+        args.src, args.out, kind=args.kind, source=args.source, **overrides
+    )
     print(f"wrote {path}")
     return 0
 
@@ -395,6 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--halt-max-steps", type=int, default=None)
     c.add_argument("--puzzle-emb-tokens", type=int, default=None, help="TRM: 16 for ARC")
     c.add_argument("--pos-encodings", choices=["rope", "none"], default=None, help="TRM")
+    c.add_argument(
+        "--kind",
+        choices=["arc", "sudoku", "maze"],
+        default="arc",
+        help="the official run's data: sudoku (vocab 11) and maze (vocab 6) boards",
+    )
+    c.add_argument("--source", default=None,
+                   help="with --kind sudoku/maze: the boards eval reads (sudoku:PATH.csv, "
+                        "maze:PATH.csv; default the generated set)")  # fmt: skip
     c.set_defaults(func=cmd_convert)
 
     pa = sub.add_parser("params", help="parameter counts of a preset")

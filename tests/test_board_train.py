@@ -2,6 +2,9 @@
 eval's scores on planted predictions; the board presets validate."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,3 +198,55 @@ def test_cli_report_on_a_board_run(board_cfg, tmp_path):
     run = tmp_path / "run"
     assert train(board_cfg, run, quiet=True) == 0
     assert cli_main(["report", str(run)]) == 0
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", "-m", "hrm_fast", *args]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_board_run_under_two_gloo_ranks(tmp_path):
+    run = tmp_path / "run"
+    r = _torchrun("train", "--preset", "board-debug", "--out", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    payload = ckpt.load(run)
+    assert payload["world_size"] == 2 and payload["dataset"]["kind"] == "sudoku"
+    r = _torchrun("eval", str(run), "--out", str(tmp_path / "ev"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert saved["step"] == 6 and saved["overall"]["n_boards"] == 16
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def test_convert_official_board_checkpoints(tmp_path):
+    from hrm_fast.arch import build_model
+    from hrm_fast.config import ModelConfig
+    from hrm_fast.convert import convert_to_checkpoint, to_official_state_dict
+
+    for kind, side, vocab, mlp_t in (("sudoku", 9, 11, True), ("maze", 30, 6, False)):
+        m = ModelConfig(arch="trm", hidden_size=32, num_heads=1, H_layers=0, L_layers=1,
+                        halt_max_steps=2, puzzle_emb_ndim=32, puzzle_emb_tokens=2, mlp_t=mlp_t,
+                        vocab_size=vocab)  # fmt: skip
+        ours = build_model(m, seq_len=side * side, num_puzzle_ids=2, batch_size=1)
+        src = tmp_path / f"{kind}.pt"
+        torch.save(to_official_state_dict(ours, init_dtype=None), src)
+        with pytest.raises(UserError, match=f"--kind {kind}"):
+            convert_to_checkpoint(src, tmp_path / f"{kind}-arc", num_heads=1)
+        path = convert_to_checkpoint(src, tmp_path / kind, kind=kind, num_heads=1,
+                                     puzzle_emb_tokens=2, halt_max_steps=2)  # fmt: skip
+        payload = ckpt.load(path)
+        cfg = payload["config"]
+        assert payload["dataset"]["kind"] == kind
+        assert (cfg["data"]["source"], cfg["data"]["canvas"]) == (f"{kind}-gen", side)
+        assert cfg["model"]["vocab_size"] == vocab and cfg["model"]["mlp_t"] == mlp_t
+        for k, v in ours.state_dict().items():
+            if not k.endswith(("local_weights", "local_ids")):
+                assert torch.equal(payload["model"][k], v), k
