@@ -466,10 +466,12 @@ def _maze_cpu() -> RunConfig:
                           puzzle_emb_ndim=0, vocab_size=6),
         loss=LossConfig(ce="softmax"),
         data=DataConfig(source="maze-gen", canvas=30, gen_train=2000, gen_test=200,
-                        max_difficulty=20),
+                        min_difficulty=4, max_difficulty=20),
+        # A fresh model predicts one class on every maze cell, so no predicted board differs
+        # before training: the probe's TV alone gates the start.
         train=TrainConfig(batch_size=16, steps=600, lr=2e-3, warmup_steps=50, weight_decay=0.1,
-                          optimizer="adamw", grad_clip=1.0, checkpoint_every=200, log_every=25,
-                          probe_pairs=8),
+                          optimizer="adamw", grad_clip=1.0, checkpoint_every=100, log_every=25,
+                          probe_pairs=8, probe_min_differ=0.0),
     )  # fmt: skip
 
 
