@@ -185,6 +185,17 @@ def load_run(run: str | Path) -> RunData:
     return data
 
 
+def _is_board(d: dict) -> bool:
+    src = str(d.get("source", ""))
+    return src in ("sudoku-gen", "maze-gen") or src.startswith(("sudoku:", "maze:"))
+
+
+def _board_data(d: dict) -> str:
+    if str(d.get("source")).endswith("-gen"):
+        return f" ({d.get('gen_train')} boards, {d.get('gen_test')} held out)"
+    return ""
+
+
 def config_summary(run: RunData) -> str:
     c = run.config
     if not c:
@@ -197,7 +208,7 @@ def config_summary(run: RunData) -> str:
         f"batch {t.get('batch_size')}, lr {t.get('lr')}",
         f"data {d.get('source')}"
         + (f" ({d.get('max_tasks')} tasks)" if d.get("max_tasks") else "")
-        + f" x {d.get('n_aug')} aug",
+        + (_board_data(d) if _is_board(d) else f" x {d.get('n_aug')} aug"),
         f"backend {t.get('backend')}, dtype {t.get('dtype')}",
     ]
     return " | ".join(parts)
