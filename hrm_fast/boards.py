@@ -331,6 +331,11 @@ def build_board_dataset(cfg: DataConfig) -> BoardDataset:
         train, test = generated_sets(cfg)
     else:
         path = _csv_path(cfg.source, kind, "--source")
+        if not path.is_file():  # before the held-out file: name the one the user must fetch
+            raise UserError(
+                f"--source {cfg.source}: no such file (the official CSV files are downloaded "
+                "by hand: docs/boards.md)"
+            )
         held_out = _held_out_csv(cfg, kind, path)
         read = sudoku.read_csv if kind == "sudoku" else maze.read_csv
         train = read(path, min_rating=cfg.min_difficulty)

@@ -233,12 +233,15 @@ def cmd_convert(args) -> int:
 
 def cmd_params(args) -> int:
     from hrm_fast.arch import build_model
+    from hrm_fast.data import dataset_kind
     from hrm_fast.layers import count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
     if args.puzzle_ids is not None and args.puzzle_ids < 0:
         raise UserError(f"--puzzle-ids must be >= 0, got {args.puzzle_ids}")
     n_ids = args.puzzle_ids
+    if n_ids is None and dataset_kind(cfg.data) != "arc":
+        n_ids = 2  # every board shares one puzzle id, plus the blank id
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
         sizes = {"arcagi": (400, 400), "arcagi2": (1000, 120)}  # (training, evaluation) tasks
         if cfg.data.source not in sizes:
