@@ -250,3 +250,11 @@ def test_convert_official_board_checkpoints(tmp_path):
         for k, v in ours.state_dict().items():
             if not k.endswith(("local_weights", "local_ids")):
                 assert torch.equal(payload["model"][k], v), k
+
+
+def test_predict_refuses_a_board_checkpoint(board_cfg, tmp_path, capsys):
+    run = tmp_path / "run"
+    board_cfg.train.steps = 3
+    assert train(board_cfg, run, quiet=True) == 0
+    rc = cli_main(["predict", str(run), "--source", "arcagi", "--out", str(tmp_path / "p")])
+    assert rc == 2 and "a sudoku checkpoint; predict answers ARC" in capsys.readouterr().err
