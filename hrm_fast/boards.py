@@ -14,6 +14,8 @@ none.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,16 @@ class BoardDataset:
     @property
     def task_ids(self) -> list[str]:
         return [self.kind]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 (16 hex digits) of the kind and every train and test board, so a checkpoint
+        names the boards it was trained and scored on."""
+        h = hashlib.sha256(f"{self.kind}:{self.side}:{self.vocab_size}".encode())
+        for a in (self.train_inputs, self.train_labels, self.test_inputs, self.test_labels):
+            h.update(np.ascontiguousarray(a, dtype=np.uint8).tobytes())
+            h.update(str(a.shape).encode())
+        return h.hexdigest()[:16]
 
     def test_batch(self, start: int, stop: int, device="cpu") -> dict[str, torch.Tensor]:
         """Held-out boards ``[start, stop)`` un-augmented, in ``sample``'s layout."""
@@ -319,6 +331,11 @@ def build_board_dataset(cfg: DataConfig) -> BoardDataset:
         train, test = generated_sets(cfg)
     else:
         path = _csv_path(cfg.source, kind, "--source")
+        if not path.is_file():  # before the held-out file: name the one the user must fetch
+            raise UserError(
+                f"--source {cfg.source}: no such file (the official CSV files are downloaded "
+                "by hand: docs/boards.md)"
+            )
         held_out = _held_out_csv(cfg, kind, path)
         read = sudoku.read_csv if kind == "sudoku" else maze.read_csv
         train = read(path, min_rating=cfg.min_difficulty)

@@ -194,10 +194,10 @@ def cmd_probe(args) -> int:
     min_tv = t.probe_min_tv if args.min_tv is None else args.min_tv
     sampler = None
     if not args.random_inputs:
-        from hrm_fast.data import ArcDataset, DeviceSampler
+        from hrm_fast.data import build_dataset, make_sampler
 
-        dataset = ArcDataset.build(cfg.data, seed=t.seed)
-        sampler = DeviceSampler(dataset, device, "reference")
+        # Pairs of real inputs of the run's kind (ARC canvases, Sudokus, mazes).
+        sampler = make_sampler(build_dataset(cfg.data, seed=t.seed), device, "reference")
     report = run_probe(model, sampler, k, min_differ, min_tv, device,
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))
@@ -229,25 +229,39 @@ def _pass_k(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _act_steps(text: str) -> tuple[int, ...]:
+    from hrm_fast.board_eval import parse_act_steps
+
+    try:
+        return parse_act_steps(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--act-steps {text!r}: ")) from None
+
+
 def cmd_convert(args) -> int:
     from hrm_fast.convert import convert_to_checkpoint
 
     names = ("num_heads", "H_cycles", "L_cycles", "halt_max_steps", "puzzle_emb_tokens",
              "pos_encodings")  # fmt: skip
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    path = convert_to_checkpoint(args.src, args.out, **overrides)
+    path = convert_to_checkpoint(
+        args.src, args.out, kind=args.kind, source=args.source, **overrides
+    )
     print(f"wrote {path}")
     return 0
 
 
 def cmd_params(args) -> int:
     from hrm_fast.arch import build_model
+    from hrm_fast.data import dataset_kind
     from hrm_fast.layers import count_parameters
 
     cfg = _apply_overrides(from_name(args.preset), args)
     if args.puzzle_ids is not None and args.puzzle_ids < 0:
         raise UserError(f"--puzzle-ids must be >= 0, got {args.puzzle_ids}")
     n_ids = args.puzzle_ids
+    if n_ids is None and dataset_kind(cfg.data) != "arc":
+        n_ids = 2  # every board shares one puzzle id, plus the blank id
     if n_ids is None:  # the preset's pool: tasks x augmentations + the blank id
         sizes = {"arcagi": (400, 400), "arcagi2": (1000, 120)}  # (training, evaluation) tasks
         if cfg.data.source not in sizes:
@@ -403,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-source", default=None, help="directory of held-out ARC task files")
     e.add_argument("--pass-k", type=_pass_k, default=(1, 2), metavar="K,K,...",
                    help="pass@k for each k (default 1,2; HRM reports up to 1000)")  # fmt: skip
+    e.add_argument("--act-steps", type=_act_steps, default=None, metavar="N,N,...",
+                   help="Sudoku / maze: score after each of these ACT step counts (default: "
+                        "powers of two up to halt_max_steps)")  # fmt: skip
     e.set_defaults(func=cmd_eval)
 
     pd = sub.add_parser("predict", help="answer test inputs (seen or unseen tasks): "
@@ -432,6 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--halt-max-steps", type=int, default=None)
     c.add_argument("--puzzle-emb-tokens", type=int, default=None, help="TRM: 16 for ARC")
     c.add_argument("--pos-encodings", choices=["rope", "none"], default=None, help="TRM")
+    c.add_argument(
+        "--kind",
+        choices=["arc", "sudoku", "maze"],
+        default="arc",
+        help="the official run's data: sudoku (vocab 11) and maze (vocab 6) boards",
+    )
+    c.add_argument("--source", default=None,
+                   help="with --kind sudoku/maze: the boards eval reads (sudoku:PATH.csv, "
+                        "maze:PATH.csv; default the generated set)")  # fmt: skip
     c.set_defaults(func=cmd_convert)
 
     pa = sub.add_parser("params", help="parameter counts of a preset")

@@ -399,6 +399,111 @@ def _trm_smoke() -> RunConfig:
     )
 
 
+# Sudoku and maze (hrm_fast/boards.py). The official runs read the Hugging Face CSV files, which
+# a user downloads (docs/boards.md): sudoku-extreme's builder subsamples 1000 training puzzles
+# (ours: the first 1000 rows) and maze-30x30-hard-1k holds 1000. An epoch is one pass over them.
+SUDOKU_CSV = "sudoku:data/sudoku-extreme/train.csv"
+MAZE_CSV = "maze:data/maze-30x30-hard-1k/train.csv"
+
+
+def _board_train(**kw) -> TrainConfig:
+    # TRM's and HRM's README board runs: lr = puzzle_emb_lr, weight decay 1.0 on both,
+    # AdamATan2 without clipping, constant lr after 2000 warm-up steps, batch 768.
+    base = dict(batch_size=768, lr=1e-4, lr_min_ratio=1.0, warmup_steps=2000, weight_decay=1.0,
+                optimizer="adam_atan2", grad_clip=0.0, puzzle_emb_lr=1e-4,
+                puzzle_emb_weight_decay=1.0, checkpoint_every=5000)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _trm_board(source: str, canvas: int, vocab: int, **model) -> RunConfig:
+    cfg = _trm_arc1()
+    cfg.model = dataclasses.replace(cfg.model, vocab_size=vocab, **model)
+    cfg.data = DataConfig(source=source, canvas=canvas, max_tasks=1000)
+    # TRM's board runs: eval_interval 5000 epochs (our checkpoint_every is in steps).
+    cfg.train = _board_train(epochs=50_000, ema=True, ema_rate=0.999)
+    return cfg
+
+
+def _sudoku_extreme() -> RunConfig:
+    # TRM's Sudoku-Extreme MLP run (87.4%): mlp_t, no position encoding, 2 layers, T=3, n=6.
+    return _trm_board(SUDOKU_CSV, 9, 11, mlp_t=True, pos_encodings="none", H_cycles=3,
+                      L_cycles=6)  # fmt: skip
+
+
+def _maze_hard() -> RunConfig:
+    # TRM's Maze-Hard run (85.3%): attention, 2 layers, T=3, n=4.
+    return _trm_board(MAZE_CSV, 30, 6, H_cycles=3, L_cycles=4)
+
+
+def _hrm_board(source: str, canvas: int, vocab: int) -> RunConfig:
+    # HRM's README board runs (8 GPUs): the paper model, 20000 epochs, eval every 2000.
+    cfg = _paper()
+    cfg.model.vocab_size = vocab
+    cfg.loss = LossConfig(ce="stablemax")
+    cfg.data = DataConfig(source=source, canvas=canvas, max_tasks=1000)
+    cfg.train = _board_train(epochs=20_000)
+    return cfg
+
+
+def _hrm_sudoku_extreme() -> RunConfig:
+    return _hrm_board(SUDOKU_CSV, 9, 11)
+
+
+def _hrm_maze_hard() -> RunConfig:
+    return _hrm_board(MAZE_CSV, 30, 6)
+
+
+def _sudoku_cpu() -> RunConfig:
+    # Solves held-out 9x9 Sudokus on 2 CPU cores in about half an hour (docs/boards.md): TRM
+    # mlp_t at hidden 64, T=2, n=2, 4 ACT steps, no puzzle embedding, generated puzzles with
+    # 10 blanks each (each has one solution).
+    return RunConfig(
+        model=ModelConfig(arch="trm", hidden_size=64, num_heads=4, H_layers=0, L_layers=2,
+                          H_cycles=2, L_cycles=2, expansion=4.0, halt_max_steps=4,
+                          puzzle_emb_ndim=0, pos_encodings="none", mlp_t=True, vocab_size=11),
+        loss=LossConfig(ce="softmax"),
+        data=DataConfig(source="sudoku-gen", canvas=9, gen_train=10_000, gen_test=500,
+                        min_blanks=10, max_blanks=10),
+        train=TrainConfig(batch_size=32, steps=1200, lr=2e-3, warmup_steps=50, weight_decay=0.1,
+                          optimizer="adamw", grad_clip=1.0, checkpoint_every=100, log_every=25,
+                          probe_pairs=8),
+    )  # fmt: skip
+
+
+def _maze_cpu() -> RunConfig:
+    # The smallest sensible maze run: TRM attention at hidden 64 on generated 30x30 mazes with
+    # short shortest paths (docs/boards.md says what it reaches); 2 heads: head dim 32, which
+    # the fused attention kernels take.
+    return RunConfig(
+        model=ModelConfig(arch="trm", hidden_size=64, num_heads=2, H_layers=0, L_layers=2,
+                          H_cycles=2, L_cycles=2, expansion=4.0, halt_max_steps=4,
+                          puzzle_emb_ndim=0, vocab_size=6),
+        loss=LossConfig(ce="softmax"),
+        data=DataConfig(source="maze-gen", canvas=30, gen_train=2000, gen_test=200,
+                        min_difficulty=4, max_difficulty=20),
+        # A fresh model predicts one class on every maze cell, so no predicted board differs
+        # before training: the probe's TV alone gates the start.
+        train=TrainConfig(batch_size=16, steps=600, lr=2e-3, warmup_steps=50, weight_decay=0.1,
+                          optimizer="adamw", grad_clip=1.0, checkpoint_every=100, log_every=25,
+                          probe_pairs=8, probe_min_differ=0.0),
+    )  # fmt: skip
+
+
+def _board_debug() -> RunConfig:
+    # Tiny Sudoku run for unit tests: 4x4 boards, one small TRM layer.
+    return RunConfig(
+        model=ModelConfig(arch="trm", hidden_size=32, num_heads=2, H_layers=0, L_layers=1,
+                          H_cycles=2, L_cycles=1, expansion=2.0, halt_max_steps=2,
+                          puzzle_emb_ndim=0, pos_encodings="none", mlp_t=True, vocab_size=6),
+        loss=LossConfig(ce="softmax"),
+        data=DataConfig(source="sudoku-gen", canvas=4, sudoku_box=2, gen_train=64, gen_test=16,
+                        max_blanks=6),
+        train=TrainConfig(batch_size=8, steps=6, lr=1e-3, warmup_steps=2, checkpoint_every=3,
+                          log_every=1, probe_pairs=4),
+    )  # fmt: skip
+
+
 PRESETS = {
     "seed": _seed,
     "paper": _paper,
@@ -408,6 +513,13 @@ PRESETS = {
     "trm-arc1": _trm_arc1,
     "trm-arc2": _trm_arc2,
     "trm-smoke": _trm_smoke,
+    "sudoku-extreme": _sudoku_extreme,
+    "maze-hard": _maze_hard,
+    "hrm-sudoku-extreme": _hrm_sudoku_extreme,
+    "hrm-maze-hard": _hrm_maze_hard,
+    "sudoku-cpu": _sudoku_cpu,
+    "maze-cpu": _maze_cpu,
+    "board-debug": _board_debug,
 }
 
 
@@ -419,7 +531,7 @@ def from_name(name: str) -> RunConfig:
 
 # Presets sized for a CPU (tests, demos). Every other preset is sized for a GPU: the kernel
 # compile report (hrm_fast.compile_report) compiles the kernels at its training shapes.
-CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse")
+CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse", "sudoku-cpu", "maze-cpu", "board-debug")
 
 
 # (section, field) -> the interval a value must lie in. Checked for flags, config.json and
@@ -439,7 +551,7 @@ _RANGES = {
     ("model", "puzzle_emb_tokens"): "[0, inf)",
     ("model", "rope_theta"): "(0, inf)",
     ("model", "rms_norm_eps"): "(0, inf)",
-    ("model", "vocab_size"): "[12, inf)",  # PAD, EOS and ten colours
+    ("model", "vocab_size"): "[2, inf)",  # ARC needs 12, Sudoku 11 (4x4: 6), maze 6 (data.py)
     ("loss", "w_div"): "[0, inf)",
     ("loss", "w_dist"): "[0, inf)",
     ("loss", "w_halt"): "[0, inf)",

@@ -299,10 +299,19 @@ def to_official_state_dict(
     return out
 
 
-def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrides) -> Path:
+# The official builders' boards: canvas side and vocabulary (PAD + tokens).
+BOARD_KINDS = {"sudoku": (9, 11), "maze": (30, 6)}
+
+
+def convert_to_checkpoint(
+    src, out_dir, *, seq_len: int | None = None, kind: str = "arc", source: str | None = None,
+    **overrides,
+) -> Path:  # fmt: skip
     """Write an official state dict as an hrm-fast step-0 checkpoint in ``out_dir``.
 
     ``seq_len`` (default 900) must be a square: the canvas side is stored in the run config.
+    ``kind`` "sudoku" / "maze" converts a board checkpoint (vocab 11 / 6, canvas 9 / 30); its
+    data is ``source`` (``sudoku:PATH.csv``, ...; default the generated set), which eval reads.
     Returns the checkpoint path (``out_dir/checkpoints/step_000000000.pt``).
     """
     from hrm_fast import checkpoint
@@ -310,6 +319,23 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
 
     sd, name = _read(src)
     cfg = RunConfig(model=_infer(sd, name, overrides))
+    vocab = cfg.model.vocab_size
+    if kind in BOARD_KINDS:
+        canvas, want = BOARD_KINDS[kind]
+        if vocab != want:
+            raise UserError(f"{name}: vocabulary {vocab}, but {kind} boards use {want} tokens")
+        cfg.data.source = source or f"{kind}-gen"
+        cfg.data.canvas = canvas
+        if seq_len is not None and seq_len != canvas * canvas:
+            raise UserError(f"--seq-len {seq_len}: {kind} boards have {canvas * canvas} cells")
+        seq_len = None
+    elif kind != "arc":
+        raise UserError(f"--kind {kind!r}: expected arc, sudoku or maze")
+    elif vocab < 12:
+        raise UserError(
+            f"{name}: vocabulary {vocab} is too small for ARC (12); for an official Sudoku "
+            "(11) or maze (6) checkpoint pass --kind sudoku or --kind maze"
+        )
     if seq_len is not None:
         canvas = math.isqrt(seq_len)
         if canvas * canvas != seq_len or canvas <= 0:
@@ -324,7 +350,7 @@ def convert_to_checkpoint(src, out_dir, *, seq_len: int | None = None, **overrid
         step=0,
         config=cfg.to_dict(),
         model={k: v for k, v in model.state_dict().items()},
-        dataset={"num_puzzle_ids": int(n_ids), "converted_from": name},
+        dataset={"num_puzzle_ids": int(n_ids), "converted_from": name, "kind": kind},
     )
     path = checkpoint.checkpoint_path(out, 0)
     try:

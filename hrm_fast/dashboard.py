@@ -201,6 +201,17 @@ def load_run(run: str | Path) -> RunData:
     return data
 
 
+def _is_board(d: dict) -> bool:
+    src = str(d.get("source", ""))
+    return src in ("sudoku-gen", "maze-gen") or src.startswith(("sudoku:", "maze:"))
+
+
+def _board_data(d: dict) -> str:
+    if str(d.get("source")).endswith("-gen"):
+        return f" ({d.get('gen_train')} boards, {d.get('gen_test')} held out)"
+    return ""
+
+
 def config_summary(run: RunData) -> str:
     c = run.config
     if not c:
@@ -213,7 +224,7 @@ def config_summary(run: RunData) -> str:
         f"batch {t.get('batch_size')}, lr {t.get('lr')}",
         f"data {d.get('source')}"
         + (f" ({d.get('max_tasks')} tasks)" if d.get("max_tasks") else "")
-        + f" x {d.get('n_aug')} aug",
+        + (_board_data(d) if _is_board(d) else f" x {d.get('n_aug')} aug"),
         f"backend {t.get('backend')}"
         + (", SDPA attention" if t.get("attention") == "sdpa" else "")
         + f", dtype {t.get('dtype')}",
@@ -346,6 +357,15 @@ EVAL_SCORES = (
     ("pass1", "pass@1"), ("pass2", "pass@2"), ("pair_pass1", "pair\npass@1"),
     ("pixel_accuracy", "pixel\nacc."),
 )  # fmt: skip
+# A Sudoku / maze eval.json (hrm_fast/board_eval.py): per-board exact, blank cells, all cells.
+BOARD_EVAL_SCORES = (
+    ("exact", "exact"), ("blank_accuracy", "blank\ncells"), ("cell_accuracy", "all\ncells"),
+)  # fmt: skip
+
+
+def _eval_scores(runs) -> tuple:
+    boards = any((run.eval or {}).get("kind") in ("sudoku", "maze") for run in runs)
+    return BOARD_EVAL_SCORES if boards else EVAL_SCORES
 
 
 HELD_OUT_SERIES = (("pass2", "pass@2", "-"), ("pass1", "pass@1", "--"),
@@ -398,10 +418,11 @@ def _eval_panel(ax, runs) -> None:
         ax.set_yticks([])
         return
     width = 0.8 / len(with_eval)
-    x = np.arange(len(EVAL_SCORES))
+    scores = _eval_scores(runs)
+    x = np.arange(len(scores))
     for i, (r, run) in enumerate(with_eval):
         o = run.eval["overall"]
-        vals = np.array([_number(o.get(k)) for k, _ in EVAL_SCORES])
+        vals = np.array([_number(o.get(k)) for k, _ in scores])
         pos = x + (i - (len(with_eval) - 1) / 2) * width
         step = run.eval.get("step")
         label = f"at step {step}" + (f" ({run.label})" if len(runs) > 1 else "")
@@ -409,7 +430,7 @@ def _eval_panel(ax, runs) -> None:
         for b, v in zip(bars, vals, strict=True):
             ax.annotate(f"{v:.2f}" if math.isfinite(v) else "n/a", (b.get_x() + b.get_width() / 2,
                         b.get_height()), ha="center", va="bottom", fontsize=7)  # fmt: skip
-    ax.set_xticks(x, [lab for _, lab in EVAL_SCORES], fontsize=8)
+    ax.set_xticks(x, [lab for _, lab in scores], fontsize=8)
     ax.set_ylim(0, 1.12)
     ax.legend(fontsize=7, loc="upper left")
 
@@ -459,11 +480,11 @@ def build_figure(runs: list[RunData]):
                  [("accuracy", "pixel"), ("exact_accuracy", "exact")], ylim=FRACTION)  # fmt: skip
     for run in runs:  # the held-out score where eval ran
         o = (run.eval or {}).get("overall", {})
-        v, step = _number(o.get("pixel_accuracy")), _step(run.eval or {})
+        v, step = _number(o.get("pixel_accuracy", o.get("cell_accuracy"))), _step(run.eval or {})
         if math.isfinite(v) and step is not None:
             suffix = f" ({run.label})" if len(runs) > 1 else ""
             axes[2].plot([step], [v], marker="*", markersize=13, color="0.15",
-                         linestyle="none", label="eval pixel acc." + suffix)  # fmt: skip
+                         linestyle="none", label="eval cell acc." + suffix)  # fmt: skip
             axes[2].legend(fontsize=7, loc="best")
     _train_panel(axes[3], runs, "unique classes per batch",
                  [("unique_classes", "predicted"), ("label_classes", "in the labels")])  # fmt: skip
@@ -518,9 +539,10 @@ def _html(runs: list[RunData], png: Path) -> str:
             parts.append(f"<p>Notes:</p><ul>{items}</ul>")
         if run.eval is not None:
             o = run.eval["overall"]
-            heads = (html.escape(lab.replace("\n", " ")) for _, lab in EVAL_SCORES)
+            scores = _eval_scores([run])
+            heads = (html.escape(lab.replace("\n", " ")) for _, lab in scores)
             head = "".join(f"<th>{h}</th>" for h in heads)
-            row = "".join(f"<td>{_number(o.get(k)):.3f}</td>" for k, _ in EVAL_SCORES)
+            row = "".join(f"<td>{_number(o.get(k)):.3f}</td>" for k, _ in scores)
             parts.append(
                 f"<p>Held-out eval at step {html.escape(str(run.eval.get('step')))}:</p>"
                 f"<table><tr>{head}</tr><tr>{row}</tr></table>"

@@ -30,7 +30,7 @@ import torch
 
 from hrm_fast.augment import augment_batch_ref, random_offsets, sample_pool
 from hrm_fast.config import DataConfig
-from hrm_fast.errors import DataError
+from hrm_fast.errors import DataError, UserError
 
 Grid = np.ndarray  # uint8 [h, w], raw colours 0-9
 Pair = tuple[Grid, Grid]
@@ -634,6 +634,50 @@ def build_dataset(cfg: DataConfig, seed: int):
     from hrm_fast.boards import build_board_dataset
 
     return build_board_dataset(cfg)
+
+
+ARC_VOCAB = 12  # PAD, EOS, colours 0-9
+
+
+def data_identity(dataset) -> dict:
+    """What a checkpoint records of its data: the kind, and for boards a digest of every board,
+    so eval and resume refuse other boards (ARC data is identified by its task ids)."""
+    if isinstance(dataset, ArcDataset):
+        return {"kind": "arc"}
+    return {"kind": dataset.kind, "boards": dataset.digest}
+
+
+def check_same_data(payload: dict, dataset) -> None:
+    """UserError when a checkpoint's recorded data kind or boards differ from ``dataset``
+    (checkpoints from before kinds were recorded are ARC)."""
+    saved = payload.get("dataset") or {}
+    now = data_identity(dataset)
+    kind = saved.get("kind", "arc")
+    where = payload.get("path", "checkpoint")
+    if kind != now["kind"]:
+        raise UserError(f"{where}: trained on {kind} data, the config now gives {now['kind']}")
+    if "boards" in saved and saved["boards"] != now.get("boards"):
+        raise UserError(
+            f"{where}: trained on other {kind} boards (digest {saved['boards']}, now "
+            f"{now.get('boards')}); has --source or a --gen-* / difficulty flag changed?"
+        )
+
+
+def check_fits(cfg, dataset) -> None:
+    """UserError when the model's vocabulary does not fit the data's kind (the canvas is
+    checked where the data is built)."""
+    if isinstance(dataset, ArcDataset):
+        if cfg.model.vocab_size < ARC_VOCAB:
+            raise UserError(
+                f"--vocab-size {cfg.model.vocab_size}: ARC data needs >= {ARC_VOCAB} "
+                "(PAD, EOS, ten colours)"
+            )
+        return
+    if cfg.model.vocab_size != dataset.vocab_size:
+        raise UserError(
+            f"--vocab-size {cfg.model.vocab_size}: {dataset.kind} boards use "
+            f"{dataset.vocab_size} tokens; set --vocab-size {dataset.vocab_size}"
+        )
 
 
 def make_sampler(dataset, device="cpu", backend: str = "auto"):

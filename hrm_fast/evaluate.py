@@ -497,14 +497,17 @@ def evaluate(
     quiet: bool = False,
     dp=None,
     pass_k=DEFAULT_PASS_K,
+    act_steps=None,
 ) -> dict | None:
     """Evaluate a checkpoint; writes ``eval.json`` (and ``eval.png``) into ``out``; returns
     the eval.json dict.
 
     ``dp`` (``hrm_fast.distributed``, under torchrun): each rank predicts whole batches of the
     single-process batching, rank 0 gathers the predictions, scores and writes (others get
-    None), so eval.json is the one a single process writes."""
-    from hrm_fast.data import ArcDataset
+    None), so eval.json is the one a single process writes. A Sudoku / maze checkpoint is
+    scored on its held-out boards (``hrm_fast.board_eval``; ``act_steps``: ACT step counts to
+    score)."""
+    from hrm_fast.data import ArcDataset, dataset_kind
     from hrm_fast.overlap import dataset_overlap
 
     if n_aug < 1:
@@ -521,6 +524,11 @@ def evaluate(
     dev = resolve_device(device) if dp is None else dp.device
     model, cfg, payload, backend = load_for_inference(checkpoint, dev, quiet, dp)
     path = Path(payload["path"])
+    if dataset_kind(cfg.data) != "arc":
+        return _evaluate_boards(model, cfg, payload, out, act_steps, batch_size, render, dev,
+                                quiet, dp)  # fmt: skip
+    if act_steps:
+        raise UserError("--act-steps: only for Sudoku / maze checkpoints")
     if eval_source:
         from hrm_fast.data import BUILTIN_SOURCES, split_sources
 
@@ -610,6 +618,19 @@ def evaluate(
     return report
 
 
+def _evaluate_boards(model, cfg, payload, out, act_steps, batch_size, render, dev, quiet, dp):
+    """A board checkpoint's eval on rank 0 (the held-out boards are few; other ranks wait)."""
+    from hrm_fast.board_eval import evaluate_boards
+    from hrm_fast.data import build_dataset, check_same_data
+
+    if dp is not None and not dp.is_main:
+        return None
+    dataset = build_dataset(cfg.data, seed=cfg.train.seed)
+    check_same_data(payload, dataset)
+    return evaluate_boards(model, cfg, payload, dataset, out, act_steps, batch_size, render,
+                           dev, quiet)  # fmt: skip
+
+
 def _pass_line(part: dict) -> str:
     return "  ".join(f"pass@{k} {v:.3f}" for k, v in part["pass_at"].items())
 
@@ -668,6 +689,7 @@ def main(args) -> int:
             quiet=dp is not None and not dp.is_main,
             dp=dp,
             pass_k=args.pass_k,
+            act_steps=getattr(args, "act_steps", None),
         )
     except BaseException:
         if dp is not None:

@@ -42,12 +42,11 @@ def _nbytes(*ts: torch.Tensor) -> int:
 
 def cases(cfg: RunConfig, device, dtype=torch.bfloat16) -> list[KernelCase]:
     """Each family's op at ``cfg``'s training shapes (batch ``cfg.train.batch_size``)."""
-    from hrm_fast.loss import arc_loss_fused
     from hrm_fast.kernels.attention import rope_attention
     from hrm_fast.kernels.rms_norm import add_rms_norm
     from hrm_fast.kernels.swiglu import swiglu
     from hrm_fast.layers import RotaryEmbedding
-    from hrm_fast.loss import IGNORE
+    from hrm_fast.loss import IGNORE, arc_loss_fused
 
     m, B = cfg.model, cfg.train.batch_size
     S = cfg.seq_len + m.puzzle_emb_len

@@ -152,7 +152,7 @@ def predict_tasks(
     """Answer every test input of ``source``'s tasks; returns the predict.json dict (with
     ``paths``). ``time_budget`` (minutes) stops voting when it runs out: every test input
     still gets two attempts."""
-    from hrm_fast.data import load_tasks
+    from hrm_fast.data import dataset_kind, load_tasks
     from hrm_fast.puzzle_rows import checkpoint_task_rows
 
     if n_aug < 1:
@@ -167,6 +167,11 @@ def predict_tasks(
     _check_source(source)
     dev = resolve_device(device)
     model, cfg, payload, backend = load_for_inference(checkpoint, dev, quiet)
+    if dataset_kind(cfg.data) != "arc":
+        raise UserError(
+            f"{payload['path']}: a {dataset_kind(cfg.data)} checkpoint; predict answers ARC "
+            "tasks (score its held-out boards with hrm-fast eval)"
+        )
     path = Path(payload["path"])
     tasks = load_tasks(source, "evaluation", cfg.data.canvas, need_outputs=False)
     if not tasks:

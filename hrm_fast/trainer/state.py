@@ -10,6 +10,7 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.config import RunConfig
+from hrm_fast.data import check_same_data
 from hrm_fast.distributed import rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
@@ -169,10 +170,12 @@ def check_resume_config(cfg: RunConfig, payload: dict) -> None:
 
 
 def check_resume_data(trainer, payload: dict) -> None:
-    """UserError when the data now loaded gives other puzzle tasks than the checkpoint's."""
+    """UserError when the data now loaded gives other puzzle tasks (or boards) than the
+    checkpoint's."""
     saved = payload.get("dataset", {}).get("task_ids")
     if saved is None or payload.get("optimizer") is None:
         return
+    check_same_data(payload, trainer.dataset)
     now = list(trainer.dataset.task_ids)
     if list(saved) != now:
         i = next((i for i, (a, b) in enumerate(zip(saved, now, strict=False)) if a != b),

@@ -67,7 +67,7 @@ class Trainer:
         train_network: bool = True,
         force_selfcheck: bool = False,
     ):
-        from hrm_fast.data import ArcDataset, DeviceSampler
+        from hrm_fast.data import build_dataset, check_fits, data_identity, make_sampler
 
         self.cfg = cfg
         # Data parallel (torchrun, world > 1): this rank's device and share of the global batch.
@@ -84,21 +84,25 @@ class Trainer:
             self.runtime.dtype,
         )
         torch.manual_seed(cfg.train.seed)
-        self.dataset = (
-            dataset if dataset is not None else ArcDataset.build(cfg.data, cfg.train.seed)
-        )
-        # What the checkpoint records beside the weights: the dataset's puzzle tasks (adapt
-        # replaces it with the table's blocks) and any extra entries.
+        # The data's kind (ARC, Sudoku, maze) decides the vocabulary, sequence and puzzle ids;
+        # adapt passes its own (a new block of puzzle ids for unseen tasks).
+        if dataset is None:
+            dataset = build_dataset(cfg.data, seed=cfg.train.seed)
+        self.dataset = dataset
+        check_fits(cfg, self.dataset)
+        # What the checkpoint records beside the weights: the data's identity and puzzle tasks
+        # (adapt replaces the tasks with the table's blocks) and any extra entries.
         self.dataset_record = {
             "num_puzzle_ids": self.dataset.num_puzzle_ids,
             "task_ids": list(self.dataset.task_ids),
+            **data_identity(self.dataset),
         }
         self.payload_extra: dict = {}
         if cfg.train.epochs > 0:  # the run length follows the data actually loaded
             cfg.train.steps = steps_for_epochs(
                 cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
             )
-        self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
+        self.sampler = make_sampler(self.dataset, self.device, self.backend)
         self.model = build_model(
             cfg.model,
             seq_len=cfg.seq_len,

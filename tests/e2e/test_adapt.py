@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from test_evaluate import _write_tasks
 from test_predict import _challenges
 
 from hrm_fast.cli import main
+from tests.support.tasks import write_nonsquare_tasks as _write_tasks
 
 TABLE = "inner.puzzle_emb.weights"
 

@@ -27,15 +27,16 @@ from tests.support.parity import assert_close, kernel_device, max_err
 
 pytestmark = pytest.mark.interpret
 
-V = 12
-SHAPES = [(1, 901), (2, 37), (3, 130)]
+V = 12  # ARC's vocabulary; the boards' are 11 (Sudoku) and 6 (maze)
+# ARC's canvas and odd shapes, then Sudoku (81 cells, V 11) and maze (900 cells, V 6).
+SHAPES = [(1, 901, V), (2, 37, V), (3, 130, V), (2, 81, 11), (1, 900, 6)]
 DTYPES = [torch.float32, torch.float16]
 # fp32 floors for sums over up to ~900 positions (ce_sum ~ 3 per position, p_sum <= 1).
 FLOOR = {"ce_sum": 2e-4, "p_sum": 5e-5, "q_sum": 5e-5}
 T = 0.25  # diversity temperature: the default; sharpening makes the q-histogram's gradient 4x
 
 
-def make_inputs(B, S, dtype, seed):
+def make_inputs(B, S, dtype, seed, V=V):
     g = torch.Generator().manual_seed(seed)
     dev = kernel_device()
     x = (3 * torch.randn(B, S, V, generator=g)).to(dtype)
@@ -48,7 +49,7 @@ def make_inputs(B, S, dtype, seed):
     return x.to(dev), y.to(dev), q[0].to(dev), q[1].to(dev), q[2].sigmoid().to(dev), steps.to(dev)
 
 
-def poisoned_partials(B, S, device):
+def poisoned_partials(B, S, device, V=V):
     parts = _alloc_stats_partials(B, S, V, device)
     for t in parts:
         t.fill_(float("nan") if t.is_floating_point() else -7777)
@@ -57,10 +58,10 @@ def poisoned_partials(B, S, device):
 
 @pytest.mark.parametrize("stablemax", [False, True], ids=["softmax", "stablemax"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("B,S", SHAPES)
-def test_stats_fwd(B, S, dtype, stablemax):
-    x, y, *_ = make_inputs(B, S, dtype, seed=B * 1000 + S)
-    got = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device))
+@pytest.mark.parametrize("B,S,V", SHAPES)
+def test_stats_fwd(B, S, V, dtype, stablemax):
+    x, y, *_ = make_inputs(B, S, dtype, seed=B * 1000 + S, V=V)
+    got = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device, V))
     want = arc_loss_stats_ref(x.cpu().double(), y.cpu(), stablemax, T)
     eager = arc_loss_stats_ref(x.cpu(), y.cpu(), stablemax, T)
     for name in ("n_valid", "correct", "y_sum", "a_sum"):
@@ -81,15 +82,15 @@ def test_stats_fwd(B, S, dtype, stablemax):
 
 @pytest.mark.parametrize("stablemax", [False, True], ids=["softmax", "stablemax"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("B,S", SHAPES)
-def test_fused_loss_and_dlogits(B, S, dtype, stablemax):
+@pytest.mark.parametrize("B,S,V", SHAPES)
+def test_fused_loss_and_dlogits(B, S, V, dtype, stablemax):
     cfg = LossConfig(
         ce="stablemax" if stablemax else "softmax", w_div=0.5, w_dist=0.3, div_temperature=T
     )
-    x, y, qh, qc, tg, steps = make_inputs(B, S, dtype, seed=7 + B * 1000 + S)
+    x, y, qh, qc, tg, steps = make_inputs(B, S, dtype, seed=7 + B * 1000 + S, V=V)
 
     # Fused path, by hand: kernel stats -> penalty autograd -> bwd kernel.
-    st = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device))
+    st = _arc_loss_stats_fwd(x, y, stablemax, T, out=poisoned_partials(B, S, x.device, V))
     ce = st.ce_sum.detach().requires_grad_()
     p = st.p_sum.detach().requires_grad_()
     q = st.q_sum.detach().requires_grad_()

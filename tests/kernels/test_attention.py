@@ -97,7 +97,8 @@ FP32_CASES = [
     (3, 37, 1, 128, False, False),
     (1, 130, 2, 128, True, False),
     (1, 901, 1, 32, False, False),
-    (1, 916, 1, 64, False, False),
+    (1, 916, 1, 64, False, False),  # ARC / maze (900) + 16 TRM puzzle positions
+    (2, 97, 2, 64, False, False),  # Sudoku (81) + 16 TRM puzzle positions
 ]
 FP16_CASES = [
     (2, 37, 2, 32, True),
@@ -105,6 +106,7 @@ FP16_CASES = [
     (2, 37, 1, 128, False),
     (1, 901, 1, 64, False),
     (1, 916, 1, 64, False),
+    (2, 97, 1, 64, False),  # Sudoku + 16 puzzle positions
 ]
 
 

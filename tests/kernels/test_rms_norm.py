@@ -19,7 +19,9 @@ pytestmark = pytest.mark.interpret
 EPS = 1e-5
 # (leading shape, N): rows 1, 37, 130 (= 2 x 65); N = HRM's 256 plus odd widths, and 916: TRM's
 # mlp_t normalises over the sequence axis (ARC: 900 cells + 16 puzzle positions).
-SHAPES = [((1,), 96), ((37,), 256), ((2, 65), 200), ((37,), 1000), ((3,), 916)]
+# The last two: TRM mlp_t's norm over a Sudoku's sequence axis (81; 81 + 16 puzzle positions).
+SHAPES = [((1,), 96), ((37,), 256), ((2, 65), 200), ((37,), 1000), ((3,), 916), ((2, 8), 81),
+          ((3, 16), 97)]  # fmt: skip
 LOW = [torch.float16, torch.bfloat16]
 
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.interpret
 
 # (leading shape, I): rows 1, 37, 130 (= 2 x 65); I = the seed's 768 plus odd widths.
 # TRM at ARC (fp32 only): I = 1536 (hidden 512) and its mlp_t sequence-axis width 2560 (S = 916).
-SHAPES = [((1,), 80), ((37,), 300), ((2, 65), 768), ((37,), 80), ((3,), 1536), ((2,), 2560)]
+# The last two: TRM mlp_t across a Sudoku's sequence (81 -> width 256; 81 + 16 -> 512).
+SHAPES = [((1,), 80), ((37,), 300), ((2, 65), 768), ((37,), 80), ((3,), 1536), ((2,), 2560),
+          ((2, 64), 256), ((3, 16), 512)]  # fmt: skip
 
 
 def _inputs(lead, I, dtype, seed):
