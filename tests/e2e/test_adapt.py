@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from test_predict import _challenges
 
 from hrm_fast.cli import main
+from tests.e2e.test_predict import _challenges
 from tests.support.tasks import write_nonsquare_tasks as _write_tasks
 
 TABLE = "inner.puzzle_emb.weights"
@@ -265,7 +265,7 @@ def test_benchmark_duplicate_is_reported_not_refused():
 def test_adapt_under_torchrun_two_ranks(base_run, tmp_path):
     """2 gloo ranks, frozen network: the new rows train (gathered across ranks), the network
     stays, rank 0 writes the checkpoint."""
-    from test_distributed import run, torchrun
+    from tests.distributed.test_distributed import run, torchrun
 
     out = tmp_path / "dp"
     cmd = torchrun("--standalone", "--nproc-per-node", "2", "-m", "hrm_fast", "adapt",
