@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrm_fast.augment import augment_batch_ref, random_offsets, sample_pool
 from hrm_fast.config import DataConfig
 from hrm_fast.errors import DataError, UserError
+from hrm_fast.grid_transforms import augment_batch_ref, random_offsets, sample_pool
 
 Grid = np.ndarray  # uint8 [h, w], raw colours 0-9
 Pair = tuple[Grid, Grid]

@@ -140,7 +140,7 @@ def build_items(
     the items augmentation-major (every pair's k = 0, then every pair's k = 1, ...), so a run
     stopped early has voted on every pair; within a pair the order is the same either way.
     """
-    from hrm_fast.augment import sample_pool
+    from hrm_fast.grid_transforms import sample_pool
     from hrm_fast.puzzle_rows import TaskRows
 
     k_max = max(1, min(n_aug, dataset.n_aug))

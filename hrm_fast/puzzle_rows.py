@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hrm_fast.augment import sample_pool
 from hrm_fast.errors import UserError
+from hrm_fast.grid_transforms import sample_pool
 
 
 @dataclass

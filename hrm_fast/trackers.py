@@ -202,7 +202,7 @@ class WandbTracker:
 def prediction_image(trainer, n: int = PREDICTION_ROWS) -> np.ndarray:
     """input | target | prediction for ``n`` fixed training examples (same ones at every
     checkpoint: the draw is seeded and forked, so training's RNG stream is untouched)."""
-    from hrm_fast.augment import invert_batch_ref
+    from hrm_fast.grid_transforms import invert_batch_ref
     from hrm_fast.render import tasks_image
 
     model, sampler, cfg = trainer.model, trainer.sampler, trainer.cfg

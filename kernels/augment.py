@@ -2,7 +2,7 @@
 
 ``augment_batch`` gathers every canvas cell of every example straight from the packed grid
 bank: each program owns one example x a block of cells and computes the source cell through
-the dihedral index map (``hrm_fast.augment`` docstring), then applies the colour map, the
+the dihedral index map (``hrm_fast.grid_transforms`` docstring), then applies the colour map, the
 translation and the EOS / PAD encoding. ``invert_batch`` crops a prediction made at offset 0,
 applies the inverse dihedral and the inverse colour map. Both are bit-identical to the torch
 references ``augment_batch_ref`` / ``invert_batch_ref`` at the end of this file (integer
@@ -31,7 +31,7 @@ BLOCK = 256  # canvas cells per program: 4 programs per 30x30 example
 
 @triton.jit
 def _bits(tid):
-    # SWAP / FLIP_R / FLIP_C tables of hrm_fast.augment, as arithmetic on the id.
+    # SWAP / FLIP_R / FLIP_C tables of hrm_fast.grid_transforms, as arithmetic on the id.
     swap = (tid == 1) | (tid == 3) | (tid == 6) | (tid == 7)
     flip_r = (tid == 2) | (tid == 3) | (tid == 5) | (tid == 7)
     flip_c = (tid == 1) | (tid == 2) | (tid == 4) | (tid == 7)
@@ -303,7 +303,7 @@ def invert_batch(pred_tokens, dihedral, colour_map, canvas):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch reference (the definition the kernels match bit for bit; hrm_fast.augment checks it
+# torch reference (the definition the kernels match bit for bit; hrm_fast.grid_transforms checks it
 # against HRM's numpy pipeline)
 # ---------------------------------------------------------------------------------------------
 

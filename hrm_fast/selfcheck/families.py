@@ -138,7 +138,12 @@ def check_arc_loss(cfg, device, gen):
 def check_augment(cfg, device, gen):
     import numpy as np
 
-    from hrm_fast.augment import augment_batch_ref, invert_batch_ref, random_offsets, sample_pool
+    from hrm_fast.grid_transforms import (
+        augment_batch_ref,
+        invert_batch_ref,
+        random_offsets,
+        sample_pool,
+    )
     from hrm_fast.kernels.augment import augment_batch, invert_batch
 
     canvas, pairs = cfg.data.canvas, 4

@@ -11,8 +11,13 @@ from hrm_fast.kernels.augment import (
     invert_batch,
 )
 
-from hrm_fast.augment import augment_batch_ref, invert_batch_ref, random_offsets, sample_pool
 from hrm_fast.compile_report import preset_shape
+from hrm_fast.grid_transforms import (
+    augment_batch_ref,
+    invert_batch_ref,
+    random_offsets,
+    sample_pool,
+)
 from tests.support.parity import kernel_device
 
 pytestmark = pytest.mark.interpret

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hrm_fast.augment import (
+from hrm_fast.config import DataConfig
+from hrm_fast.data import ArcDataset, DeviceSampler, GridBank, load_tasks
+from hrm_fast.errors import DataError
+from hrm_fast.grid_transforms import (
     IGNORE,
     augment_batch_ref,
     augment_example_np,
@@ -16,9 +19,6 @@ from hrm_fast.augment import (
     encode_pair_np,
     invert_batch_ref,
 )
-from hrm_fast.config import DataConfig
-from hrm_fast.data import ArcDataset, DeviceSampler, GridBank, load_tasks
-from hrm_fast.errors import DataError
 
 GRID = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
 

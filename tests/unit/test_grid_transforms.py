@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrm_fast.augment import (
+from hrm_fast.grid_transforms import (
     COMPOSE,
     DIHEDRAL_INVERSE,
     IGNORE,
@@ -209,7 +209,7 @@ def test_index_bits_match_tables():
     # The batched/kernels' index-map bits and inverse ids agree with the documented tables.
     from hrm_fast.kernels.augment import dihedral_bits, inverse_dihedral
 
-    from hrm_fast.augment import FLIP_C, FLIP_R, SWAP
+    from hrm_fast.grid_transforms import FLIP_C, FLIP_R, SWAP
 
     t = torch.arange(8)
     swap, flip_r, flip_c = dihedral_bits(t)
