@@ -45,11 +45,18 @@ def default_act_steps(halt_max_steps: int) -> tuple[int, ...]:
 
 @torch.no_grad()
 def predict_boards(
-    model, dataset: BoardDataset, act_steps: tuple[int, ...], batch_size: int, device
+    model,
+    dataset: BoardDataset,
+    act_steps: tuple[int, ...],
+    batch_size: int,
+    device,
+    n_boards: int = 0,
 ) -> dict[int, np.ndarray]:
-    """{steps: predicted tokens int32 ``[N, S]``} for every held-out board, after each count of
-    ACT steps in ``act_steps`` (eval mode: no example halts before the largest)."""
+    """{steps: predicted tokens int32 ``[N, S]``} for the first ``n_boards`` held-out boards
+    (0: all), after each count of ACT steps in ``act_steps`` (eval mode: no example halts
+    before the largest)."""
     n, last = len(dataset.test_inputs), max(act_steps)
+    n = min(n, n_boards) if n_boards else n
     preds = {k: np.zeros((n, dataset.seq_len), np.int32) for k in act_steps}
     was_training, saved_max = model.training, model.cfg.halt_max_steps
     model.eval()
@@ -75,11 +82,12 @@ def predict_boards(
 
 
 def score_boards(dataset: BoardDataset, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Per board: ``exact`` (bool), ``fill_correct`` / ``fill_cells`` (cells to fill) and
-    ``cells_correct`` (all cells)."""
-    labels = torch.as_tensor(dataset.test_labels.astype(np.int64))
+    """Per board (the first ``len(pred)`` held-out boards): ``exact`` (bool), ``fill_correct``
+    / ``fill_cells`` (cells to fill) and ``cells_correct`` (all cells)."""
+    n = len(pred)
+    labels = torch.as_tensor(dataset.test_labels[:n].astype(np.int64))
     p = torch.as_tensor(pred.astype(np.int64))
-    fill = torch.as_tensor(dataset.test_inputs == FILL_TOKEN[dataset.kind])
+    fill = torch.as_tensor(dataset.test_inputs[:n] == FILL_TOKEN[dataset.kind])
     right = p == labels
     return {
         "exact": exact_match(p, labels).numpy(),
@@ -87,6 +95,32 @@ def score_boards(dataset: BoardDataset, pred: np.ndarray) -> dict[str, np.ndarra
         "fill_cells": fill.sum(1).numpy(),
         "cells_correct": right.sum(1).numpy(),
     }
+
+
+def held_out_board_scores(
+    model,
+    dataset: BoardDataset,
+    cfg,
+    n_tasks: int,
+    n_aug: int,
+    batch_size: int,
+    device,
+    quiet=True,
+    dp=None,
+) -> dict | None:
+    """The train loop's held-out score of a board run (``--eval-every``): the first
+    ``n_tasks`` held-out boards (0: all) at the model's trained ACT depth, unaugmented
+    (``n_aug`` does not apply). A board is one task with one test pair, so pass@1 = pass@2 =
+    exact; ``pixel_accuracy`` is the blank-cell accuracy. Rank 0 scores; others get None."""
+    if dp is not None and not dp.is_main:
+        return None
+    steps = cfg.model.halt_max_steps
+    pred = predict_boards(model, dataset, (steps,), batch_size, device, n_tasks)[steps]
+    rates = _rates(score_boards(dataset, pred))
+    n = rates["n_boards"]
+    exact, blank = rates["exact"], rates["blank_accuracy"]
+    return {"pass1": exact, "pass2": exact, "pixel_accuracy": blank, "pair_pass1": exact,
+            "pair_pass2": exact, "n_tasks": n, "n_test_pairs": n, "n_aug": 1}  # fmt: skip
 
 
 def _rates(s: dict[str, np.ndarray], keep=None) -> dict:

@@ -99,8 +99,18 @@ def check_overlap(train_tasks, scored_tasks) -> OverlapReport:
 
 
 def dataset_overlap(dataset, n_tasks: int | None = None) -> OverlapReport:
-    """Overlap of an ``ArcDataset``'s held-out test pairs (its first ``n_tasks`` eval tasks)
-    with its trainable pairs."""
+    """Overlap of a data set's held-out test pairs (an ``ArcDataset``'s first ``n_tasks`` eval
+    tasks) with its trainable pairs; for Sudoku / maze boards, held-out boards equal to a
+    training board (puzzle and solution)."""
+    if not hasattr(dataset, "bank"):  # boards: one pair per board
+        n = len(dataset.test_inputs) if n_tasks is None else n_tasks
+        boards = zip(dataset.train_inputs, dataset.train_labels, strict=True)
+        trained = [("training boards", list(boards))]
+        scored = [
+            (f"held-out board {k}", [(dataset.test_inputs[k], dataset.test_labels[k])])
+            for k in range(n)
+        ]
+        return check_overlap(trained, scored)
     bank = dataset.bank
     trained = [
         (tid, [bank.pair(int(p)) for p in range(start, start + count)])

@@ -46,9 +46,20 @@ def scorer_for(dataset) -> Scorer:
         from hrm_fast.evaluate import held_out_scores
 
         return held_out_scores
-    raise UserError(
-        f"--eval-every: held-out scoring of {type(dataset).__name__} runs is not available yet"
-    )
+    from hrm_fast.boards import BoardDataset
+
+    if isinstance(dataset, BoardDataset):
+        from hrm_fast.board_eval import held_out_board_scores
+
+        return held_out_board_scores
+    raise UserError(f"--eval-every: no held-out scoring for {type(dataset).__name__} runs")
+
+
+def held_out_count(dataset) -> int:
+    """Held-out tasks to score: an ARC data set's eval tasks, or a board set's test boards."""
+    if hasattr(dataset, "eval_task_ids"):
+        return len(dataset.eval_task_ids)
+    return len(dataset.test_inputs)
 
 
 def _key(scores: dict) -> tuple[float, float]:
@@ -75,7 +86,7 @@ class HeldOutEval:
         t = cfg.train
         self.every, self.patience, self.last_step = t.eval_every, t.early_stop, t.steps
         self.n_aug = t.eval_n_aug
-        total = len(trainer.dataset.eval_task_ids)
+        total = held_out_count(trainer.dataset)
         self.n_tasks = min(total, t.eval_tasks) if t.eval_tasks else total
         self.trainer, self.out, self.log, self.scorer = trainer, Path(out), log, scorer
         self.best_file = ckpt.best_path(out)
@@ -122,7 +133,7 @@ class HeldOutEval:
         cls.check_settings(cfg)
         if t.eval_every == 0:
             return None
-        if not len(trainer.dataset.eval_task_ids):
+        if not held_out_count(trainer.dataset):
             raise UserError(
                 f"--eval-every {t.eval_every}: the data has no held-out tasks to score "
                 f"(eval_source {cfg.data.eval_source!r})"

@@ -258,3 +258,26 @@ def test_predict_refuses_a_board_checkpoint(board_cfg, tmp_path, capsys):
     assert train(board_cfg, run, quiet=True) == 0
     rc = cli_main(["predict", str(run), "--source", "arcagi", "--out", str(tmp_path / "p")])
     assert rc == 2 and "a sudoku checkpoint; predict answers ARC" in capsys.readouterr().err
+
+
+def test_board_run_scores_held_out_boards_during_training(board_cfg, tmp_path):
+    """--eval-every on a board run: eval records equal `hrm-fast eval` of that checkpoint
+    (exact = pass@1 = pass@2, blank-cell accuracy as pixel accuracy) and best.pt is kept."""
+    run = tmp_path / "run"
+    board_cfg.train.eval_every = board_cfg.train.checkpoint_every
+    assert train(board_cfg, run, quiet=True) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == list(
+        range(board_cfg.train.eval_every, board_cfg.train.steps + 1, board_cfg.train.eval_every)
+    )
+    last = evals[-1]
+    assert last["pass1"] == last["pass2"] and last["n_tasks"] == board_cfg.data.gen_test
+    report = evaluate(
+        ckpt.checkpoint_path(run, board_cfg.train.steps), out=tmp_path / "ev", device="cpu",
+        quiet=True, act_steps=(board_cfg.model.halt_max_steps,),
+    )  # fmt: skip
+    assert last["pass1"] == pytest.approx(report["overall"]["exact"])
+    assert last["pixel_accuracy"] == pytest.approx(report["overall"]["blank_accuracy"])
+    assert (run / "best.pt").is_file()
+    assert ckpt.load(run / "best.pt")["step"] == max(evals, key=lambda r: r["pass2"])["step"]
