@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, check_ranges, from_name, iter_fields, parse_value
+from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
 from hrm_fast.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -50,50 +50,12 @@ def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
             raise UserError(f"{_flag(name)}: {e}") from None
     if {"cfg__train__steps", "cfg__train__epochs"} <= given and cfg.train.epochs > 0:
         raise UserError("--steps and --epochs both set the run length; give one of them")
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: RunConfig) -> None:
+    names = {k.split("__")[2] for k in given}
     try:
-        check_ranges(cfg)
+        cfg.validate(names)
     except ValueError as e:
         raise UserError(str(e)) from None
-    m, t, d = cfg.model, cfg.train, cfg.data
-    checks = [
-        (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
-        (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
-        (m.arch in ("hrm", "trm"), "--arch must be hrm or trm"),
-        (m.arch == "trm" or m.H_layers >= 1, "--H-layers must be >= 1 for HRM"),
-        (m.pos_encodings in ("rope", "none"), "--pos-encodings must be rope or none"),
-        (
-            m.arch == "trm" or (m.pos_encodings == "rope" and not m.mlp_t),
-            "--pos-encodings none and --mlp-t are TRM options (--arch trm)",
-        ),
-        (
-            m.puzzle_emb_ndim <= m.puzzle_emb_len * m.hidden_size,
-            "--puzzle-emb-ndim must fit in --puzzle-emb-tokens x --hidden-size",
-        ),
-        (m.halt_max_steps >= 1, "--halt-max-steps must be >= 1"),
-        (m.H_cycles >= 1 and m.L_cycles >= 1, "--H-cycles and --L-cycles must be >= 1"),
-        (t.batch_size >= 1, "--batch-size must be >= 1"),
-        (t.steps >= 1, "--steps must be >= 1"),
-        (
-            t.checkpoint_every >= 1 and t.log_every >= 1,
-            "--checkpoint-every/--log-every must be >= 1",
-        ),
-        (d.n_aug >= 1, "--n-aug must be >= 1"),
-        (d.source.strip() != "", "--source: empty; give a directory of task files or arcagi"),
-        (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
-        (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
-        (t.optimizer in ("adamw", "adam_atan2"), "--optimizer must be adamw or adam_atan2"),
-        (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
-        (d.sample_by in ("task", "pair"), "--sample-by must be task or pair"),
-        (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+    return cfg
 
 
 def _config_for_train(args) -> RunConfig:
@@ -119,7 +81,9 @@ def _config_for_train(args) -> RunConfig:
 
 def _read_run_config(path: Path) -> RunConfig:
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        cfg.validate()
+        return cfg
     except OSError as e:
         raise UserError(f"{path}: cannot read: {os_reason(e)}") from None
     except UnicodeDecodeError:
@@ -463,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     try:
+        if isinstance(getattr(args, "out", None), str) and not args.out.strip():
+            raise UserError("--out: empty; give a directory (or file) name")
         return int(args.func(args) or EXIT_OK)
     except UserError as e:
         print(f"hrm-fast: {e}", file=sys.stderr)
