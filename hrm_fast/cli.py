@@ -120,6 +120,7 @@ def cmd_train(args) -> int:
 def cmd_probe(args) -> int:
     from hrm_fast.checkpoint import model_from_checkpoint
     from hrm_fast.device import resolve_device
+    from hrm_fast.memory import check_inference_fits, check_probe_inputs_fit, num_puzzle_ids
     from hrm_fast.probe import run_probe
 
     if args.pairs is not None and args.pairs < 1:
@@ -134,6 +135,9 @@ def cmd_probe(args) -> int:
     model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
     t = cfg.train
     k = args.pairs or t.probe_pairs
+    flag = f"--pairs {k}" if args.pairs else f"probe_pairs {k} (the run's)"
+    check_probe_inputs_fit(cfg.seq_len, k, device, flag)
+    check_inference_fits(cfg, num_puzzle_ids(model), 64, device, flag)
     min_differ = t.probe_min_differ if args.min_differ is None else args.min_differ
     min_tv = t.probe_min_tv if args.min_tv is None else args.min_tv
     sampler = None

@@ -30,6 +30,7 @@ import torch
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.memory import check_inference_fits, num_puzzle_ids
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 DEFAULT_PASS_K = (1, 2)
@@ -457,6 +458,7 @@ def evaluate(
     dev = resolve_device(device) if dp is None else dp.device
     model, cfg, payload, backend = load_for_inference(checkpoint, dev)
     path = Path(payload["path"])
+    check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     if eval_source:
         from hrm_fast.data import BUILTIN_SOURCES, split_sources
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hrm_fast.device import resolve_device
-from hrm_fast.errors import UserError
+from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.evaluate import (
     DEFAULT_PASS_K,
     _json_safe,
@@ -38,8 +38,8 @@ from hrm_fast.evaluate import (
     summarise,
     vote,
 )
-from hrm_fast.errors import WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.memory import check_inference_fits, num_puzzle_ids
 from hrm_fast.submission import ATTEMPTS, is_answer_grid, write_submission
 
 
@@ -168,6 +168,7 @@ def predict_tasks(
     _check_source(source)
     dev = resolve_device(device)
     model, cfg, payload, backend = load_for_inference(checkpoint, dev)
+    check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     path = Path(payload["path"])
     tasks = load_tasks(source, "evaluation", cfg.data.canvas, need_outputs=False)
     if not tasks:

@@ -25,6 +25,7 @@ from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.layers import Carry
+from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
 
 
@@ -70,6 +71,7 @@ class Trainer:
             cfg.train.steps = steps_for_epochs(
                 cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
             )
+        check_training_fits(cfg, self.dataset.num_puzzle_ids, self.batch_size, self.device)
         self.sampler = DeviceSampler(self.dataset, self.device, self.backend)
         self.model = build_model(
             cfg.model,
