@@ -27,6 +27,7 @@ from hrm_fast.files import AppendLog, os_reason, prepare_dir, write_output
 from hrm_fast.layers import count_parameters
 from hrm_fast.probe import checked_probe, probe_stop_hint
 from hrm_fast.progress import Progress
+from hrm_fast.run_lock import run_lock
 from hrm_fast.trackers import Trackers, open_trackers
 from hrm_fast.trainer.state import (
     check_resume_config,
@@ -361,6 +362,16 @@ def _log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
 
 
 def _train(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None) -> int:
+    """The run under its directory's lock (rank 0 writes, so rank 0 holds it)."""
+    if dp is not None and not dp.is_main:
+        return _train_locked(cfg, out_dir, resume, quiet, dp)
+    if resume and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: no such run directory to resume")
+    with run_lock(prepare_dir(out_dir, "--out")):
+        return _train_locked(cfg, out_dir, resume, quiet, dp)
+
+
+def _train_locked(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp) -> int:
     log = Log(quiet)
     out, payload = _open_run_dir(cfg, out_dir, resume, log)
     trainer = Trainer(cfg, dp=dp)
