@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
 from hrm_fast.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROBE_FAILED,
@@ -145,6 +148,7 @@ def cmd_probe(args) -> int:
         from hrm_fast.data import ArcDataset, DeviceSampler
 
         dataset = ArcDataset.build(cfg.data, seed=t.seed)
+        _check_probe_tasks(payload, dataset, num_puzzle_ids(model))
         sampler = DeviceSampler(dataset, device, "reference")
     report = run_probe(model, sampler, k, min_differ, min_tv, device,
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
@@ -154,6 +158,24 @@ def cmd_probe(args) -> int:
         write_output(json_out, json.dumps(d, indent=2), WriteFailed)
     print(report.summary())
     return EXIT_OK if report.passed else EXIT_PROBE_FAILED
+
+
+def _check_probe_tasks(payload: dict, dataset, table_rows: int) -> None:
+    """The data rebuilt from the run's config must give the checkpoint's puzzle ids: a changed
+    task list (or a converted checkpoint, which has none) would index past its table."""
+    path = payload["path"]
+    trained = payload.get("dataset", {}).get("task_ids")
+    if trained is not None and list(trained) != list(dataset.task_ids):
+        raise UserError(
+            f"{path}: the checkpoint's {len(trained)} puzzle tasks do not match the "
+            f"{len(dataset.task_ids)} rebuilt from its config; is the task data the one it was "
+            "trained with? (--random-inputs probes without it)"
+        )
+    if dataset.num_puzzle_ids > table_rows:
+        raise UserError(
+            f"{path}: its puzzle table has {table_rows} ids, the data rebuilt from its config "
+            f"gives {dataset.num_puzzle_ids} (a converted checkpoint?); probe with --random-inputs"
+        )
 
 
 def cmd_eval(args) -> int:
@@ -261,8 +283,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_check(args) -> int:
-    import os
-
     from hrm_fast.device import resolve_device
 
     device = resolve_device(args.device)
@@ -430,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_kernels_report, rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    previous = _sigterm_interrupts()
     try:
         if isinstance(getattr(args, "out", None), str) and not args.out.strip():
             raise UserError("--out: empty; give a directory (or file) name")
@@ -440,6 +461,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hrm-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hrm-fast params | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts():
+    """SIGTERM ends the process the way Ctrl-C does (the training loop has its own handler,
+    which saves first). Returns the previous handler, None off the main thread."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that is quiet too.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
@@ -457,6 +458,7 @@ def evaluate(
         raise UserError(f"--pass-k: every k must be >= 1, got {pass_k}")
     dev = resolve_device(device) if dp is None else dp.device
     model, cfg, payload, backend = load_for_inference(checkpoint, dev)
+    refuse_non_finite(payload)
     path = Path(payload["path"])
     check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     if eval_source:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.evaluate import (
@@ -168,6 +169,7 @@ def predict_tasks(
     _check_source(source)
     dev = resolve_device(device)
     model, cfg, payload, backend = load_for_inference(checkpoint, dev)
+    refuse_non_finite(payload)
     check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     path = Path(payload["path"])
     tasks = load_tasks(source, "evaluation", cfg.data.canvas, need_outputs=False)

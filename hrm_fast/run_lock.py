@@ -2,14 +2,14 @@
 writes into a run).
 
 The lock is a file, ``RUN/.hrm-fast.lock``, made with O_EXCL and holding the writer's pid and
-host. It is removed on any exit the process survives (an exception, Ctrl-C, SIGTERM through
-KeyboardInterrupt); one left by a killed process is stale: its pid no longer runs on this host,
-and the next writer takes it over. A live writer's lock refuses the second one in one line.
+host (``PID HOST``). It is removed on any exit the process survives (an exception, Ctrl-C,
+SIGTERM through KeyboardInterrupt); one left by a killed process is stale: its pid no longer
+runs on this host, and the next writer takes it over. A live writer's lock refuses the second
+one in one line.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -44,12 +44,10 @@ def _read_holder(path: Path) -> tuple[str | None, dict | None]:
         return None, None
     except (OSError, UnicodeDecodeError):
         return "?", None
-    try:
-        d = json.loads(raw)
-    except json.JSONDecodeError:
+    parts = raw.split()  # "PID HOST"
+    if len(parts) != 2 or not parts[0].isdigit():
         return raw, None
-    ok = isinstance(d, dict) and isinstance(d.get("pid"), int) and isinstance(d.get("host"), str)
-    return raw, d if ok else None
+    return raw, {"pid": int(parts[0]), "host": parts[1]}
 
 
 def _try_create(path: Path, me: dict) -> bool:
@@ -58,7 +56,7 @@ def _try_create(path: Path, me: dict) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(me))
+        f.write(f"{me['pid']} {me['host']}\n")
     return True
 
 

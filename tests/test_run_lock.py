@@ -1,7 +1,6 @@
 """One writer per run directory: a live writer's lock refuses a second train in one line (exit 2,
 nothing written), a killed writer's stale lock is taken over, and the lock goes on every exit."""
 
-import json
 import os
 import signal
 import subprocess
@@ -51,7 +50,7 @@ def test_a_stale_lock_is_taken_over_and_released(content, tmp_path, tiny_tasks, 
 
     run = tmp_path / "run"
     run.mkdir()
-    text = {"dead-pid": json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}),
+    text = {"dead-pid": f"{_dead_pid()} {socket.gethostname()}\n",
             "empty": "", "garbage": "{oops"}[content]  # fmt: skip
     (run / LOCK_NAME).write_text(text)
     assert cli_main(_argv(run, tiny_tasks)) == 0
