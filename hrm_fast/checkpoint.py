@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from hrm_fast.config import RunConfig, check_ranges
+from hrm_fast.config import RunConfig
 from hrm_fast.errors import UserError
 from hrm_fast.files import atomic_write, os_reason
 
@@ -183,7 +183,7 @@ def _check_payload(p: Path, payload) -> None:
     if not isinstance(payload.get("dataset", {}), dict):
         raise UserError(f"{p}: damaged checkpoint: 'dataset' is not a dict")
     try:
-        check_ranges(RunConfig.from_dict(payload["config"]))
+        RunConfig.from_dict(payload["config"]).validate()
     except (TypeError, ValueError) as e:
         raise UserError(f"{p}: damaged checkpoint: config: {e}") from None
 
