@@ -428,7 +428,12 @@ class Range:
         below = v < self.high if self.high_open else v <= self.high
         return above and below
 
-    def describe(self) -> str:
+    def describe(self, v=None) -> str:
+        """The side ``v`` broke (``>= 1``), or the whole interval."""
+        if v is not None and not (v > self.low if self.low_open else v >= self.low):
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        if v is not None and not (v < self.high if self.high_open else v <= self.high):
+            return f"{'<' if self.high_open else '<='} {_num(self.high)}"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
         return f"in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
@@ -441,7 +446,9 @@ class Choice:
     def accepts(self, v) -> bool:
         return v in self.values
 
-    def describe(self) -> str:
+    def describe(self, v=None) -> str:
+        if len(self.values) == 2:
+            return " or ".join(self.values)
         return "one of " + ", ".join(self.values)
 
 
@@ -454,7 +461,7 @@ class Text:
     def accepts(self, v) -> bool:
         return not self.nonempty or v.strip() != ""
 
-    def describe(self) -> str:
+    def describe(self, v=None) -> str:
         return "not empty"
 
 
@@ -465,7 +472,7 @@ class Flag:
     def accepts(self, v) -> bool:
         return isinstance(v, bool)
 
-    def describe(self) -> str:
+    def describe(self, v=None) -> str:
         return "true or false"
 
 
@@ -476,7 +483,7 @@ class DeviceName:
             return True
         return v.startswith("cuda:") and v[5:].isdigit()
 
-    def describe(self) -> str:
+    def describe(self, v=None) -> str:
         return "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -568,9 +575,9 @@ RULES: dict[str, Range | Choice | Text | Flag | DeviceName] = {
     "warn_probe_shrink": Range(0, 1),
 }
 
-# Fields an architecture never reads: given as a flag with that --arch, refused (they would
-# silently mean nothing).
-UNUSED_BY_ARCH = {"trm": ("H_layers",), "hrm": ()}
+# Fields an architecture never reads: given as a flag with that --arch (other than as "none"),
+# refused: they would silently mean nothing.
+UNUSED_BY_ARCH = {"trm": {"H_layers": 0}, "hrm": {}}  # field -> the value that says "none"
 
 
 def flag_name(name: str) -> str:
@@ -588,10 +595,10 @@ def validate(cfg: RunConfig, given: tuple[str, ...] | set[str] = ()) -> None:
         rule = RULES[f.name]
         v = getattr(getattr(cfg, section), f.name)
         if not rule.accepts(v):
-            raise ValueError(f"{flag_name(f.name)} must be {rule.describe()}, got {_shown(v)}")
+            raise ValueError(f"{flag_name(f.name)} must be {rule.describe(v)}, got {_shown(v)}")
     m = cfg.model
-    for name in UNUSED_BY_ARCH[m.arch]:
-        if name in given:
+    for name, none in UNUSED_BY_ARCH[m.arch].items():
+        if name in given and getattr(m, name) != none:
             raise ValueError(
                 f"{flag_name(name)}: --arch {m.arch} does not use it (TRM has one network, "
                 "sized by --L-layers); drop the flag"
