@@ -33,6 +33,7 @@ import torch
 
 from hrm_fast.config import RunConfig
 from hrm_fast.errors import UserError
+from hrm_fast.files import prepare_dir
 
 VARIANTS = ("all", "none", "div", "dist", "halt", "shuffled")
 ROW_KEYS = (
@@ -429,13 +430,16 @@ def ablate(
 
     if steps < 1 or seeds < 1 or probe_every < 1:
         raise UserError("--steps, --seeds and --probe-every must be >= 1")
+    if not 0 <= first_seed <= 2**32 - seeds:
+        raise UserError(f"--first-seed must be in [0, {2**32 - seeds}], got {first_seed}")
+    if not variants:
+        raise UserError("--variants: no variant given (a comma list such as all,none,div)")
     for v in variants:
         check_variant(v)
     check_variant(baseline)
     if threads > 0:
         torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_dir(out, "--out")  # before hours of training: a bad place is bad input
     path = out / "ablation.json"
     settings = {"preset": preset, "steps": steps, "probe_every": probe_every,
                 "config": base.to_dict()}  # fmt: skip

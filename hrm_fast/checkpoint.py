@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hrm_fast.config import RunConfig, check_ranges
+from hrm_fast.config import RunConfig
 from hrm_fast.errors import UserError
 from hrm_fast.files import atomic_write, os_reason
 
@@ -57,9 +57,11 @@ def atomic_save(obj, path: Path) -> None:
         sink = _KeepsWriteError(f)
         try:
             torch.save(obj, sink)
-        except RuntimeError:
+        except RuntimeError as e:
             if sink.error is not None:  # torch's zip writer reports a full disk as a bare
                 raise sink.error from None  # RuntimeError ("unexpected pos"): give the OS error
+            if isinstance(e.__context__, KeyboardInterrupt):  # a second Ctrl-C mid-save: the
+                raise KeyboardInterrupt from None  # writer's cleanup failed, the stop did not
             raise
 
     atomic_write(path, write)
@@ -196,7 +198,7 @@ def _check_payload(p: Path, payload) -> None:
     if not isinstance(payload.get("dataset", {}), dict):
         raise UserError(f"{p}: damaged checkpoint: 'dataset' is not a dict")
     try:
-        check_ranges(RunConfig.from_dict(payload["config"]))
+        RunConfig.from_dict(payload["config"]).validate()
     except (TypeError, ValueError) as e:
         raise UserError(f"{p}: damaged checkpoint: config: {e}") from None
 
@@ -230,6 +232,26 @@ def load_latest(run_dir: Path, map_location="cpu", on_skip=None) -> dict | None:
     if first_error is not None:
         raise first_error
     return None
+
+
+def first_non_finite(state: dict) -> str | None:
+    """The first key of a state dict holding NaN or inf, or None."""
+    for k, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            return k
+    return None
+
+
+def refuse_non_finite(payload: dict) -> None:
+    """A diverged run's weights score as an ordinary (bad) model; say what they are instead."""
+    key = first_non_finite(payload["model"])
+    if key is None and isinstance(payload.get("ema"), dict):
+        key = first_non_finite(payload["ema"])
+    if key is not None:
+        raise UserError(
+            f"{payload['path']}: the weights hold NaN or inf (key {key!r}): the run diverged; "
+            "use an earlier checkpoint"
+        )
 
 
 def model_from_checkpoint(

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, check_ranges, from_name, iter_fields, parse_value
+from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
 from hrm_fast.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROBE_FAILED,
@@ -50,51 +53,12 @@ def _apply_overrides(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
             raise UserError(f"{_flag(name)}: {e}") from None
     if {"cfg__train__steps", "cfg__train__epochs"} <= given and cfg.train.epochs > 0:
         raise UserError("--steps and --epochs both set the run length; give one of them")
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: RunConfig) -> None:
+    names = {k.split("__")[2] for k in given}
     try:
-        check_ranges(cfg)
+        cfg.validate(names)
     except ValueError as e:
         raise UserError(str(e)) from None
-    m, t, d = cfg.model, cfg.train, cfg.data
-    checks = [
-        (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
-        (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
-        (m.arch in ("hrm", "trm"), "--arch must be hrm or trm"),
-        (m.arch == "trm" or m.H_layers >= 1, "--H-layers must be >= 1 for HRM"),
-        (m.pos_encodings in ("rope", "none"), "--pos-encodings must be rope or none"),
-        (
-            m.arch == "trm" or (m.pos_encodings == "rope" and not m.mlp_t),
-            "--pos-encodings none and --mlp-t are TRM options (--arch trm)",
-        ),
-        (
-            m.puzzle_emb_ndim <= m.puzzle_emb_len * m.hidden_size,
-            "--puzzle-emb-ndim must fit in --puzzle-emb-tokens x --hidden-size",
-        ),
-        (m.halt_max_steps >= 1, "--halt-max-steps must be >= 1"),
-        (m.H_cycles >= 1 and m.L_cycles >= 1, "--H-cycles and --L-cycles must be >= 1"),
-        (t.batch_size >= 1, "--batch-size must be >= 1"),
-        (t.steps >= 1, "--steps must be >= 1"),
-        (
-            t.checkpoint_every >= 1 and t.log_every >= 1,
-            "--checkpoint-every/--log-every must be >= 1",
-        ),
-        (d.n_aug >= 1, "--n-aug must be >= 1"),
-        (d.source.strip() != "", "--source: empty; give a directory of task files or arcagi"),
-        (1 <= d.canvas <= 30, "--canvas must be between 1 and 30"),
-        (cfg.loss.ce in ("softmax", "stablemax"), "--ce must be softmax or stablemax"),
-        (t.optimizer in ("adamw", "adam_atan2"), "--optimizer must be adamw or adam_atan2"),
-        (t.attention in ("kernel", "sdpa"), "--attention must be kernel or sdpa"),
-        (d.puzzle_id_per in ("augmentation", "task"), "--puzzle-id-per: augmentation or task"),
-        (d.sample_by in ("task", "pair"), "--sample-by must be task or pair"),
-        (t.probe_pairs >= 1, "--probe-pairs must be >= 1"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+    return cfg
 
 
 def _config_for_train(args) -> RunConfig:
@@ -120,7 +84,9 @@ def _config_for_train(args) -> RunConfig:
 
 def _read_run_config(path: Path) -> RunConfig:
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        cfg = RunConfig.from_dict(json.loads(path.read_text()))
+        cfg.validate()
+        return cfg
     except OSError as e:
         raise UserError(f"{path}: cannot read: {os_reason(e)}") from None
     except UnicodeDecodeError:
@@ -176,6 +142,7 @@ def _bool(text: str) -> bool:
 def cmd_probe(args) -> int:
     from hrm_fast.checkpoint import model_from_checkpoint
     from hrm_fast.device import resolve_device
+    from hrm_fast.memory import check_inference_fits, check_probe_inputs_fit, num_puzzle_ids
     from hrm_fast.probe import run_probe
 
     if args.pairs is not None and args.pairs < 1:
@@ -190,6 +157,9 @@ def cmd_probe(args) -> int:
     model, cfg, payload = model_from_checkpoint(args.checkpoint, device=device)
     t = cfg.train
     k = args.pairs or t.probe_pairs
+    flag = f"--pairs {k}" if args.pairs else f"probe_pairs {k} (the run's)"
+    check_probe_inputs_fit(cfg.seq_len, k, device, flag)
+    check_inference_fits(cfg, num_puzzle_ids(model), 64, device, flag)
     min_differ = t.probe_min_differ if args.min_differ is None else args.min_differ
     min_tv = t.probe_min_tv if args.min_tv is None else args.min_tv
     sampler = None
@@ -197,7 +167,9 @@ def cmd_probe(args) -> int:
         from hrm_fast.data import build_dataset, make_sampler
 
         # Pairs of real inputs of the run's kind (ARC canvases, Sudokus, mazes).
-        sampler = make_sampler(build_dataset(cfg.data, seed=t.seed), device, "reference")
+        dataset = build_dataset(cfg.data, seed=t.seed)
+        _check_probe_tasks(payload, dataset, num_puzzle_ids(model))
+        sampler = make_sampler(dataset, device, "reference")
     report = run_probe(model, sampler, k, min_differ, min_tv, device,
                        generator_seed=args.seed, canvas=cfg.data.canvas)  # fmt: skip
     report.step = int(payload.get("step", 0))
@@ -206,6 +178,24 @@ def cmd_probe(args) -> int:
         write_output(json_out, json.dumps(d, indent=2), WriteFailed)
     print(report.summary())
     return EXIT_OK if report.passed else EXIT_PROBE_FAILED
+
+
+def _check_probe_tasks(payload: dict, dataset, table_rows: int) -> None:
+    """The data rebuilt from the run's config must give the checkpoint's puzzle ids: a changed
+    task list (or a converted checkpoint, which has none) would index past its table."""
+    path = payload["path"]
+    trained = payload.get("dataset", {}).get("task_ids")
+    if trained is not None and list(trained) != list(dataset.task_ids):
+        raise UserError(
+            f"{path}: the checkpoint's {len(trained)} puzzle tasks do not match the "
+            f"{len(dataset.task_ids)} rebuilt from its config; is the task data the one it was "
+            "trained with? (--random-inputs probes without it)"
+        )
+    if dataset.num_puzzle_ids > table_rows:
+        raise UserError(
+            f"{path}: its puzzle table has {table_rows} ids, the data rebuilt from its config "
+            f"gives {dataset.num_puzzle_ids} (a converted checkpoint?); probe with --random-inputs"
+        )
 
 
 def cmd_eval(args) -> int:
@@ -327,8 +317,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_check(args) -> int:
-    import os
-
     from hrm_fast.device import resolve_device
 
     device = resolve_device(args.device)
@@ -537,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_kernels_report, rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    previous = _sigterm_interrupts()
     try:
+        if isinstance(getattr(args, "out", None), str) and not args.out.strip():
+            raise UserError("--out: empty; give a directory (or file) name")
         return int(args.func(args) or EXIT_OK)
     except UserError as e:
         print(f"hrm-fast: {e}", file=sys.stderr)
@@ -545,6 +536,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hrm-fast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hrm-fast params | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts():
+    """SIGTERM ends the process the way Ctrl-C does (the training loop has its own handler,
+    which saves first). Returns the previous handler, None off the main thread."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that is quiet too.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

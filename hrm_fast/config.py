@@ -205,6 +205,11 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def validate(self, given=()) -> None:
+        """ValueError naming the flag of the first bad field (``RULES``, then cross-checks);
+        ``given``: field names set by flags, refused where the arch ignores them."""
+        validate(self, given)
+
 
 def _typed(where: str, value, default):
     """``value`` if it has the field's type (an int is fine for a float field); else ValueError."""
@@ -534,81 +539,242 @@ def from_name(name: str) -> RunConfig:
 CPU_PRESETS = ("smoke", "debug", "trm-smoke", "collapse", "sudoku-cpu", "maze-cpu", "board-debug")
 
 
-# (section, field) -> the interval a value must lie in. Checked for flags, config.json and
-# checkpoints alike, so nothing downstream meets a value torch rejects with a traceback (AdamW's
-# betas) or one that silently means nothing (a negative lr).
-_RANGES = {
-    ("model", "hidden_size"): "[1, inf)",
-    ("model", "num_heads"): "[1, inf)",
-    ("model", "H_layers"): "[0, inf)",  # TRM has no H network; HRM's >= 1 is checked in cli
-    ("model", "L_layers"): "[1, inf)",
-    ("model", "H_cycles"): "[1, inf)",
-    ("model", "L_cycles"): "[1, inf)",
-    ("model", "expansion"): "(0, inf)",
-    ("model", "halt_max_steps"): "[1, inf)",
-    ("model", "halt_exploration_prob"): "[0, 1]",
-    ("model", "puzzle_emb_ndim"): "[0, inf)",
-    ("model", "puzzle_emb_tokens"): "[0, inf)",
-    ("model", "rope_theta"): "(0, inf)",
-    ("model", "rms_norm_eps"): "(0, inf)",
-    ("model", "vocab_size"): "[2, inf)",  # ARC needs 12, Sudoku 11 (4x4: 6), maze 6 (data.py)
-    ("loss", "w_div"): "[0, inf)",
-    ("loss", "w_dist"): "[0, inf)",
-    ("loss", "w_halt"): "[0, inf)",
-    ("loss", "min_steps"): "[0, inf)",
-    ("data", "n_aug"): "[1, inf)",
-    ("data", "max_tasks"): "[0, inf)",
-    ("data", "canvas"): "[1, 30]",
-    ("data", "gen_train"): "[1, inf)",
-    ("data", "gen_test"): "[0, inf)",
-    ("data", "gen_seed"): "[0, inf)",
-    ("data", "sudoku_box"): "[2, 3]",
-    ("data", "min_difficulty"): "[0, inf)",
-    ("data", "max_difficulty"): "[-1, inf)",
-    ("data", "max_blanks"): "[-1, inf)",
-    ("data", "min_blanks"): "[0, inf)",
-    ("train", "batch_size"): "[1, inf)",
-    ("train", "steps"): "[1, 999999999]",  # checkpoint names carry the step in 9 digits
-    ("train", "epochs"): "[0, inf)",
-    ("train", "lr"): "[0, inf)",
-    ("train", "lr_min_ratio"): "[0, 1]",
-    ("train", "warmup_steps"): "[0, inf)",
-    ("train", "weight_decay"): "[0, inf)",
-    ("train", "beta1"): "[0, 1)",
-    ("train", "beta2"): "[0, 1)",
-    ("train", "grad_clip"): "[0, inf)",
-    ("train", "puzzle_emb_lr"): "[0, inf)",
-    ("train", "puzzle_emb_weight_decay"): "[0, inf)",
-    ("train", "checkpoint_every"): "[1, inf)",
-    ("train", "log_every"): "[1, inf)",
-    ("train", "seed"): "[0, 4294967295]",  # numpy's seed range
-    ("train", "ema_rate"): "[0, 1)",
-    ("train", "eval_every"): "[0, inf)",
-    ("train", "eval_tasks"): "[0, inf)",
-    ("train", "eval_n_aug"): "[1, inf)",
-    ("train", "early_stop"): "[0, inf)",
-    ("train", "probe_pairs"): "[1, inf)",
+# --------------------------------------------------------------------------- validation
+# Every field's allowed values, as data: checked for flags, config.json and checkpoints alike
+# (RunConfig.validate), so nothing downstream meets a value torch rejects with a traceback (AdamW's
+# betas), one that silently means nothing (a negative lr) or one that hangs (1e9 ACT steps).
+# Upper bounds are sane maxima, far above any published run; memory is estimated separately.
+
+
+@dataclass(frozen=True)
+class Range:
+    """low <= v <= high (``low_open``/``high_open``: strict)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def accepts(self, v) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return above and below
+
+    def describe(self, v=None) -> str:
+        """The side ``v`` broke (``>= 1``), or the whole interval."""
+        if v is not None and not (v > self.low if self.low_open else v >= self.low):
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        if v is not None and not (v < self.high if self.high_open else v <= self.high):
+            return f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        return f"in {lo}{_num(self.low)}, {_num(self.high)}{hi}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple[str, ...]
+
+    def accepts(self, v) -> bool:
+        return v in self.values
+
+    def describe(self, v=None) -> str:
+        if len(self.values) == 2:
+            return " or ".join(self.values)
+        return "one of " + ", ".join(self.values)
+
+
+@dataclass(frozen=True)
+class Text:
+    """Free text (a path, a project name); ``nonempty``: "" is refused."""
+
+    nonempty: bool = False
+
+    def accepts(self, v) -> bool:
+        return not self.nonempty or v.strip() != ""
+
+    def describe(self, v=None) -> str:
+        return "not empty"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A boolean: its type is checked by the parsers."""
+
+    def accepts(self, v) -> bool:
+        return isinstance(v, bool)
+
+    def describe(self, v=None) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True)
+class DeviceName:
+    def accepts(self, v) -> bool:
+        if v in ("auto", "cpu", "cuda", "mps"):
+            return True
+        return v.startswith("cuda:") and v[5:].isdigit()
+
+    def describe(self, v=None) -> str:
+        return "auto, cpu, cuda, cuda:N or mps"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+_BIG = 10**9  # step counts, seeds of generators, sizes with no natural ceiling
+RULES: dict[str, Range | Choice | Text | Flag | DeviceName] = {
+    # model
+    "arch": Choice(("hrm", "trm")),
+    "hidden_size": Range(1, 2**20),
+    "num_heads": Range(1, 4096),
+    "H_layers": Range(0, 1024),  # TRM has none (0); HRM's >= 1 is a cross-check
+    "L_layers": Range(1, 1024),
+    "H_cycles": Range(1, 1000),
+    "L_cycles": Range(1, 1000),
+    "expansion": Range(0.01, 64),
+    "halt_max_steps": Range(1, 10_000),
+    "halt_exploration_prob": Range(0, 1),
+    "puzzle_emb_ndim": Range(0, 2**24),
+    "puzzle_emb_tokens": Range(0, 4096),
+    "pos_encodings": Choice(("rope", "none")),
+    "mlp_t": Flag(),
+    "rope_theta": Range(0, 1e12, low_open=True),
+    "rms_norm_eps": Range(0, 1, low_open=True),
+    "vocab_size": Range(2, 2**31),  # ARC needs 12, Sudoku 11 (4x4: 6), maze 6 (data.check_fits)
+    # loss
+    "ce": Choice(("softmax", "stablemax")),
+    "w_div": Range(0, 1e6),
+    "w_dist": Range(0, 1e6),
+    "w_halt": Range(0, 1e6),
+    "div_temperature": Range(1e-3, 100),  # 0 divides by zero at step 1
+    "min_steps": Range(0, 10_000),
+    # data
+    "source": Text(nonempty=True),
+    "eval_source": Text(),
+    "n_aug": Range(1, 100_000),
+    "include_eval_demos": Flag(),
+    "max_tasks": Range(0, _BIG),
+    "puzzle_id_per": Choice(("augmentation", "task")),
+    "sample_by": Choice(("task", "pair")),
+    "translate": Flag(),
+    "canvas": Range(1, 30),
+    "gen_train": Range(1, _BIG),
+    "gen_test": Range(0, _BIG),
+    "gen_seed": Range(0, 2**32 - 1),
+    "sudoku_box": Range(2, 3),
+    "min_difficulty": Range(0, _BIG),
+    "max_difficulty": Range(-1, _BIG),
+    "max_blanks": Range(-1, _BIG),
+    "min_blanks": Range(0, _BIG),
+    "board_augment": Flag(),
+    # train
+    "batch_size": Range(1, 2**31),
+    "steps": Range(1, 999_999_999),  # checkpoint names carry the step in 9 digits
+    "epochs": Range(0, _BIG),
+    "lr": Range(0, 100),
+    "lr_min_ratio": Range(0, 1),
+    "warmup_steps": Range(0, _BIG),
+    "weight_decay": Range(0, 1e6),
+    "optimizer": Choice(("adamw", "adam_atan2")),
+    "beta1": Range(0, 1, high_open=True),
+    "beta2": Range(0, 1, high_open=True),
+    "grad_clip": Range(0, 1e12),
+    "puzzle_emb_lr": Range(0, 100),
+    "puzzle_emb_weight_decay": Range(0, 1e6),
+    "checkpoint_every": Range(1, _BIG),
+    "keep_checkpoints": Range(0, _BIG),  # 0 keeps every checkpoint
+    "log_every": Range(1, _BIG),
+    "seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "device": DeviceName(),
+    "backend": Choice(("auto", "reference", "fused")),
+    "dtype": Choice(("auto", "fp32", "bf16", "fp16")),
+    "compile": Flag(),
+    "cuda_graphs": Flag(),
+    "ema": Flag(),
+    "ema_rate": Range(0, 1, high_open=True),
+    "probe_pairs": Range(1, 100_000),
     # Above 1 the probe can never pass: a way to force its failure, so allowed.
-    ("train", "probe_min_differ"): "[0, inf)",
-    ("train", "probe_min_tv"): "[0, inf)",
+    "probe_min_differ": Range(0, 1e6),
+    "probe_min_tv": Range(0, 1e6),
+    "dist_backend": Choice(("auto", "nccl", "gloo")),
+    "dist_timeout": Range(0, 10**7, low_open=True),  # seconds; timedelta overflows far above
+    "tensorboard": Flag(),
+    "wandb": Text(),
+    "warn_unique_below": Range(0, 2**31),
+    "warn_intervals": Range(1, _BIG),
+    "warn_probe_shrink": Range(0, 1),
+    "attention": Choice(("kernel", "sdpa")),
+    "selfcheck": Text(),  # written by the run (RECORDS), never a flag
+    "eval_every": Range(0, _BIG),
+    "eval_tasks": Range(0, _BIG),
+    "eval_n_aug": Range(1, 100_000),
+    "early_stop": Range(0, _BIG),
+    "allow_overlap": Flag(),
 }
+
+# Fields an architecture never reads: given as a flag with that --arch (other than as "none"),
+# refused: they would silently mean nothing.
+UNUSED_BY_ARCH = {"trm": {"H_layers": 0}, "hrm": {}}  # field -> the value that says "none"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(v) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def validate(cfg: RunConfig, given: tuple[str, ...] | set[str] = ()) -> None:
+    """ValueError naming the flag of the first field outside its rule, then the cross-field
+    checks. ``given``: the field names set explicitly (flags), checked against the arch."""
+    for section, f in iter_fields(cfg):
+        rule = RULES[f.name]
+        v = getattr(getattr(cfg, section), f.name)
+        if not rule.accepts(v):
+            raise ValueError(f"{flag_name(f.name)} must be {rule.describe(v)}, got {_shown(v)}")
+    m = cfg.model
+    for name, none in UNUSED_BY_ARCH[m.arch].items():
+        if name in given and getattr(m, name) != none:
+            raise ValueError(
+                f"{flag_name(name)}: --arch {m.arch} does not use it (TRM has one network, "
+                "sized by --L-layers); drop the flag"
+            )
+    checks = [
+        (m.hidden_size % m.num_heads == 0, "--hidden-size must be a multiple of --num-heads"),
+        (m.head_dim % 2 == 0, "--hidden-size / --num-heads (head dim) must be even for RoPE"),
+        (m.arch == "trm" or m.H_layers >= 1, "--H-layers must be >= 1 for HRM"),
+        (
+            m.arch == "trm" or (m.pos_encodings == "rope" and not m.mlp_t),
+            "--pos-encodings none and --mlp-t are TRM options (--arch trm)",
+        ),
+        (
+            m.puzzle_emb_ndim <= m.puzzle_emb_len * m.hidden_size,
+            "--puzzle-emb-ndim must fit in --puzzle-emb-tokens x --hidden-size",
+        ),
+        (
+            m.halt_max_steps * m.H_cycles * m.L_cycles <= 100_000,
+            "--halt-max-steps x --H-cycles x --L-cycles must be <= 100000 recurrent steps",
+        ),
+        (
+            m.intermediate_size >= 1,
+            f"--expansion {m.expansion}: the SwiGLU width (expansion x hidden x 2/3) rounds to 0",
+        ),
+        (
+            m.puzzle_emb_len + cfg.seq_len <= 2**16,
+            "--puzzle-emb-tokens: puzzle positions + canvas cells must be <= 65536",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
 
 
 def check_ranges(cfg: RunConfig) -> None:
-    """ValueError naming the flag of the first field outside its interval."""
-    for (section, name), interval in _RANGES.items():
-        v = getattr(getattr(cfg, section), name)
-        left, right = interval[0], interval[-1]
-        low_text, high_text = interval[1:-1].split(", ")
-        low, high = float(low_text), float(high_text)
-        ok = (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high)
-        if not ok:
-            flag = "--" + name.replace("_", "-")
-            if high_text == "inf":
-                want = f"{'>=' if left == '[' else '>'} {low_text}"
-            else:
-                want = f"in {interval}"
-            raise ValueError(f"{flag} must be {want}, got {v}")
+    """Kept for callers of the old name: ``validate`` without flags."""
+    validate(cfg)
 
 
 RECORDS = {("train", "selfcheck")}  # written by a run, not set by the user: no flag
@@ -634,14 +800,25 @@ def parse_value(text: str, current):
         raise ValueError(f"expected true/false, got {text!r}")
     if isinstance(current, int):
         try:
-            v = int(float(text)) if "e" in text.lower() else int(text)
+            if "e" in text.lower():  # 1e6 is an integer written short; 4.9e0 is not
+                f = float(text)
+                if math.isfinite(f) and not f.is_integer():
+                    raise ValueError
+                v = int(f)
+            else:
+                v = int(text)
         except OverflowError:
             raise ValueError(f"{text!r} is out of range") from None
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
         if abs(v) >= 2**63:
             raise ValueError(f"{text!r} is out of range")
         return v
     if isinstance(current, float):
-        v = float(text)
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
         if not math.isfinite(v):
             raise ValueError(f"expected a finite number, got {text!r}")
         return v

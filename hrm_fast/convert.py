@@ -143,6 +143,11 @@ def _puzzle_emb_ndim(sd: dict) -> int:
 def _infer(sd: dict, src: str, overrides: dict) -> ModelConfig:
     emb = _need(sd, "inner.embed_tokens.embedding_weight", src, 2)
     vocab, hidden = emb.shape
+    if hidden < 1 or vocab < 1:
+        raise UserError(
+            f"{src}: key 'inner.embed_tokens.embedding_weight' has shape {tuple(emb.shape)}: "
+            "hidden size and vocabulary must be >= 1"
+        )
     n_h, n_l = _num_layers(sd, "H"), _num_layers(sd, "L")
     given = _given_options(overrides)
     if n_h == 0 and n_l > 0:  # one network: TRM
@@ -336,6 +341,10 @@ def convert_to_checkpoint(
             f"{name}: vocabulary {vocab} is too small for ARC (12); for an official Sudoku "
             "(11) or maze (6) checkpoint pass --kind sudoku or --kind maze"
         )
+    try:  # what loading will check: refuse now rather than write a checkpoint it calls damaged
+        cfg.validate(tuple(k for k, v in overrides.items() if v is not None))
+    except ValueError as e:
+        raise UserError(f"{name}: {e}") from None
     if seq_len is not None:
         canvas = math.isqrt(seq_len)
         if canvas * canvas != seq_len or canvas <= 0:

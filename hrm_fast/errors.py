@@ -9,7 +9,8 @@ EXIT_PEER_LOST = 1
 EXIT_USER_ERROR = 2
 EXIT_PROBE_FAILED = 3
 EXIT_WRITE_FAILED = 4
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT (SIGTERM ends the same way)
+EXIT_BROKEN_PIPE = 141  # the shell's code for SIGPIPE: the reader of stdout went away
 
 
 class UserError(Exception):

@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.memory import check_inference_fits, num_puzzle_ids
 
 TOP_GROUPS = 3  # groups kept in eval.json per test pair (grids for the top 2 only)
 DEFAULT_PASS_K = (1, 2)
@@ -523,7 +525,9 @@ def evaluate(
         raise UserError(f"--pass-k: every k must be >= 1, got {pass_k}")
     dev = resolve_device(device) if dp is None else dp.device
     model, cfg, payload, backend = load_for_inference(checkpoint, dev, quiet, dp)
+    refuse_non_finite(payload)
     path = Path(payload["path"])
+    check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     if dataset_kind(cfg.data) != "arc":
         return _evaluate_boards(model, cfg, payload, out, act_steps, batch_size, render, dev,
                                 quiet, dp)  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.evaluate import (
@@ -39,6 +40,7 @@ from hrm_fast.evaluate import (
     vote,
 )
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.memory import check_inference_fits, num_puzzle_ids
 from hrm_fast.submission import ATTEMPTS, is_answer_grid, write_submission
 
 
@@ -167,11 +169,13 @@ def predict_tasks(
     _check_source(source)
     dev = resolve_device(device)
     model, cfg, payload, backend = load_for_inference(checkpoint, dev, quiet)
+    refuse_non_finite(payload)
     if dataset_kind(cfg.data) != "arc":
         raise UserError(
             f"{payload['path']}: a {dataset_kind(cfg.data)} checkpoint; predict answers ARC "
             "tasks (score its held-out boards with hrm-fast eval)"
         )
+    check_inference_fits(cfg, num_puzzle_ids(model), batch_size, dev, f"--batch-size {batch_size}")
     path = Path(payload["path"])
     tasks = load_tasks(source, "evaluation", cfg.data.canvas, need_outputs=False)
     if not tasks:

@@ -4,9 +4,13 @@ The run this project exists for trained for days on a model whose output ignored
 docs/seed-run.md): loss fell while every grid got the same answer. The probe feeds K pairs of
 *different* inputs through the full ACT unroll in eval mode and measures
 
-* ``frac_differ``: the fraction of pairs whose predicted grids (argmax per canvas cell) differ;
+* ``frac_differ``: the fraction of pairs whose predicted grids (argmax per cell) differ;
 * ``mean_tv``: the total-variation distance ``0.5 * ||p_a - p_b||_1`` between the two output
-  distributions, averaged over canvas cells, then over pairs.
+  distributions, averaged over cells, then over pairs.
+
+Both are taken where the answer is (``answer_cells``): the cells either member's input or
+the label marks as a grid colour, not the padding around it, so a 3x3 answer on a 30x30
+canvas counts as much as a full one.
 
 Where the pairs come from training data (a sampler), their labels give a third number:
 
@@ -152,9 +156,12 @@ def probe_input_sensitivity(
             x = torch.cat((a, b)).to(device, torch.int32)
             logits = _final_logits(model, x, torch.cat((ids, ids)))
             la, lb = logits[:n], logits[n:]
-            differ.append((la.argmax(-1) != lb.argmax(-1)).any(-1).cpu())
-            p_a, p_b = la.softmax(-1), lb.softmax(-1)
-            tv.append((0.5 * (p_a - p_b).abs().sum(-1)).mean(-1).cpu())
+            pred_a, pred_b = la.argmax(-1), lb.argmax(-1)
+            y = None if labels_a is None else labels_a[s : s + chunk_pairs].to(device)
+            where = answer_cells(a.to(device), b.to(device), y)
+            differ.append(((pred_a != pred_b) & where).any(-1).cpu())
+            cell_tv = 0.5 * (la.softmax(-1) - lb.softmax(-1)).abs().sum(-1)
+            tv.append(((cell_tv * where).sum(-1) / where.sum(-1).clamp(min=1)).cpu())
             if labels_a is not None:
                 y = labels_a[s : s + chunk_pairs].to(device, torch.long)
                 gain.append((_answer_ce(lb, y) - _answer_ce(la, y)).cpu())
@@ -165,6 +172,17 @@ def probe_input_sensitivity(
     input_gain = torch.cat(gain).double().nanmean().item() if gain else None
     passed = math.isfinite(mean_tv) and frac_differ >= d_min and mean_tv >= tv_min
     return ProbeReport(step, k, frac_differ, mean_tv, d_min, tv_min, bool(passed), input_gain)
+
+
+def answer_cells(inputs_a, inputs_b, labels=None) -> torch.Tensor:
+    """Where the answer is: cells that either input or the label marks as a grid colour.
+    Padding (PAD or EOS in all of them) is left out, so a small grid on a big canvas is
+    measured as densely as a big one. Not the predictions: a fresh model predicts colours
+    everywhere."""
+    where = (inputs_a >= COLOUR0) | (inputs_b >= COLOUR0)
+    if labels is not None:
+        where |= labels >= COLOUR0
+    return where
 
 
 def _answer_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

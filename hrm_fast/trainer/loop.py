@@ -35,6 +35,7 @@ from hrm_fast.layers import count_parameters
 from hrm_fast.overlap import dataset_overlap, refuse_overlap
 from hrm_fast.probe import checked_probe, probe_stop_hint
 from hrm_fast.progress import Progress
+from hrm_fast.run_lock import run_lock
 from hrm_fast.trackers import Trackers, open_trackers
 from hrm_fast.trainer.heldout import HeldOutEval
 from hrm_fast.trainer.state import (
@@ -423,6 +424,16 @@ def log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
 def _train(
     cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None, force_selfcheck
 ) -> int:
+    """The run under its directory's lock (rank 0 writes, so rank 0 holds it)."""
+    if dp is not None and not dp.is_main:
+        return _train_locked(cfg, out_dir, resume, quiet, dp, force_selfcheck)
+    if resume and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: no such run directory to resume")
+    with run_lock(prepare_dir(out_dir, "--out")):
+        return _train_locked(cfg, out_dir, resume, quiet, dp, force_selfcheck)
+
+
+def _train_locked(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp, force_selfcheck) -> int:
     log = Log(quiet)
     HeldOutEval.check_settings(cfg)
     out, payload = open_run_dir(cfg, out_dir, resume, log)

@@ -23,7 +23,9 @@ from hrm_fast.config import RunConfig
 from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
+from hrm_fast.files import prepare_dir
 from hrm_fast.layers import Carry
+from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
 from hrm_fast.selfcheck import resolve_checked_runtime
 
@@ -46,6 +48,18 @@ METRIC_KEYS = (
     "loss", "lm_loss", "q_halt_loss", "q_continue_loss", "diversity", "distribution", "halt",
     "accuracy", "exact_accuracy", "unique_classes", "label_classes", "q_halt_accuracy",
 )  # fmt: skip
+
+
+def check_compile_cache() -> None:
+    """--compile writes generated code to inductor's cache at the first step; a cache it cannot
+    write is bad input now, not a traceback from inside the compiler."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
+    flag = "TORCHINDUCTOR_CACHE_DIR" if "TORCHINDUCTOR_CACHE_DIR" in os.environ else "--compile"
+    prepare_dir(where, f"{flag} (compile cache)")
 
 
 class Trainer:
@@ -102,6 +116,7 @@ class Trainer:
             cfg.train.steps = steps_for_epochs(
                 cfg.train.epochs, self.dataset.num_train_pairs, cfg.train.batch_size
             )
+        check_training_fits(cfg, self.dataset.num_puzzle_ids, self.batch_size, self.device)
         self.sampler = make_sampler(self.dataset, self.device, self.backend)
         self.model = build_model(
             cfg.model,
@@ -168,6 +183,7 @@ class Trainer:
 
         fl = self._forward_loss
         if t.compile:
+            check_compile_cache()
             fl = torch.compile(fl, dynamic=False)
         self._forward_loss_fn = fl
         self._graph = None
