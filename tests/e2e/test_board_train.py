@@ -18,7 +18,6 @@ from hrm_fast.board_eval import (
     parse_act_steps,
     score_boards,
 )
-from hrm_fast.cli import _validate
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import from_name
 from hrm_fast.data import build_dataset
@@ -92,7 +91,7 @@ def test_canvas_that_does_not_fit_the_kind_is_refused(board_cfg):
 @pytest.mark.parametrize("name", BOARD_PRESETS)
 def test_board_presets_validate(name):
     cfg = from_name(name)
-    _validate(cfg)
+    cfg.validate()
     kind_vocab = {9: 11, 30: 6, 4: 6}
     assert cfg.model.vocab_size == kind_vocab[cfg.data.canvas]
 
