@@ -182,7 +182,7 @@ def evaluate_boards(
     """Score ``model`` (from ``payload``'s checkpoint) on ``dataset``'s held-out boards; write
     eval.json (+ eval.png with ``render`` boards) into ``out`` (default: beside the
     checkpoint). Returns the eval.json dict."""
-    from hrm_fast.evaluate import default_out
+    from hrm_fast.checkpoint import default_out
 
     path = Path(payload["path"])
     n = len(dataset.test_inputs)

@@ -304,3 +304,9 @@ def model_from_checkpoint(
         except KeyError as e:
             raise UserError(f"{payload['path']}: {e.args[0]}") from None
     return model.to(device).eval(), cfg, payload
+
+
+def default_out(ckpt_path: Path) -> Path:
+    """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
+    parent = ckpt_path.parent
+    return parent.parent if parent.name == "checkpoints" else parent

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrm_fast.checkpoint import refuse_non_finite
+from hrm_fast.checkpoint import default_out, refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
@@ -357,12 +357,6 @@ def _default_eval_source(source: str) -> str:
     return f"{builtins[0]} evaluation" if builtins else f"{source} (own test pairs)"
 
 
-def default_out(ckpt_path: Path) -> Path:
-    """The run directory of a checkpoint: the parent of its ``checkpoints/`` folder."""
-    parent = ckpt_path.parent
-    return parent.parent if parent.name == "checkpoints" else parent
-
-
 def run_predictions(
     model, bank, items, cfg, batch_size, device, quiet=False, dp=None, should_stop=None
 ):
@@ -470,8 +464,7 @@ def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
 def _rows_by_task_id(dataset, payload, cfg):
     """Each eval task's puzzle rows: its own in the checkpoint's table where a block appended
     by ``adapt`` holds it (the dataset then counts it as seen), else the training layout."""
-    from hrm_fast.predict import table_rows
-    from hrm_fast.puzzle_rows import TaskRows, checkpoint_task_rows
+    from hrm_fast.puzzle_rows import TaskRows, checkpoint_task_rows, table_rows
 
     if not (payload.get("dataset") or {}).get("puzzle_blocks"):
         return None

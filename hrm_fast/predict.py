@@ -74,12 +74,6 @@ class PredictionSet:
         )
 
 
-def table_rows(payload: dict) -> int:
-    """Rows of the checkpoint's puzzle-embedding table (1: the blank id only)."""
-    table = payload["model"].get("inner.puzzle_emb.weights")
-    return int(table.shape[0]) if table is not None and table.ndim == 2 else 1
-
-
 def _check_source(source: str) -> None:
     from hrm_fast.data import BUILTIN_SOURCES, DataError, split_sources
 
@@ -155,7 +149,7 @@ def predict_tasks(
     ``paths``). ``time_budget`` (minutes) stops voting when it runs out: every test input
     still gets two attempts."""
     from hrm_fast.data import dataset_kind, load_tasks
-    from hrm_fast.puzzle_rows import checkpoint_task_rows
+    from hrm_fast.puzzle_rows import checkpoint_task_rows, table_rows
 
     if n_aug < 1:
         raise UserError(f"--n-aug must be >= 1, got {n_aug}")

@@ -117,3 +117,9 @@ def checkpoint_task_rows(payload: dict, cfg, num_ids: int) -> dict[str, TaskRows
             )
         rows.update(block.rows())
     return rows
+
+
+def table_rows(payload: dict) -> int:
+    """Rows of the checkpoint's puzzle-embedding table (1: the blank id only)."""
+    table = payload["model"].get("inner.puzzle_emb.weights")
+    return int(table.shape[0]) if table is not None and table.ndim == 2 else 1
