@@ -191,7 +191,8 @@ def _check_probe_tasks(payload: dict, dataset, table_rows: int) -> None:
             f"{len(dataset.task_ids)} rebuilt from its config; is the task data the one it was "
             "trained with? (--random-inputs probes without it)"
         )
-    if dataset.num_puzzle_ids > table_rows:
+    has_table = payload["config"]["model"].get("puzzle_emb_ndim", 1) > 0  # else ids are unused
+    if has_table and dataset.num_puzzle_ids > table_rows:
         raise UserError(
             f"{path}: its puzzle table has {table_rows} ids, the data rebuilt from its config "
             f"gives {dataset.num_puzzle_ids} (a converted checkpoint?); probe with --random-inputs"
