@@ -279,11 +279,11 @@ def run_loop(
                         break
                     tick = (time.perf_counter(), step)
                 # One process stops at once; ranks agree at log intervals, so they stop at one step.
-                wants = signalled.requested or (
-                    deadline is not None and time.perf_counter() >= deadline
-                )
+                late = deadline is not None and time.perf_counter() >= deadline
+                wants = signalled.requested or late
                 stop = wants if dp is None else logged and dp.any(wants)
-                out_of_time = stop and not signalled.requested
+                # Another rank's signal also stops this one: only a passed deadline is "time".
+                out_of_time = stop and late and not signalled.requested
             if stop or (dp is None and signalled.requested):
                 progress.close()
                 path = writer.save()
