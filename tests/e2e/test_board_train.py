@@ -186,7 +186,7 @@ def test_eval_refuses_other_boards(board_cfg, tmp_path):
     board_cfg.train.steps = 3
     assert train(board_cfg, run, quiet=True) == 0
     cfg_path = run / "checkpoints" / "step_000000003.pt"
-    payload = torch.load(cfg_path, weights_only=False)
+    payload = torch.load(cfg_path, weights_only=True)
     payload["dataset"]["boards"] = "0" * 16
     torch.save(payload, cfg_path)
     with pytest.raises(UserError, match="other sudoku boards"):
