@@ -211,7 +211,7 @@ def cmd_predict(args) -> int:
 
 
 def _pass_k(text: str) -> tuple[int, ...]:
-    from hrm_fast.evaluate import parse_pass_k
+    from hrm_fast.scoring import parse_pass_k
 
     try:
         return parse_pass_k(text)

@@ -29,18 +29,10 @@ import numpy as np
 from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
 from hrm_fast.errors import UserError, WriteFailed
-from hrm_fast.evaluate import (
-    DEFAULT_PASS_K,
-    _json_safe,
-    build_items,
-    load_for_inference,
-    run_predictions,
-    score_tasks,
-    summarise,
-    vote,
-)
+from hrm_fast.evaluate import _json_safe, build_items, load_for_inference, run_predictions
 from hrm_fast.files import os_reason, prepare_dir, write_output
 from hrm_fast.memory import check_inference_fits, num_puzzle_ids
+from hrm_fast.scoring import DEFAULT_PASS_K, score_tasks, summarise, vote
 from hrm_fast.submission import ATTEMPTS, is_answer_grid, write_submission
 
 
