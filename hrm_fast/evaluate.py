@@ -160,7 +160,7 @@ def _json_safe(x):
 
 
 def _default_eval_source(source: str) -> str:
-    from hrm_fast.data import BUILTIN_SOURCES, split_sources
+    from hrm_fast.arc_files import BUILTIN_SOURCES, split_sources
 
     builtins = [s for s in split_sources(source) if s in BUILTIN_SOURCES]
     return f"{builtins[0]} evaluation" if builtins else f"{source} (own test pairs)"
@@ -336,7 +336,7 @@ def evaluate(
     if act_steps:
         raise UserError("--act-steps: only for Sudoku / maze checkpoints")
     if eval_source:
-        from hrm_fast.data import BUILTIN_SOURCES, split_sources
+        from hrm_fast.arc_files import BUILTIN_SOURCES, split_sources
 
         for part in split_sources(eval_source) if eval_source != "none" else []:
             if part not in BUILTIN_SOURCES and not Path(part).exists():
