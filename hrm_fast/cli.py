@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.config import RunConfig, iter_fields, parse_value
 from hrm_fast.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -25,6 +25,7 @@ from hrm_fast.errors import (
     WriteFailed,
 )
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.presets import PRESETS, from_name
 
 
 def _flag(name: str) -> str:

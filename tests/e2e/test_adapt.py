@@ -15,7 +15,7 @@ TABLE = "inner.puzzle_emb.weights"
 
 
 def _debug_cfg(source, arch="hrm"):
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     cfg = from_name("debug")
     cfg.model.arch = arch

@@ -120,7 +120,7 @@ def test_eval_pass_k_flag(trained_run, tmp_path, capsys):
 def unseen_run(tmp_path_factory):
     """Trained on tasks A only; the held-out split B (one task planted with a copy of one of
     A's training pairs under another id) is scored with the blank id."""
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
     from hrm_fast.trainer.loop import train
 
     root = tmp_path_factory.mktemp("predict_unseen")
