@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from hrm_fast import distributed
-from hrm_fast.config import from_name
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.step import Trainer
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from hrm_fast.config import from_name
 from hrm_fast.data import ArcDataset, DeviceSampler
 from hrm_fast.grid_transforms import augment_batch_ref, augment_example_np
+from hrm_fast.presets import from_name
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from hrm_fast.config import from_name
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.step import Trainer
 
 VARIANTS = {

@@ -211,7 +211,7 @@ def adapt(checkpoint, opts: AdaptOptions, out, resume: bool = False, quiet: bool
     """Adapt a checkpoint to new tasks; returns the exit code (0, 3 when the probe fails).
     Bad input is a UserError (exit 2) before any work."""
     opts.check()
-    from hrm_fast.data import load_tasks
+    from hrm_fast.arc_files import load_tasks
 
     base = load_base(checkpoint)
     cfg = adapt_config(base, opts)

@@ -58,7 +58,7 @@ def _fmt_bytes(b: int | None) -> str:
 
 
 def _config_for(info: dict):
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     cfg = from_name(info.get("preset", "seed"))
     if info.get("batch_size"):
@@ -253,7 +253,7 @@ def main(args) -> int:
     print()
     print(format_table(rows))
     print()
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
     from hrm_fast.roofline import format_ceilings
 
     print(format_ceilings(from_name("seed"), "seed"))

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from hrm_fast import kernel_timing, selfcheck
-from hrm_fast.config import from_name
 from hrm_fast.files import write_output
+from hrm_fast.presets import from_name
 
 BENCH_ENV = Path(__file__).resolve().parents[1] / "bench" / "env.py"
 EXIT_CHECK_FAILED = 1

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hrm_fast.config import PRESETS, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.config import RunConfig, iter_fields, parse_value
 from hrm_fast.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -25,6 +25,7 @@ from hrm_fast.errors import (
     WriteFailed,
 )
 from hrm_fast.files import os_reason, prepare_dir, write_output
+from hrm_fast.presets import PRESETS, from_name
 
 
 def _flag(name: str) -> str:
@@ -212,7 +213,7 @@ def cmd_predict(args) -> int:
 
 
 def _pass_k(text: str) -> tuple[int, ...]:
-    from hrm_fast.evaluate import parse_pass_k
+    from hrm_fast.scoring import parse_pass_k
 
     try:
         return parse_pass_k(text)

@@ -28,19 +28,11 @@ import numpy as np
 
 from hrm_fast.checkpoint import refuse_non_finite
 from hrm_fast.device import resolve_device
-from hrm_fast.errors import UserError, WriteFailed
-from hrm_fast.evaluate import (
-    DEFAULT_PASS_K,
-    _json_safe,
-    build_items,
-    load_for_inference,
-    run_predictions,
-    score_tasks,
-    summarise,
-    vote,
-)
+from hrm_fast.errors import DataError, UserError, WriteFailed
+from hrm_fast.evaluate import _json_safe, build_items, load_for_inference, run_predictions
 from hrm_fast.files import os_reason, prepare_dir, write_output
 from hrm_fast.memory import check_inference_fits, num_puzzle_ids
+from hrm_fast.scoring import DEFAULT_PASS_K, score_tasks, summarise, vote
 from hrm_fast.submission import ATTEMPTS, is_answer_grid, write_submission
 
 
@@ -75,7 +67,7 @@ class PredictionSet:
 
 
 def _check_source(source: str) -> None:
-    from hrm_fast.data import BUILTIN_SOURCES, DataError, split_sources
+    from hrm_fast.arc_files import BUILTIN_SOURCES, split_sources
 
     try:
         parts = split_sources(source)
@@ -148,7 +140,8 @@ def predict_tasks(
     """Answer every test input of ``source``'s tasks; returns the predict.json dict (with
     ``paths``). ``time_budget`` (minutes) stops voting when it runs out: every test input
     still gets two attempts."""
-    from hrm_fast.data import dataset_kind, load_tasks
+    from hrm_fast.arc_files import load_tasks
+    from hrm_fast.data import dataset_kind
     from hrm_fast.puzzle_rows import checkpoint_task_rows, table_rows
 
     if n_aug < 1:

@@ -412,7 +412,7 @@ def format_scaling(cfg: RunConfig, preset: str, gpu: str = "h100", worlds=(2, 4,
 
 
 if __name__ == "__main__":
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     for name in ("seed", "paper", "trm-arc1"):
         print(format_ceilings(from_name(name), name))

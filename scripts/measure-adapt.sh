@@ -18,7 +18,7 @@ mkdir -p "$out/unseen" "$out/scored"
 # with its solutions beside it in another folder (what predict scores against).
 python - "$out" "$n_tasks" "$canvas" <<'EOF'
 import json, sys
-from hrm_fast.data import load_tasks
+from hrm_fast.arc_files import load_tasks
 out, n, canvas = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 tasks = load_tasks("arcagi", "evaluation", canvas)[:n]
 ch = {t.id: {"train": [{"input": a.tolist(), "output": b.tolist()} for a, b in t.train_pairs],

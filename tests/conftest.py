@@ -22,7 +22,7 @@ def tiny_tasks(tmp_path):
 
 @pytest.fixture
 def debug_cfg(tiny_tasks):
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     cfg = from_name("debug")
     cfg.data.source = str(tiny_tasks)

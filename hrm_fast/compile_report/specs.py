@@ -1,6 +1,6 @@
 """What the report compiles: each preset's launch shapes and every family's specs at them.
 
-Shapes are derived once from the presets in ``hrm_fast/config.py`` (every preset not in
+Shapes are derived once from the presets in ``hrm_fast/presets.py`` (every preset not in
 ``CPU_PRESETS``), so a new preset is compiled without editing a kernel file or this one. Each
 family module in ``hrm_fast.kernels`` exposes ``aot_specs(shape, target) -> list[AotSpec]``.
 """
@@ -12,9 +12,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from hrm_fast.config import CPU_PRESETS, RunConfig, from_name
-from hrm_fast.config import PRESETS as CONFIG_PRESETS
+from hrm_fast.config import RunConfig
 from hrm_fast.kernels.aot import LaunchShape
+from hrm_fast.presets import CPU_PRESETS, from_name
+from hrm_fast.presets import PRESETS as CONFIG_PRESETS
 
 FAMILIES = ("attention", "rms_norm", "swiglu", "arc_loss", "augment", "board_augment")
 PRESETS = tuple(name for name in CONFIG_PRESETS if name not in CPU_PRESETS)

@@ -8,7 +8,7 @@ from tests.support.tasks import write_nonsquare_tasks
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A debug-preset run trained for two steps on small non-square tasks: (root, run dir)."""
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
     from hrm_fast.trainer.loop import train
 
     root = tmp_path_factory.mktemp("eval_e2e")

@@ -15,7 +15,7 @@ TABLE = "inner.puzzle_emb.weights"
 
 
 def _debug_cfg(source, arch="hrm"):
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     cfg = from_name("debug")
     cfg.model.arch = arch
@@ -92,7 +92,8 @@ def test_new_rows_learn_only_from_demonstrations(base_run):
     """The adapt data set's trainable pairs are the demonstrations; the test pairs (with or
     without outputs) are never drawn."""
     from hrm_fast.adapt import AdaptOptions, adapt_dataset, load_base
-    from hrm_fast.data import DeviceSampler, load_tasks
+    from hrm_fast.arc_files import load_tasks
+    from hrm_fast.data import DeviceSampler
 
     base = load_base(base_run / "run")
     src = str(base_run / "solved" / "new_challenges.json")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hrm_fast import checkpoint as ckpt
+from hrm_fast.arc_files import MAX_TASK_BYTES
 from hrm_fast.cli import build_parser
 from hrm_fast.cli import main as cli_main
-from hrm_fast.data import MAX_TASK_BYTES
 
 
 def _one_line(capsys) -> str:

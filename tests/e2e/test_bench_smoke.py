@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hrm_fast import benchmark, roofline
-from hrm_fast.config import from_name
 from hrm_fast.errors import UserError
+from hrm_fast.presets import from_name
 
 REPO = Path(__file__).resolve().parents[2]
 

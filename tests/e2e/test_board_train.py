@@ -19,10 +19,10 @@ from hrm_fast.board_eval import (
     score_boards,
 )
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import from_name
 from hrm_fast.data import build_dataset
 from hrm_fast.errors import UserError
 from hrm_fast.evaluate import evaluate
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.loop import train
 from hrm_fast.trainer.step import Trainer
 from tests.support.training import logged_losses

@@ -12,9 +12,9 @@ import pytest
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import from_name
 from hrm_fast.dashboard import build_figure, load_run, write_report
 from hrm_fast.errors import UserError
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.loop import train
 
 PANELS = 12  # 11 curves + the eval panel

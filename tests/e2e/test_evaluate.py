@@ -10,16 +10,8 @@ import torch
 
 from hrm_fast.config import DataConfig
 from hrm_fast.data import ArcDataset
-from hrm_fast.evaluate import (
-    build_items,
-    exact,
-    pixel_accuracy,
-    predict,
-    score_pair,
-    score_tasks,
-    summarise,
-    vote,
-)
+from hrm_fast.evaluate import build_items, predict
+from hrm_fast.scoring import exact, pixel_accuracy, score_pair, score_tasks, summarise, vote
 from tests.support.tasks import write_nonsquare_tasks
 
 A = np.array([[1, 2], [3, 4]], np.uint8)

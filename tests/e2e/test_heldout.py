@@ -155,8 +155,8 @@ def test_best_pt_missing_names_the_flag(debug_cfg, tmp_path, capsys):
 
 
 def test_report_draws_the_held_out_scores_and_best(tmp_path):
-    from hrm_fast.config import from_name
     from hrm_fast.dashboard import build_figure, load_run
+    from hrm_fast.presets import from_name
 
     run = tmp_path / "run"
     run.mkdir()

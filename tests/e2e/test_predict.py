@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hrm_fast.cli import main
-from hrm_fast.evaluate import parse_pass_k, score_pair, summarise, vote
+from hrm_fast.scoring import parse_pass_k, score_pair, summarise, vote
 from hrm_fast.submission import SubmissionError, grid_problem, validate_submission
 from tests.support.tasks import write_nonsquare_tasks
 
@@ -68,7 +68,7 @@ def test_submission_format_checks():
 def test_pass_at_k_monotone_and_pass1_pass2_unchanged():
     rng = np.random.default_rng(0)
     grids = [np.array([[c]], np.uint8) for c in range(6)]
-    from hrm_fast.evaluate import TaskResult
+    from hrm_fast.scoring import TaskResult
 
     results = []
     for e in range(40):
@@ -120,7 +120,7 @@ def test_eval_pass_k_flag(trained_run, tmp_path, capsys):
 def unseen_run(tmp_path_factory):
     """Trained on tasks A only; the held-out split B (one task planted with a copy of one of
     A's training pairs under another id) is scored with the blank id."""
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
     from hrm_fast.trainer.loop import train
 
     root = tmp_path_factory.mktemp("predict_unseen")

@@ -6,8 +6,8 @@ import json
 import os
 
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import from_name
 from hrm_fast.errors import EXIT_WRITE_FAILED
+from hrm_fast.presets import from_name
 
 
 def _run_dir(tmp_path, extra_lines=()):

@@ -139,7 +139,7 @@ def test_default_thresholds_pass_trained_model_and_fail_invariant_ones(debug_cfg
 
 def test_weight_point_variant_changes_one_weight_only():
     from hrm_fast.ablate import variant_config
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     base = from_name("collapse")
     cfg = variant_config(base, "w_div=1.5", seed=3, steps=7)
@@ -186,7 +186,7 @@ def test_model_trained_on_shuffled_inputs_fails_default_probe_and_healthy_one_pa
     (docs/data/safeguards/probe_fast, 5 seeds) the shuffled runs end at TV <= 0.029 with no
     grid differing, and the healthy ones at TV >= 0.29 with every grid differing."""
     from hrm_fast.ablate import run_one, variant_config
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
 
     base = from_name("collapse")
     base.train.lr, base.train.warmup_steps = 1e-3, 50

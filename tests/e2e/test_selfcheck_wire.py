@@ -14,7 +14,7 @@ from hrm_fast.kernels import swiglu as swiglu_kernels
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast import cli, dashboard, selfcheck
-from hrm_fast.config import from_name
+from hrm_fast.presets import from_name
 from hrm_fast.selfcheck import runtime
 from hrm_fast.trainer import step as trainer_step
 from hrm_fast.trainer.loop import train

@@ -14,8 +14,8 @@ from hrm_fast.kernels import rms_norm as rms_norm_kernels
 from hrm_fast.kernels import swiglu as swiglu_kernels
 
 from hrm_fast import cli, selfcheck
-from hrm_fast.config import from_name
 from hrm_fast.errors import UserError
+from hrm_fast.presets import from_name
 from hrm_fast.selfcheck import families
 from hrm_fast.tolerances import Comparison
 

@@ -46,7 +46,7 @@ def main(task_dir: str, model_overrides: dict) -> dict:
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 
-    from hrm_fast.config import from_name
+    from hrm_fast.presets import from_name
     from hrm_fast.trainer.step import Trainer
 
     cfg = from_name("debug")

@@ -9,7 +9,8 @@ import torch
 
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import RULES, Choice, Range, RunConfig, from_name, iter_fields, parse_value
+from hrm_fast.config import RULES, Choice, Range, RunConfig, iter_fields, parse_value
+from hrm_fast.presets import from_name
 
 
 def _one_line(capsys) -> str:

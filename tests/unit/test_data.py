@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from hrm_fast.arc_files import load_tasks
 from hrm_fast.config import DataConfig
-from hrm_fast.data import ArcDataset, DeviceSampler, GridBank, load_tasks
+from hrm_fast.data import ArcDataset, DeviceSampler, GridBank
 from hrm_fast.errors import DataError
 from hrm_fast.grid_transforms import (
     IGNORE,

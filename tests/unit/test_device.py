@@ -8,9 +8,9 @@ import torch
 
 from hrm_fast import device as D
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import from_name
 from hrm_fast.device import resolve_runtime
 from hrm_fast.errors import UserError
+from hrm_fast.presets import from_name
 
 
 def _machine(monkeypatch, cuda: bool, mps: bool, macos14: bool = True):

@@ -5,7 +5,7 @@ import pytest
 
 from hrm_fast import memory
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import from_name
+from hrm_fast.presets import from_name
 
 
 def _one_line(capsys) -> str:

@@ -3,7 +3,7 @@ alone never count, and disjoint sets report nothing."""
 
 import numpy as np
 
-from hrm_fast.data import Task
+from hrm_fast.arc_files import Task
 from hrm_fast.overlap import check_overlap, grid_hash
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hrm_fast.config import from_name
 from hrm_fast.errors import UserError
 from hrm_fast.model import HRM
+from hrm_fast.presets import from_name
 from hrm_fast.probe import (
     ProbeReport,
     _pairs,

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from hrm_fast import roofline
-from hrm_fast.config import from_name
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.step import Trainer
 
 aten = torch.ops.aten

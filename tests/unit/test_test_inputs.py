@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from hrm_fast.arc_files import load_challenges_file, load_tasks
 from hrm_fast.cli import main
 from hrm_fast.config import DataConfig
-from hrm_fast.data import ArcDataset, DataError, GridBank, load_challenges_file, load_tasks
+from hrm_fast.data import ArcDataset, DataError, GridBank
 
 TRAIN = [{"input": [[1, 2]], "output": [[2, 1]]}, {"input": [[3]], "output": [[3]]}]
 

@@ -10,9 +10,10 @@ import torch
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.arch import build_model
 from hrm_fast.cli import main as cli_main
-from hrm_fast.config import ModelConfig, from_name
+from hrm_fast.config import ModelConfig
 from hrm_fast.errors import UserError
 from hrm_fast.layers import count_parameters, embed_inputs
+from hrm_fast.presets import from_name
 from hrm_fast.trainer.loop import train
 from hrm_fast.trainer.step import Trainer
 from hrm_fast.trm import TRM
