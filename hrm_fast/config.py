@@ -391,7 +391,6 @@ RULES: dict[str, Range | Choice | Text | Flag | DeviceName] = {
     "warn_intervals": Range(1, _BIG),
     "warn_probe_shrink": Range(0, 1),
     "attention": Choice(("kernel", "sdpa")),
-    "selfcheck": Text(),  # written by the run (RECORDS), never a flag
     "eval_every": Range(0, _BIG),
     "eval_tasks": Range(0, _BIG),
     "eval_n_aug": Range(1, 100_000),
