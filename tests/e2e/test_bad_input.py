@@ -13,14 +13,7 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.arc_files import MAX_TASK_BYTES
 from hrm_fast.cli import build_parser
 from hrm_fast.cli import main as cli_main
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("hrm-fast")
-    return lines[0]
+from tests.support.cli import one_line, run_cli
 
 
 def _train(tmp_path, tasks, *extra):
@@ -89,18 +82,10 @@ FLAG_CASES = [
 
 @pytest.mark.parametrize("extra, needle", FLAG_CASES, ids=[" ".join(c[0]) for c in FLAG_CASES])
 def test_train_bad_flag(extra, needle, tmp_path, tiny_tasks, capsys):
-    code = _run(_train(tmp_path, tiny_tasks, *extra))
+    code = run_cli(_train(tmp_path, tiny_tasks, *extra))
     assert code == 2
-    assert needle in _one_line(capsys)
+    assert needle in one_line(capsys, "hrm-fast")
     assert not ckpt.list_checkpoints(tmp_path / "run")
-
-
-def _run(argv) -> int:
-    """cli.main, with argparse's SystemExit turned into its code."""
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 # --------------------------------------------------------------------------- task files
@@ -138,7 +123,7 @@ def test_bad_task_file(kind, tmp_path, capsys):
     argv = ["train", "--preset", "debug", "--out", str(tmp_path / "run"), "--source", str(d),
             "--canvas", "30", "--quiet"]  # fmt: skip
     assert cli_main(argv) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys, "hrm-fast")
     assert str(d / "bad.json") in line and needle in line, line
 
 
@@ -149,7 +134,7 @@ def test_huge_task_file_refused_before_parsing(tmp_path, capsys, monkeypatch):
         f.truncate(50 * 2**20)
     monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed a 50 MB file"))
     assert cli_main(_train(tmp_path, d)) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys, "hrm-fast")
     assert str(d / "huge.json") in line and f"{MAX_TASK_BYTES // 2**20} MiB" in line
 
 
@@ -161,7 +146,7 @@ def test_bad_source_path(kind, tmp_path, capsys):
     elif kind == "dir-named-json":
         (src / "x.json").mkdir(parents=True)
     assert cli_main(_train(tmp_path, src)) == 2
-    assert str(src) in _one_line(capsys)
+    assert str(src) in one_line(capsys, "hrm-fast")
 
 
 # --------------------------------------------------------------------------- resume
@@ -174,7 +159,7 @@ def test_resume_from_a_different_preset_names_the_field(run_dir, tmp_path, capsy
     argv = ["train", "--preset", "smoke", "--out", str(run), "--resume", "--source", str(tasks),
             "--canvas", "8", "--quiet"]  # fmt: skip
     assert cli_main(argv) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys, "hrm-fast")
     assert "--preset smoke" in line and "model.hidden_size = 32" in line
     assert {p.name: p.read_bytes() for p in [*ckpt.list_checkpoints(run), run / "config.json",
                                              run / "metrics.jsonl"]} == before  # fmt: skip
@@ -189,17 +174,17 @@ def test_resume_flag_disagrees_with_checkpoint(run_dir, extra, needle, capsys):
     run, tasks = run_dir
     argv = ["train", "--out", str(run), "--resume", "--quiet", *extra]
     assert cli_main(argv) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys, "hrm-fast")
     assert extra[0] in line and needle in line and str(run) in line
 
 
 def test_resume_without_checkpoints(tmp_path, tiny_tasks, capsys):
     assert cli_main(_train(tmp_path, tiny_tasks, "--resume")) == 2
-    assert "no such run directory" in _one_line(capsys)
+    assert "no such run directory" in one_line(capsys, "hrm-fast")
     assert not (tmp_path / "run").exists()
     (tmp_path / "run").mkdir()
     assert cli_main(_train(tmp_path, tiny_tasks, "--resume")) == 2
-    assert "no checkpoints" in _one_line(capsys)
+    assert "no checkpoints" in one_line(capsys, "hrm-fast")
 
 
 @pytest.mark.parametrize("content", ["[]", "{not json", '{"model": 3}', "dir"])
@@ -212,7 +197,7 @@ def test_resume_with_broken_config_json(content, run_dir, tmp_path, capsys):
     cfg.unlink()
     cfg.mkdir() if content == "dir" else cfg.write_text(content)
     assert cli_main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
-    assert str(cfg) in _one_line(capsys)
+    assert str(cfg) in one_line(capsys, "hrm-fast")
 
 
 # --------------------------------------------------------------------------- eval, probe, ...
@@ -240,8 +225,8 @@ def test_resume_with_broken_config_json(content, run_dir, tmp_path, capsys):
 )
 def test_other_commands_bad_input(args, needle, run_dir, tmp_path, capsys):
     argv = [a.replace("{run}", str(run_dir[0])).replace("{tmp}", str(tmp_path)) for a in args]
-    assert _run(argv) == 2
-    assert needle in _one_line(capsys)
+    assert run_cli(argv) == 2
+    assert needle in one_line(capsys, "hrm-fast")
 
 
 def test_convert_refuses_to_write_over_a_run(run_dir, tmp_path, capsys):
@@ -255,10 +240,10 @@ def test_convert_refuses_to_write_over_a_run(run_dir, tmp_path, capsys):
     torch.save(to_official_state_dict(model), src)
     before = {p.name: p.read_bytes() for p in ckpt.list_checkpoints(run)}
     assert cli_main(["convert", str(src), "--out", str(run), "--num-heads", "1"]) == 2
-    assert "already holds checkpoints" in _one_line(capsys)
+    assert "already holds checkpoints" in one_line(capsys, "hrm-fast")
     assert {p.name: p.read_bytes() for p in ckpt.list_checkpoints(run)} == before
     assert cli_main(["convert", str(src), "--out", str(tmp_path / "c"), "--H-cycles", "0"]) == 2
-    assert "--H-cycles" in _one_line(capsys)
+    assert "--H-cycles" in one_line(capsys, "hrm-fast")
 
 
 def test_resume_a_converted_checkpoint(run_dir, tmp_path, capsys):
@@ -278,7 +263,7 @@ def test_resume_a_converted_checkpoint(run_dir, tmp_path, capsys):
     argv = _train(tmp_path, tasks, "--resume", "--steps", "1")
     argv[argv.index("--out") + 1] = str(conv)
     assert cli_main(argv) == 2  # converted with 16 ACT steps, the debug preset has 3
-    line = _one_line(capsys)
+    line = one_line(capsys, "hrm-fast")
     assert "--halt-max-steps 3" in line and "model.halt_max_steps = 16" in line
     assert cli_main([*argv, "--halt-max-steps", "16"]) == 0
     assert [p.name for p in ckpt.list_checkpoints(conv)][-1] == "step_000000001.pt"
@@ -326,5 +311,5 @@ def test_subprocess_one_line(args, needle, tmp_path):
 )
 def test_kernels_report_bad_input_before_compiling(args, needle, capsys):
     # Refused before any compile (which takes minutes): one line, exit 2.
-    assert _run(["kernels-report", *args]) == 2
-    assert needle in _one_line(capsys)
+    assert run_cli(["kernels-report", *args]) == 2
+    assert needle in one_line(capsys, "hrm-fast")

@@ -14,20 +14,7 @@ import torch
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
 from hrm_fast.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def _run(argv) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return int(e.code)
+from tests.support.cli import one_line, run_cli
 
 
 def _train(out, tasks, *extra):
@@ -76,7 +63,7 @@ def test_sigterm_outside_training_ends_like_ctrl_c(monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "main", evaluation)
     before = signal.getsignal(signal.SIGTERM)
     assert cli_main(["eval", "x"]) == EXIT_INTERRUPTED
-    assert _one_line(capsys) == "hrm-fast: interrupted"
+    assert one_line(capsys) == "hrm-fast: interrupted"
     assert signal.getsignal(signal.SIGTERM) == before  # restored for the caller
 
 
@@ -94,7 +81,7 @@ def test_a_closed_stdout_is_not_a_traceback():
 def test_a_fifo_among_task_files_is_refused_not_read(tmp_path, tiny_tasks, capsys):
     os.mkfifo(tiny_tasks / "stuck.json")  # reading it would block forever
     assert cli_main(_train(tmp_path / "run", tiny_tasks)) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "stuck.json" in line and "not a regular file" in line
 
 
@@ -104,7 +91,7 @@ def test_duplicate_json_keys_are_refused(tmp_path, tiny_tasks, capsys):
     dup = '{"train": ' + json.dumps(body["train"]) + ', "train": [], "test": '
     (tiny_tasks / "task00.json").write_text(dup + json.dumps(body["test"]) + "}")
     assert cli_main(_train(tmp_path / "run", tiny_tasks)) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "task00.json" in line and "duplicate key 'train'" in line
 
 
@@ -112,7 +99,7 @@ def test_plain_task_files_beside_challenges_are_not_ignored(tmp_path, tiny_tasks
     challenges = {"c1": json.loads((tiny_tasks / "task01.json").read_text())}
     (tiny_tasks / "x_challenges.json").write_text(json.dumps(challenges))
     assert cli_main(_train(tmp_path / "run", tiny_tasks)) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "plain task files" in line and "task00.json" in line
 
 
@@ -128,7 +115,7 @@ def test_eval_refuses_nan_weights(run_dir, tmp_path, capsys):
     payload["model"][key] = torch.full_like(payload["model"][key], float("nan"))
     torch.save(payload, path)
     assert cli_main(["eval", str(run)]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "NaN" in line and key in line
     assert not (run / "eval.json").exists()
 
@@ -141,7 +128,7 @@ def test_probe_on_a_changed_task_list(run_dir, tmp_path, capsys):
     shutil.copy(tasks / "task00.json", extra)
     try:
         assert cli_main(["probe", str(moved)]) == 2
-        assert "do not match" in _one_line(capsys)
+        assert "do not match" in one_line(capsys)
     finally:
         extra.unlink()
 
@@ -163,12 +150,12 @@ def test_ablate_bad_input_before_training(extra, needle, tmp_path, capsys, monke
     monkeypatch.setattr(ablate, "run_one", lambda *a, **k: pytest.fail("trained first"))
     argv = ["ablate", "--preset", "debug", "--out", str(tmp_path / "a"), "--steps", "2",
             "--seeds", "1", "--quiet", *extra]  # fmt: skip
-    assert _run(argv) == 2
-    assert needle in _one_line(capsys)
+    assert run_cli(argv) == 2
+    assert needle in one_line(capsys)
 
 
 def test_unwritable_compile_cache_is_one_line(tmp_path, tiny_tasks, capsys, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/proc/no-cache")
     assert cli_main(_train(tmp_path / "run", tiny_tasks, "--compile", "true")) == 2
-    assert "TORCHINDUCTOR_CACHE_DIR" in _one_line(capsys)
+    assert "TORCHINDUCTOR_CACHE_DIR" in one_line(capsys)
     assert not ckpt.list_checkpoints(tmp_path / "run")

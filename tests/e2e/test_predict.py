@@ -10,15 +10,8 @@ import pytest
 from hrm_fast.cli import main
 from hrm_fast.scoring import parse_pass_k, score_pair, summarise, vote
 from hrm_fast.submission import SubmissionError, grid_problem, validate_submission
+from tests.support.cli import one_line
 from tests.support.tasks import write_nonsquare_tasks
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("hrm-fast")
-    return lines[0]
 
 
 def _challenges(path, task_dirs, with_solutions=False):
@@ -110,7 +103,7 @@ def test_eval_pass_k_flag(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error, in one line
         main(["eval", str(run), "--pass-k", "0,1"])
     assert exit_.value.code == 2
-    assert "--pass-k" in _one_line(capsys)
+    assert "--pass-k" in one_line(capsys, "hrm-fast")
 
 
 # --------------------------------------------------------------------------- predict
@@ -212,7 +205,7 @@ def test_eval_refuses_tasks_it_cannot_score(unseen_run, tmp_path, capsys):
     chal = tmp_path / "x_challenges.json"
     _challenges(chal, [root / "unseen"])  # no solutions file beside it
     assert main(["eval", str(run), "--eval-source", str(chal), "--out", str(tmp_path)]) == 2
-    assert "x_solutions.json" in _one_line(capsys)
+    assert "x_solutions.json" in one_line(capsys, "hrm-fast")
     assert not (tmp_path / "eval.json").exists()
 
 
@@ -291,5 +284,5 @@ def test_predict_bad_input(args, needle, unseen_run, tmp_path, capsys):
         else:
             argv += [flag, value]
     assert main(argv) == 2
-    assert needle in _one_line(capsys)
+    assert needle in one_line(capsys, "hrm-fast")
     assert not (tmp_path / "o" / "submission.json").exists()

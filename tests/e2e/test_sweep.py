@@ -11,21 +11,7 @@ import pytest
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import RULES, Choice, DeviceName, Flag, Range, RunConfig, Text, iter_fields
 from hrm_fast.errors import EXIT_USER_ERROR
-
-
-def _run(argv) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return int(e.code)
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("hrm-fast")
-    return lines[0]
+from tests.support.cli import one_line, run_cli
 
 
 def _snapshot(root) -> dict:
@@ -81,8 +67,8 @@ def test_every_field_refuses_its_bad_values(name, value, tmp_path, capsys):
     flag = "--" + name.replace("_", "-")
     train = ["train", "--preset", "debug", "--out", str(tmp_path / "r")]
     for argv in (["params", flag, value], [*train, flag, value]):
-        assert _run(argv) == EXIT_USER_ERROR, argv
-        assert flag in _one_line(capsys)
+        assert run_cli(argv) == EXIT_USER_ERROR, argv
+        assert flag in one_line(capsys, "hrm-fast")
     assert not (tmp_path / "r").exists()
 
 
@@ -137,8 +123,8 @@ def test_command_sweep(argv, code, needle, run_dir, tmp_path, capsys):
     subs = {"{run}": str(run), "{root}": str(run_dir), "{tmp}": str(tmp_path)}
     for k, v in subs.items():
         argv = [a.replace(k, v) for a in argv]
-    assert _run(argv) == code
-    assert needle in _one_line(capsys)
+    assert run_cli(argv) == code
+    assert needle in one_line(capsys, "hrm-fast")
     assert _snapshot(run) == before  # nothing in the run changed
 
 
@@ -160,11 +146,11 @@ def test_damaged_checkpoint_configs_are_one_line(run_dir, tmp_path, capsys):
         payload["config"][section][field] = value
         torch.save(payload, path)
         for cmd in ("eval", "probe"):
-            assert _run([cmd, str(run)]) == 2
-            line = _one_line(capsys)
+            assert run_cli([cmd, str(run)]) == 2
+            line = one_line(capsys, "hrm-fast")
             assert "--" + field.replace("_", "-") in line and str(path) in line
         d = json.loads((run / "config.json").read_text())
         d[section][field] = value
         (run / "config.json").write_text(json.dumps(d))
-        assert _run(["train", "--out", str(run), "--resume", "--quiet"]) == 2
-        assert str(run / "config.json") in _one_line(capsys)
+        assert run_cli(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+        assert str(run / "config.json") in one_line(capsys, "hrm-fast")

@@ -11,20 +11,7 @@ from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
 from hrm_fast.config import RULES, Choice, Range, RunConfig, iter_fields, parse_value
 from hrm_fast.presets import from_name
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def _run(argv) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return int(e.code)
+from tests.support.cli import one_line, run_cli
 
 
 def test_every_field_has_a_rule():
@@ -100,16 +87,16 @@ def test_train_refuses_nonsense(extra, needle, tmp_path, capsys):
     if "--out" in extra:
         argv[argv.index("--out") + 1] = ""
         argv = argv[:-2]
-    assert _run(argv) == 2
-    assert needle in _one_line(capsys)
+    assert run_cli(argv) == 2
+    assert needle in one_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
 def test_params_and_ablate_share_the_rules(tmp_path, capsys):
-    assert _run(["params", "--div-temperature", "0"]) == 2
-    assert "--div-temperature" in _one_line(capsys)
-    assert _run(["ablate", "--out", str(tmp_path / "a"), "--batch-size", "2.5e0"]) == 2
-    assert "--batch-size" in _one_line(capsys)
+    assert run_cli(["params", "--div-temperature", "0"]) == 2
+    assert "--div-temperature" in one_line(capsys)
+    assert run_cli(["ablate", "--out", str(tmp_path / "a"), "--batch-size", "2.5e0"]) == 2
+    assert "--batch-size" in one_line(capsys)
 
 
 def test_resume_config_json_is_validated_like_flags(tmp_path, tiny_tasks, capsys):
@@ -121,7 +108,7 @@ def test_resume_config_json_is_validated_like_flags(tmp_path, tiny_tasks, capsys
     d["loss"]["div_temperature"] = 0.0
     (run / "config.json").write_text(json.dumps(d))
     assert cli_main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert str(run / "config.json") in line and "--div-temperature" in line
 
 
@@ -136,7 +123,7 @@ def test_checkpoint_with_hang_sized_config_is_refused(tmp_path, tiny_tasks, caps
     torch.save(payload, path)
     for cmd in (["eval", str(run)], ["probe", str(run)]):
         assert cli_main(cmd) == 2
-        line = _one_line(capsys)
+        line = one_line(capsys)
         assert "--halt-max-steps" in line and str(path) in line
 
 
@@ -161,10 +148,10 @@ def test_convert_refuses_what_loading_would_call_damaged(tmp_path, capsys):
     src = tmp_path / "trm.pt"
     torch.save(to_official_state_dict(model), src)
     out = tmp_path / "c"
-    assert _run(["convert", str(src), "--out", str(out), "--puzzle-emb-tokens", "-3"]) == 2
-    assert "--puzzle-emb-tokens" in _one_line(capsys)
-    assert _run(["convert", str(src), "--out", str(out), "--halt-max-steps", "1000000000"]) == 2
-    assert "--halt-max-steps" in _one_line(capsys)
+    assert run_cli(["convert", str(src), "--out", str(out), "--puzzle-emb-tokens", "-3"]) == 2
+    assert "--puzzle-emb-tokens" in one_line(capsys)
+    assert run_cli(["convert", str(src), "--out", str(out), "--halt-max-steps", "1000000000"]) == 2
+    assert "--halt-max-steps" in one_line(capsys)
     assert not ckpt.list_checkpoints(out)
 
 
@@ -174,5 +161,5 @@ def test_convert_refuses_hidden_size_zero(tmp_path, capsys):
     key = next(k for k in sd if k.endswith("embed_tokens.embedding_weight"))
     sd[key] = torch.zeros(12, 0)
     torch.save(sd, src)
-    assert _run(["convert", str(src), "--out", str(tmp_path / "c")]) == 2
-    assert "hidden size" in _one_line(capsys)
+    assert run_cli(["convert", str(src), "--out", str(tmp_path / "c")]) == 2
+    assert "hidden size" in one_line(capsys)

@@ -6,13 +6,7 @@ import pytest
 from hrm_fast import memory
 from hrm_fast.cli import main as cli_main
 from hrm_fast.presets import from_name
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+from tests.support.cli import one_line
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +34,17 @@ def test_train_refuses_sizes_past_the_machine(extra, needle, run, tmp_path, caps
     argv = ["train", "--preset", "debug", "--out", str(tmp_path / "r"), "--source", str(run[1]),
             "--steps", "1", "--quiet", *extra]  # fmt: skip
     assert cli_main(argv) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert needle in line
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 def test_eval_and_probe_refuse_batches_past_the_machine(run, capsys):
     assert cli_main(["eval", str(run[0]), "--batch-size", "100000000"]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "--batch-size 100000000" in line and "available" in line
     assert cli_main(["probe", str(run[0]), "--pairs", "100000000"]) == 2
-    line = _one_line(capsys)
+    line = one_line(capsys)
     assert "--pairs 100000000" in line and "available" in line
 
 

@@ -12,13 +12,7 @@ import pytest
 from hrm_fast import checkpoint as ckpt
 from hrm_fast.cli import main as cli_main
 from hrm_fast.run_lock import LOCK_NAME, run_lock
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+from tests.support.cli import one_line
 
 
 def _argv(run, tasks, *extra):
@@ -37,7 +31,7 @@ def test_a_live_writer_refuses_a_second(tmp_path, tiny_tasks, capsys):
     with run_lock(run.mkdir() or run) as lock:
         before = lock.read_bytes()
         assert cli_main(_argv(run, tiny_tasks)) == 2
-        line = _one_line(capsys)
+        line = one_line(capsys)
         assert str(run) in line and f"pid {os.getpid()}" in line
         assert lock.read_bytes() == before  # the holder keeps its lock
     assert not ckpt.list_checkpoints(run) and not (run / "config.json").exists()
@@ -77,7 +71,7 @@ def test_two_real_processes(tmp_path, tiny_tasks, capsys):
             time.sleep(0.2)
         config = (run / "config.json").read_bytes()
         assert cli_main(_argv(run, tiny_tasks, "--lr", "0.5")) == 2
-        assert f"pid {first.pid}" in _one_line(capsys)
+        assert f"pid {first.pid}" in one_line(capsys)
         assert (run / "config.json").read_bytes() == config  # the second wrote nothing
     finally:
         first.send_signal(signal.SIGKILL)

@@ -10,16 +10,9 @@ from hrm_fast.arc_files import load_challenges_file, load_tasks
 from hrm_fast.cli import main
 from hrm_fast.config import DataConfig
 from hrm_fast.data import ArcDataset, DataError, GridBank
+from tests.support.cli import one_line
 
 TRAIN = [{"input": [[1, 2]], "output": [[2, 1]]}, {"input": [[3]], "output": [[3]]}]
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("hrm-fast")
-    return lines[0]
 
 
 def _write(path, obj):
@@ -106,5 +99,5 @@ def test_training_and_eval_refuse_unscorable_tasks(tmp_path, capsys):
     argv = ["train", "--preset", "debug", "--out", str(tmp_path / "run"), "--source", str(chal),
             "--canvas", "8", "--quiet", "--steps", "1"]  # fmt: skip
     assert main(argv) == 2
-    assert "x_solutions.json" in _one_line(capsys)
+    assert "x_solutions.json" in one_line(capsys, "hrm-fast")
     assert not (tmp_path / "run" / "checkpoints").exists()
