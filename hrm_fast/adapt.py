@@ -50,6 +50,7 @@ from hrm_fast.trainer.loop import (
     open_run_dir,
     probe_before_training,
     run_loop,
+    under_run_lock,
     watch_for,
     with_ranks,
 )
@@ -220,8 +221,13 @@ def adapt(checkpoint, opts: AdaptOptions, out, resume: bool = False, quiet: bool
         raise UserError(f"--source {opts.source}: no tasks")
     return with_ranks(
         cfg.train,
-        lambda dp: _adapt(
-            base, opts, cfg, tasks, out, resume, quiet or dp is not None and not dp.is_main, dp
+        lambda dp: under_run_lock(
+            out,
+            resume,
+            dp,
+            lambda: _adapt(
+                base, opts, cfg, tasks, out, resume, quiet or dp is not None and not dp.is_main, dp
+            ),
         ),  # fmt: skip
     )
 

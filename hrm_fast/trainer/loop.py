@@ -421,16 +421,26 @@ def log_resumed(trainer: Trainer, payload: dict, log: Log) -> None:
         )
 
 
-def _train(
-    cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None, force_selfcheck
-) -> int:
-    """The run under its directory's lock (rank 0 writes, so rank 0 holds it)."""
+def under_run_lock(out_dir, resume: bool, dp: DataParallel | None, body: Callable[[], int]) -> int:
+    """``body()`` holding the run directory's lock (rank 0 writes, so rank 0 holds it): one
+    writer per directory for every command that writes a run (train, adapt)."""
     if dp is not None and not dp.is_main:
-        return _train_locked(cfg, out_dir, resume, quiet, dp, force_selfcheck)
+        return body()
     if resume and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: no such run directory to resume")
     with run_lock(prepare_dir(out_dir, "--out")):
-        return _train_locked(cfg, out_dir, resume, quiet, dp, force_selfcheck)
+        return body()
+
+
+def _train(
+    cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp: DataParallel | None, force_selfcheck
+) -> int:
+    return under_run_lock(
+        out_dir,
+        resume,
+        dp,
+        lambda: _train_locked(cfg, out_dir, resume, quiet, dp, force_selfcheck),
+    )
 
 
 def _train_locked(cfg: RunConfig, out_dir, resume: bool, quiet: bool, dp, force_selfcheck) -> int:

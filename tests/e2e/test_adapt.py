@@ -284,3 +284,16 @@ def test_adapt_under_torchrun_two_ranks(base_run, tmp_path):
     for k, v in base["model"].items():
         if k != TABLE:
             assert torch.equal(adapted["model"][k], v), k
+
+
+def test_adapt_holds_the_run_lock(base_run, tmp_path, capsys):
+    """A second writer into an adapt run's directory gets one line (exit 2) and writes nothing."""
+    from hrm_fast.run_lock import run_lock
+    from tests.support.cli import one_line
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    with run_lock(out):
+        assert _adapt(base_run, out, "--steps", "2") == 2
+        assert "pid" in one_line(capsys)
+    assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
