@@ -158,7 +158,7 @@ def adapt_config(base: Base, opts: AdaptOptions) -> RunConfig:
     if opts.puzzle_emb_lr is not None:
         t.puzzle_emb_lr = opts.puzzle_emb_lr
     t.device = opts.device
-    t.compile = t.cuda_graphs = False  # adaptation runs are short: no compile or capture
+    t.compile, t.cuda_graphs = "false", False  # adaptation runs are short: no compile or capture
     if opts.mode == "embeddings":
         t.ema = False  # the frozen network already holds the weights eval uses
     cfg.data.allow_overlap = opts.allow_overlap

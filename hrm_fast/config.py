@@ -131,7 +131,9 @@ class TrainConfig:
     dtype: str = "auto"  # forward dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
     # The start-up self-check's one line (written by the trainer: a record, not a setting).
     selfcheck: str = ""
-    compile: bool = False
+    # torch.compile of the forward and loss: "auto" compiles on a CPU when the run is long enough
+    # to repay the compile (hrm_fast.device.resolve_compile); "true" or "false" force it.
+    compile: str = "auto"
     cuda_graphs: bool = False
     # Exponential moving average of the network weights (TRM's runs), used by eval and probe.
     ema: bool = False
@@ -196,9 +198,10 @@ class RunConfig:
             vals = {}
             for f in dataclasses.fields(sub):
                 if f.name in section:
-                    vals[f.name] = _typed(
-                        f"{name}.{f.name}", section[f.name], getattr(defaults, f.name)
-                    )
+                    value = section[f.name]
+                    if (name, f.name) == ("train", "compile") and isinstance(value, bool):
+                        value = "true" if value else "false"  # configs written before "auto"
+                    vals[f.name] = _typed(f"{name}.{f.name}", value, getattr(defaults, f.name))
             kwargs[name] = sub(**vals)
         assert set(kwargs) == set(sections)
         return cls(**kwargs)
@@ -375,7 +378,7 @@ RULES: dict[str, Range | Choice | Text | Flag | DeviceName] = {
     "device": DeviceName(),
     "backend": Choice(("auto", "reference", "fused")),
     "dtype": Choice(("auto", "fp32", "bf16", "fp16")),
-    "compile": Flag(),
+    "compile": Choice(("auto", "true", "false")),
     "cuda_graphs": Flag(),
     "ema": Flag(),
     "ema_rate": Range(0, 1, high_open=True),

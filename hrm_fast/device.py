@@ -81,3 +81,41 @@ def resolve_runtime(cfg) -> tuple[torch.device, str, torch.dtype]:
     if t.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
     return device, backend, dtype
+
+
+# A CPU run compiles its step under ``--compile auto`` from this many steps on: the compile is
+# repaid well before then (docs/performance.md has the measured compile times and step times).
+CPU_COMPILE_MIN_STEPS = 1000
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU code with (its CXX, else the usual names)."""
+    import os
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((found for n in names if (found := shutil.which(n))), None)
+
+
+def resolve_compile(t, device: torch.device, backend: str) -> tuple[bool, str]:
+    """(compile the step?, why) for a train section's ``--compile`` on this device.
+
+    ``auto`` keeps every GPU run as it was (fused kernels, CUDA graphs) and compiles a CPU run of
+    the reference backend when it is long enough and a C++ compiler is there to build it.
+    """
+    if t.compile == "true":
+        if device.type == "cpu" and cxx_compiler() is None:
+            raise UserError(
+                "--compile true: torch.compile on a CPU builds C++ and no compiler (g++, c++, "
+                "clang++ or $CXX) is on PATH; install one or use --compile false"
+            )
+        return True, "--compile true"
+    if t.compile == "false":
+        return False, "--compile false"
+    if device.type != "cpu" or backend != "reference":
+        return False, f"auto: not on {device.type}"
+    if t.steps < CPU_COMPILE_MIN_STEPS:
+        return False, f"auto: {t.steps} steps < {CPU_COMPILE_MIN_STEPS}"
+    if cxx_compiler() is None:
+        return False, "auto: no C++ compiler on PATH"
+    return True, f"auto: {t.steps} steps on cpu"

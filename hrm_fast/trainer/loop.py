@@ -399,6 +399,7 @@ def log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
         f"{trainer.device.type} backend={trainer.backend}"
         + (" attention=sdpa" if trainer.runtime.attention == "sdpa" else "")
         + f" dtype={str(trainer.dtype)[6:]}"
+        + f" compile={'on' if trainer.compiled else 'off'} ({trainer.compile_reason})"
         f" | {counts['network'] / 1e6:.2f}M network params"
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"

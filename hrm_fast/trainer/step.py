@@ -20,6 +20,7 @@ import torch
 
 from hrm_fast.arch import build_model
 from hrm_fast.config import RunConfig
+from hrm_fast.device import resolve_compile
 from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
@@ -181,11 +182,13 @@ class Trainer:
         # The held-out score's state (best, evaluations since): saved in the checkpoint.
         self.held_out: dict | None = None
 
+        self.compiled, self.compile_reason = resolve_compile(t, self.device, self.backend)
         fl = self._forward_loss
-        if t.compile:
+        if self.compiled:
             check_compile_cache()
             fl = torch.compile(fl, dynamic=False)
         self._forward_loss_fn = fl
+        self._first_compiled_call = self.compiled and t.compile == "auto"
         self._graph = None
 
     # ------------------------------------------------------------------ the static step
@@ -194,8 +197,27 @@ class Trainer:
         batch = self.sampler.sample(self.batch_size)
         return self.model.forward_loss(carry, batch, self.loss_fn, self.cfg.loss)
 
+    def _forward_loss_first_auto(self):
+        """``--compile auto``'s first compiled call: a compiler that fails (no headers, an
+        unsupported op) costs the run its speed-up, not the run. The RNG is rewound so the eager
+        step draws what the compiled one would have."""
+        rng = torch.get_rng_state()
+        self._first_compiled_call = False
+        try:
+            return self._forward_loss_fn(self.carry)
+        except Exception as e:  # inductor/dynamo raise many types; any of them means eager
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            self.compiled = False
+            self.compile_reason = f"auto: compile failed ({first}); running eager"
+            self._forward_loss_fn = self._forward_loss
+            torch.set_rng_state(rng)
+            return self._forward_loss_fn(self.carry)
+
     def _step_body(self) -> None:
-        new_carry, loss, metrics = self._forward_loss_fn(self.carry)
+        if self._first_compiled_call:
+            new_carry, loss, metrics = self._forward_loss_first_auto()
+        else:
+            new_carry, loss, metrics = self._forward_loss_fn(self.carry)
         loss.backward()
         if self.opt is not None:
             if self.dp is not None:

@@ -47,7 +47,7 @@ def test_compiled_step_matches_reference(debug_cfg, inductor_eager_random):
     runs see the same batches and exploration draws.
     """
     _, ref = step_metrics(debug_cfg, 3)
-    debug_cfg.train.compile = True
+    debug_cfg.train.compile = "true"
     _, comp = step_metrics(debug_cfg, 3)
     for r, c in zip(ref, comp, strict=True):
         for k in ("loss", "lm_loss", "diversity", "distribution", "q_halt_loss"):
@@ -114,9 +114,9 @@ def test_bf16_step_close_to_fp32(debug_cfg):
 CUDA_VARIANTS = {
     "fused": dict(backend="fused"),
     "fused+graphs": dict(backend="fused", cuda_graphs=True),
-    "fused+compile": dict(backend="fused", compile=True),
-    "fused+compile+graphs": dict(backend="fused", compile=True, cuda_graphs=True),
-    "reference+compile": dict(backend="reference", compile=True),
+    "fused+compile": dict(backend="fused", compile="true"),
+    "fused+compile+graphs": dict(backend="fused", compile="true", cuda_graphs=True),
+    "reference+compile": dict(backend="reference", compile="true"),
     "reference+graphs": dict(backend="reference", cuda_graphs=True),
 }
 DTYPE_TOL = {"fp32": dict(rel=1e-4, abs=1e-5), "bf16": dict(rel=3e-2, abs=3e-2)}

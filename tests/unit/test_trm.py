@@ -257,7 +257,7 @@ def test_trm_step_is_one_graph(trm_cfg):
 
 def test_trm_compiled_step_matches_reference(trm_cfg, inductor_eager_random):
     _, ref = step_metrics(trm_cfg, 2)
-    trm_cfg.train.compile = True
+    trm_cfg.train.compile = "true"
     _, comp = step_metrics(trm_cfg, 2)
     for r, c in zip(ref, comp, strict=True):
         for k in LOSS_KEYS:

@@ -1,0 +1,89 @@
+"""``--compile auto``: which runs compile, and a compile that fails costs speed, not the run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hrm_fast import device as device_mod
+from hrm_fast.config import TrainConfig
+from hrm_fast.errors import UserError
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def _train(compile_: str, steps: int) -> TrainConfig:
+    return TrainConfig(compile=compile_, steps=steps)
+
+
+@pytest.fixture
+def compiler(monkeypatch):
+    monkeypatch.setattr(device_mod, "cxx_compiler", lambda: "/usr/bin/g++")
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    monkeypatch.setattr(device_mod, "cxx_compiler", lambda: None)
+
+
+def test_auto_compiles_long_cpu_runs_only(compiler):
+    n = device_mod.CPU_COMPILE_MIN_STEPS
+    assert device_mod.resolve_compile(_train("auto", n), CPU, "reference")[0] is True
+    assert device_mod.resolve_compile(_train("auto", n - 1), CPU, "reference")[0] is False
+    # GPU runs keep their default (fused kernels, CUDA graphs): auto never compiles them.
+    assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "fused")[0] is False
+    assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "reference")[0] is False
+    assert device_mod.resolve_compile(_train("false", 10**6), CPU, "reference")[0] is False
+    assert device_mod.resolve_compile(_train("true", 1), CPU, "reference")[0] is True
+
+
+def test_no_compiler(no_compiler):
+    compiled, why = device_mod.resolve_compile(_train("auto", 10**6), CPU, "reference")
+    assert not compiled and "no C++ compiler" in why
+    with pytest.raises(UserError, match="--compile true: .*no compiler"):
+        device_mod.resolve_compile(_train("true", 10), CPU, "reference")
+    assert device_mod.resolve_compile(_train("true", 10), CUDA, "fused")[0] is True
+
+
+def test_config_written_before_auto_still_loads():
+    from hrm_fast.config import RunConfig
+
+    d = RunConfig().to_dict()
+    for old, new in ((True, "true"), (False, "false")):
+        d["train"]["compile"] = old
+        assert RunConfig.from_dict(d).train.compile == new
+
+
+def test_failed_auto_compile_falls_back_to_the_same_eager_steps(debug_cfg, compiler, monkeypatch):
+    """A compiler error on the first step: the run goes on eagerly, drawing the same batches
+    and exploration numbers as a run that never tried (the RNG is rewound)."""
+    from hrm_fast.trainer.step import Trainer
+
+    debug_cfg.train.device, debug_cfg.train.steps = "cpu", device_mod.CPU_COMPILE_MIN_STEPS
+    debug_cfg.train.compile = "false"
+    eager = Trainer(debug_cfg)
+    for _ in range(2):
+        eager.step()
+    want = eager.read_metrics()
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            torch.rand(3)  # the failure happens after the compiled code drew random numbers
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    debug_cfg.train.compile = "auto"
+    tr = Trainer(debug_cfg)
+    assert tr.compiled
+    for _ in range(2):
+        tr.step()
+    assert not tr.compiled
+    assert tr.compile_reason == (
+        "auto: compile failed (InvalidCxxCompiler: no working C++ compiler found); running eager"
+    )
+    got = tr.read_metrics()
+    assert got.keys() == want.keys()
+    for k in want:  # bit-identical; act_steps is NaN on both when nothing halted yet
+        assert got[k] == want[k] or (got[k] != got[k] and want[k] != want[k]), k
