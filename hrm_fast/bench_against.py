@@ -3,7 +3,7 @@ same config on the same device, in one run.
 
 PATH is a local checkout of sapientinc/HRM or SamsungSAILMontreal/TinyRecursiveModels; the bench
 imports and runs its Python, so point it at a checkout you trust. Each side lives in its own
-worker process (``hrm_fast.bench_against_worker``): its peak memory is its own and nothing set
+worker process (``hrm_fast.bench_worker``): its peak memory is its own and nothing set
 in one process reaches the other. After the warm-up steps the parent asks for one step of each
 in turn (hrm-fast, official, hrm-fast, ...), the other side idle, and reports each side's
 median step time, it/s, peak memory and the ratio official / hrm-fast, with the environment
@@ -22,12 +22,11 @@ import datetime as _dt
 import importlib.util
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from hrm_fast.errors import SideFailed, UserError, WriteFailed
+from hrm_fast.bench_worker import Worker
+from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import prepare_dir, write_output
 
 # What a checkout must hold, by kind: the model file (and its class), then the files used beside it.
@@ -75,62 +74,7 @@ def check_requirements(kind: str) -> None:
                             "pip install 'hrm-fast[against]'")  # fmt: skip
 
 
-# --------------------------------------------------------------------------- the workers
-
-
-class Worker:
-    """One side's process: JSON lines on its stdout, its stderr kept in a log file."""
-
-    def __init__(self, name: str, spec: dict, log: Path):
-        self.name, self.log = name, log
-        cmd = [sys.executable, "-m", "hrm_fast.bench_against_worker", json.dumps(spec)]
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                bufsize=1,
-            )  # fmt: skip
-
-    def _reply(self, key: str):
-        line = self.proc.stdout.readline()
-        try:
-            msg = json.loads(line) if line.strip() else {}
-        except ValueError:
-            msg = {}
-        if "error" in msg:
-            self.proc.wait()
-            if msg.get("exit_code") not in (None, 1):  # bad input on that side: its own code
-                err = UserError(f"{self.name} side: {msg['error']}")
-                err.exit_code = msg["exit_code"]
-                raise err
-            raise SideFailed(f"{self.name} side failed: {msg['error']}")
-        if key not in msg:
-            code = self.proc.wait()
-            raise SideFailed(f"{self.name} side exited ({code}) without a result: "
-                             f"{self._last_log_line()}")  # fmt: skip
-        return msg[key]
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
-        except OSError:
-            lines = []
-        return lines[-1].strip() if lines else "no message"
-
-    def ready(self) -> dict:
-        return self._reply("ready")
-
-    def ask(self, cmd: str, key: str):
-        try:
-            self.proc.stdin.write(cmd + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # it died; _reply says how
-        return self._reply(key)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+# --------------------------------------------------------------------------- the run
 
 
 def default_steps(device: str, steps: int | None, warmup: int | None) -> tuple[int, int]:
@@ -162,8 +106,8 @@ def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str,
         batch_file = str(Path(tmp) / "batch.pt")
         try:
             say(f"building hrm-fast's side ({preset}, batch {batch}, {device}) ...")
-            ours = Worker("hrm-fast", {**base, "side": "ours", "batch_file": batch_file},
-                          Path(tmp) / "ours.log")  # fmt: skip
+            spec = {**base, "side": "ours", "against": True, "batch_file": batch_file}
+            ours = Worker("hrm-fast", spec, Path(tmp) / "ours.log")
             workers.append(ours)
             ours_info = ours.ready()
             say(f"  backend {ours_info['backend']}, dtype {ours_info['dtype']}, "
@@ -180,17 +124,17 @@ def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str,
                 f"{official_info['threads']} threads")  # fmt: skip
             for i in range(warmup):
                 for w in workers:
-                    w.ask("step", "step_s")
+                    w.step()
                 say(f"warm-up {i + 1}/{warmup}")
             times: dict[str, list[float]] = {"ours": [], "official": []}
             for i in range(steps):
-                a = ours.ask("step", "step_s")
-                b = official.ask("step", "step_s")
+                a = ours.step()
+                b = official.step()
                 times["ours"].append(a)
                 times["official"].append(b)
                 say(f"step {i + 1}/{steps}: hrm-fast {a:.3f} s, official {b:.3f} s")
-            ours_end = ours.ask("finish", "finish")
-            official_end = official.ask("finish", "finish")
+            ours_end = ours.finish()
+            official_end = official.finish()
         finally:
             for w in workers:
                 w.close()

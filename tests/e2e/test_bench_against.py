@@ -61,6 +61,7 @@ def test_against_fake_checkout(tmp_path, capsys, results_dir, write, preset):
         assert theirs["info"]["attention"] == "sdpa (flash_attn stand-in)"
     else:  # trm-smoke keeps an EMA, and the TRM checkout has its EMAHelper
         assert ours["info"]["ema"] and theirs["info"]["ema"]
+        assert theirs["info"]["attention"] == "its own (no flash-attn import)"
     assert "ratio official / hrm-fast" in printed and "step 2/2" in printed
     assert f"{r['ratio']:.2f}x" in r["table"]
     saved = list(results_dir.glob("*-cpu-against-*.json"))

@@ -1,10 +1,11 @@
-"""One side of ``hrm-fast bench --against``, in its own process: hrm-fast's training step or the
-official code's, built once and then timed one step at a time on the parent's request.
+"""One training side in a process of its own, timed one step at a time on a parent's request:
+hrm-fast's step (``hrm-fast bench``'s CPU preset rows, and ``bench --against``) or the official
+code's (``bench --against``). ``Worker`` is the parent's handle on such a process.
 
 A process per side keeps each side's peak memory its own (ru_maxrss is per process) and keeps
 process-level settings (threads, imported modules, the official ``models`` package) apart.
 
-usage (the parent's, not a user's): ``python -m hrm_fast.bench_against_worker SPEC_JSON``
+usage (a parent's, not a user's): ``python -m hrm_fast.bench_worker SPEC_JSON``
 
 Protocol, one JSON object a line: the worker answers ``{"ready": {...}}`` once built, then reads
 ``step`` (answer ``{"step_s": seconds}``) or ``finish`` (answer ``{"finish": {...}}``, then exit)
@@ -18,10 +19,14 @@ import importlib
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 import traceback
 import types
+from pathlib import Path
+
+from hrm_fast.errors import SideFailed, UserError
 
 # Where each official checkout keeps its model, and the class it defines.
 OFFICIAL = {
@@ -74,8 +79,9 @@ def sync(device) -> None:
 
 class OursSide:
     """``hrm-fast train --preset P --batch-size B --dtype D`` as the train command builds it
-    (default backend, compile and dtype resolution), with AdamW and stablemax CE so both sides
-    do the same work."""
+    (default backend, compile and dtype resolution; batch 0: the preset's). With ``against``:
+    AdamW and stablemax CE, so both sides do the same work, and one batch saved for the
+    official side."""
 
     def __init__(self, spec: dict):
         import torch
@@ -85,16 +91,18 @@ class OursSide:
 
         cfg = from_name(spec["preset"])
         t = cfg.train
-        t.device, t.batch_size, t.dtype = spec["device"], spec["batch_size"], spec["dtype"]
-        t.optimizer, cfg.loss.ce = "adamw", "stablemax"
+        t.device, t.dtype = spec["device"], spec["dtype"]
+        t.batch_size = spec["batch_size"] or t.batch_size
+        if spec.get("against"):
+            t.optimizer, cfg.loss.ce = "adamw", "stablemax"
         t.epochs, t.steps = 0, 1_000_000  # the run length only shapes the lr schedule
         cfg.validate({"batch_size", "dtype", "optimizer", "ce"})
         self.cfg = cfg
         self.trainer = Trainer(cfg)
         self.device = self.trainer.device
-        # The official side trains on one batch drawn here, our sampler's own format.
-        batch = self.trainer.sampler.sample(self.trainer.batch_size)
-        torch.save({k: v.cpu() for k, v in batch.items()}, spec["batch_file"])
+        if spec.get("against"):  # the official side trains on one batch of our sampler's
+            batch = self.trainer.sampler.sample(self.trainer.batch_size)
+            torch.save({k: v.cpu() for k, v in batch.items()}, spec["batch_file"])
 
     def info(self) -> dict:
         from hrm_fast.check import environment
@@ -164,6 +172,8 @@ class OfficialSide:
         self.attention = install_flash_attn_shim(device)
         module_name, class_name = OFFICIAL[spec["kind"]]
         module = importlib.import_module(module_name)
+        if not hasattr(sys.modules.get("models.layers"), "flash_attn_func"):
+            self.attention = "its own (no flash-attn import)"  # TRM's layers.py calls SDPA
         if not hasattr(module, class_name):
             raise ImportError(f"{module.__file__}: no class {class_name}")
         model_cls = getattr(module, class_name)
@@ -250,6 +260,74 @@ class OfficialSide:
     def finish(self) -> dict:
         loss = float(self.loss)
         return {"loss": loss, "loss_finite": loss == loss and abs(loss) != float("inf")}
+
+
+# --------------------------------------------------------------------------- the parent's handle
+
+
+class Worker:
+    """A side's process, started now: JSON lines on its stdout, its stderr kept in ``log``.
+    A failure it reports (or its death) raises ``SideFailed`` with one line."""
+
+    def __init__(self, name: str, spec: dict, log: Path):
+        self.name, self.log = name, Path(log)
+        cmd = [sys.executable, "-m", "hrm_fast.bench_worker", json.dumps(spec)]
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                bufsize=1,
+            )  # fmt: skip
+
+    def _reply(self, key: str):
+        line = self.proc.stdout.readline()
+        try:
+            msg = json.loads(line) if line.strip() else {}
+        except ValueError:
+            msg = {}
+        if "error" in msg:
+            self.proc.wait()
+            if msg.get("exit_code") not in (None, 1):  # bad input on that side: its own code
+                err = UserError(f"{self.name} side: {msg['error']}")
+                err.exit_code = msg["exit_code"]
+                raise err
+            raise SideFailed(f"{self.name} side failed: {msg['error']}")
+        if key not in msg:
+            code = self.proc.wait()
+            raise SideFailed(f"{self.name} side exited ({code}) without a result: "
+                             f"{self._last_log_line()}")  # fmt: skip
+        return msg[key]
+
+    def _last_log_line(self) -> str:
+        try:
+            lines = [x for x in self.log.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            lines = []
+        return lines[-1].strip() if lines else "no message"
+
+    def ready(self) -> dict:
+        """The side's description, once it is built."""
+        return self._reply("ready")
+
+    def step(self) -> float:
+        """One step; the seconds it took, timed in the side's process."""
+        return self._ask("step", "step_s")
+
+    def finish(self) -> dict:
+        """Its loss and peak memory; the process then exits."""
+        return self._ask("finish", "finish")
+
+    def _ask(self, cmd: str, key: str):
+        try:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died; _reply says how
+        return self._reply(key)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # --------------------------------------------------------------------------- main
