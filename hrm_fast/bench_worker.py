@@ -95,7 +95,6 @@ class OursSide:
         t.batch_size = spec["batch_size"] or t.batch_size
         if spec.get("against"):
             t.optimizer, cfg.loss.ce = "adamw", "stablemax"
-        t.epochs, t.steps = 0, 1_000_000  # the run length only shapes the lr schedule
         cfg.validate({"batch_size", "dtype", "optimizer", "ce"})
         self.cfg = cfg
         self.trainer = Trainer(cfg)

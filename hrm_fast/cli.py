@@ -316,6 +316,10 @@ def cmd_bench(args) -> int:
     if args.against is not None:
         from hrm_fast.bench_against import main as against_main
 
+        if args.quick or args.nproc:
+            flag = "--quick" if args.quick else "--nproc"
+            raise UserError(f"{flag}: a flag of the bench suite; --against takes --steps instead")
+
         return against_main(args)
     given = [f for f, v in (("--preset", args.preset), ("--batch-size", args.batch_size),
              ("--steps", args.steps), ("--warmup", args.warmup), ("--threads", args.threads))

@@ -41,9 +41,9 @@ def test_against_fake_checkout(tmp_path, capsys, results_dir, write, preset):
     ours, theirs = r["hrm_fast"], r["official_side"]
     for side in (ours, theirs):
         assert len(side["step_s"]) == 2 and all(t > 0 for t in side["step_s"])
-        assert side["median_step_s"] > 0 and side["it_s"] == pytest.approx(
-            1 / side["median_step_s"]
-        )
+        median = side["median_step_s"]
+        assert median > 0 and side["it_s"] == pytest.approx(1 / median)
+        assert side["min_step_s"] == min(side["step_s"])
         assert side["peak_mem_bytes"] > 2**20 and "ru_maxrss" in side["peak_mem_label"]
         assert side["loss_finite"]
     assert r["ratio"] == pytest.approx(theirs["median_step_s"] / ours["median_step_s"])
@@ -103,9 +103,12 @@ def test_preset_of_the_other_arch_is_one_line(tmp_path, capsys):
     assert "--preset trm-smoke" in one_line(capsys, "hrm-fast: ")
 
 
-def test_against_flags_need_against(capsys):
+def test_against_flags_need_against(tmp_path, capsys):
     assert run_cli(["bench", "--steps", "3"]) == 2
     assert one_line(capsys) == "hrm-fast: --steps: a flag of bench --against PATH"
+    checkout = write_fake_hrm(tmp_path / "official")
+    assert run_cli(["bench", "--against", str(checkout), "--nproc", "2"]) == 2
+    assert one_line(capsys, "hrm-fast: --nproc: a flag of the bench suite")
 
 
 def test_official_side_that_raises_is_one_line(tmp_path, capsys):
