@@ -235,7 +235,9 @@ def main(args) -> int:
         raise UserError(f"--preset {preset}: a {cfg.model.arch.upper()} model, but "
                         f"{args.against} is a {CHECKOUTS[kind][0]} checkout "
                         f"({kind.upper()})")  # fmt: skip
-    batch = args.batch_size or (cfg.train.batch_size if device.type == "cuda" else 2)
+    batch = args.batch_size
+    if batch is None:
+        batch = cfg.train.batch_size if device.type == "cuda" else 2
     if batch < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch}")
     if args.dtype not in DTYPES:

@@ -97,10 +97,13 @@ def test_missing_package_is_one_line(tmp_path, capsys, monkeypatch):
     assert "pip install 'hrm-fast[against]'" in line
 
 
-def test_preset_of_the_other_arch_is_one_line(tmp_path, capsys):
+def test_preset_of_the_other_arch_and_bad_numbers_are_one_line(tmp_path, capsys):
     checkout = write_fake_hrm(tmp_path / "official")
     assert run_cli(["bench", "--against", str(checkout), "--preset", "trm-smoke"]) == 2
     assert "--preset trm-smoke" in one_line(capsys, "hrm-fast: ")
+    for flag in ("--batch-size", "--steps"):
+        assert run_cli(["bench", "--against", str(checkout), flag, "0"]) == 2
+        assert one_line(capsys) == f"hrm-fast: {flag} must be >= 1, got 0"
 
 
 def test_against_flags_need_against(tmp_path, capsys):
