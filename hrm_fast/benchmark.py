@@ -1,5 +1,9 @@
 """``hrm-fast bench``: run the bench suite (``bench/``, pytest-benchmark) and print one table.
 
+On a CPU the table has a training row for every CPU-sized preset, each measured in a process of
+its own with that process's peak RSS (``bench/test_cpu_presets.py``). ``--against PATH``, the
+side-by-side with the official code, is ``hrm_fast.bench_against``.
+
 Measured numbers come from pytest-benchmark; the end-to-end rows also show the roofline
 *ceiling* for the same config (``hrm_fast.roofline``, datasheet peaks: never a measurement) and,
 on a GPU with a known datasheet, the MFU. Results are kept as JSON under ``bench/results/``
@@ -121,7 +125,9 @@ def format_table(rows: list[dict]) -> str:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         mem = _fmt_bytes(r["peak_mem_bytes"])
         if r["peak_mem_bytes"] is not None and r["device"] == "cpu":
-            mem += " (ru_maxrss)"
+            # The CPU preset rows run each in a process of their own; the rest share pytest's.
+            own = "own process" in (r["peak_mem_label"] or "")
+            mem += " (ru_maxrss, own process)" if own else " (ru_maxrss)"
         body.append([r["benchmark"], r["device"], _fmt_time(r["mean_s"]), tp, mem, ceil, mfu])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))

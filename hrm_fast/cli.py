@@ -313,8 +313,24 @@ def cmd_kernels_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.against is not None:
+        from hrm_fast.bench_against import main as against_main
+
+        if args.quick or args.nproc:
+            flag = "--quick" if args.quick else "--nproc"
+            raise UserError(f"{flag}: a flag of the bench suite; --against takes --steps instead")
+
+        return against_main(args)
+    given = [f for f, v in (("--preset", args.preset), ("--batch-size", args.batch_size),
+             ("--steps", args.steps), ("--warmup", args.warmup), ("--threads", args.threads))
+             if v is not None] + (["--dtype"] if args.dtype != "auto" else [])  # fmt: skip
+    if given:
+        raise UserError(f"{given[0]}: a flag of bench --against PATH")
+    if args.device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device {args.device}: the bench suite runs on cpu or cuda")
     from hrm_fast.benchmark import main as bench_main
 
+    args.device = args.device or "cpu"
     return bench_main(args)
 
 
@@ -502,12 +518,34 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)  # fmt: skip
     k.set_defaults(func=cmd_kernels_report, rest=[])
 
-    b = sub.add_parser("bench", help="run the bench suite and print one table")
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b = sub.add_parser("bench", help="run the bench suite and print one table; --against: "
+                       "beside the official code")  # fmt: skip
+    b.add_argument("--device", default=None,
+                   help="cpu or cuda (default: cpu; with --against, CUDA if present)")  # fmt: skip
     b.add_argument("--quick", action="store_true")
-    b.add_argument("--json", default=None)
+    b.add_argument("--json", default=None, help="also write the results here")
     b.add_argument("--nproc", type=int, default=0,
                    help="data-parallel table: 1 rank vs N ranks (torchrun)")  # fmt: skip
+    ag = b.add_argument_group(
+        "against the official code (--against PATH; it imports and runs PATH's Python: "
+        "point it at a checkout you trust)"
+    )
+    ag.add_argument("--against", default=None, metavar="PATH",
+                    help="a sapientinc/HRM or TinyRecursiveModels checkout: both training "
+                         "steps, alternated, at the same config and device")  # fmt: skip
+    ag.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="default: seed (HRM checkout), trm-arc1 (TRM checkout)")  # fmt: skip
+    ag.add_argument("--batch-size", type=int, default=None,
+                    help="default: 2 on a CPU, the preset's on a GPU")  # fmt: skip
+    ag.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="hrm-fast's forward dtype (auto: as train resolves it); the official "
+                         "side gets the same")  # fmt: skip
+    ag.add_argument("--steps", type=int, default=None,
+                    help="measured steps per side (default 10 on a CPU, 50 on a GPU)")  # fmt: skip
+    ag.add_argument("--warmup", type=int, default=None,
+                    help="warm-up steps per side (default 2 on a CPU, 10 on a GPU)")  # fmt: skip
+    ag.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for both sides (default: torch's)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     ch = sub.add_parser(

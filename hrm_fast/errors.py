@@ -6,6 +6,7 @@ never a traceback.
 
 EXIT_OK = 0
 EXIT_PEER_LOST = 1
+EXIT_SIDE_FAILED = 1  # bench --against: one side's step or build raised
 EXIT_USER_ERROR = 2
 EXIT_PROBE_FAILED = 3
 EXIT_WRITE_FAILED = 4
@@ -38,6 +39,13 @@ class PeerLost(UserError):
     """A collective failed: another rank died or stopped answering within the timeout."""
 
     exit_code = EXIT_PEER_LOST
+
+
+class SideFailed(UserError):
+    """``bench --against``: one side (hrm-fast's or the official code's) failed; the message
+    is its last error line."""
+
+    exit_code = EXIT_SIDE_FAILED
 
 
 class StopTraining(Exception):

@@ -97,6 +97,15 @@ def test_table_from_json_cpu_has_no_mfu():
     assert "(ru_maxrss)" in text and "ceiling @" in text
 
 
+def test_cpu_preset_rows_say_their_memory_is_their_own():
+    label = "ru_maxrss (the preset's own process, its build included)"
+    row = _bench("test_cpu_preset_step[smoke]", "train", 0.5, "cpu", unit="it/s",
+                 items_per_call=1, preset="smoke", batch_size=8, peak_mem_bytes=600 * 2**20,
+                 peak_mem_label=label)  # fmt: skip
+    text = benchmark.format_table(benchmark.rows_from_json({"benchmarks": [row]}))
+    assert "600 MiB (ru_maxrss, own process)" in text and "2 it/s" in text
+
+
 def test_table_survives_disabled_stats():
     data = {"benchmarks": [{"name": "x", "stats": None, "extra_info": {}}]}
     rows = benchmark.rows_from_json(data)
