@@ -12,11 +12,11 @@ from hrm_fast.trainer.step import Trainer
 
 VARIANTS = {
     # name: (backend, compile, cuda_graphs)
-    "reference": ("reference", False, False),
-    "compiled": ("reference", True, False),
-    "fused": ("fused", False, False),
-    "fused_graphs": ("fused", False, True),
-    "fused_compiled_graphs": ("fused", True, True),
+    "reference": ("reference", "false", False),
+    "compiled": ("reference", "true", False),
+    "fused": ("fused", "false", False),
+    "fused_graphs": ("fused", "false", True),
+    "fused_compiled_graphs": ("fused", "true", True),
 }
 
 CPU_SKIP = {

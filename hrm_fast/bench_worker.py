@@ -110,7 +110,7 @@ class OursSide:
         tr, t = self.trainer, self.cfg.train
         return {
             "side": "hrm-fast", "device": str(self.device), "backend": tr.backend,
-            "dtype": str(tr.dtype), "compile": t.compile, "cuda_graphs": t.cuda_graphs,
+            "dtype": str(tr.dtype), "compile": self.compile_text(), "cuda_graphs": t.cuda_graphs,
             "optimizer": t.optimizer, "ce": self.cfg.loss.ce, "ema": t.ema,
             "grad_clip": t.grad_clip, "batch_size": tr.batch_size, "seq_len": self.cfg.seq_len,
             "num_puzzle_ids": tr.dataset.num_puzzle_ids,
@@ -118,12 +118,18 @@ class OursSide:
             "model": dict(vars(self.cfg.model)), "environment": environment(self.device),
         }  # fmt: skip
 
+    def compile_text(self) -> str:
+        tr = self.trainer
+        return f"{'on' if tr.compiled else 'off'} ({tr.compile_reason})"
+
     def step(self) -> None:
         self.trainer.step()
 
     def finish(self) -> dict:
         loss = self.trainer.read_metrics()["loss"]
-        return {"loss": loss, "loss_finite": loss == loss and abs(loss) != float("inf")}
+        # An auto compile that failed at the first step ran eager: say what was measured.
+        return {"loss": loss, "loss_finite": loss == loss and abs(loss) != float("inf"),
+                "compile": self.compile_text()}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the official side
