@@ -83,9 +83,10 @@ def resolve_runtime(cfg) -> tuple[torch.device, str, torch.dtype]:
     return device, backend, dtype
 
 
-# A CPU run compiles its step under ``--compile auto`` from this many steps on: the compile is
-# repaid well before then (docs/performance.md has the measured compile times and step times).
-CPU_COMPILE_MIN_STEPS = 1000
+# A CPU run compiles its step under ``--compile auto`` when its planned matmul and attention
+# work (roofline FLOPs x steps) reaches this: below it the compile costs more than it saves
+# (docs/performance.md has the measured compile and step times behind the figure).
+CPU_COMPILE_MIN_FLOPS = 50e12
 
 
 def cxx_compiler() -> str | None:
@@ -97,12 +98,15 @@ def cxx_compiler() -> str | None:
     return next((found for n in names if (found := shutil.which(n))), None)
 
 
-def resolve_compile(t, device: torch.device, backend: str) -> tuple[bool, str]:
-    """(compile the step?, why) for a train section's ``--compile`` on this device.
+def resolve_compile(cfg, device: torch.device, backend: str) -> tuple[bool, str]:
+    """(compile the step?, why) for a RunConfig's ``--compile`` on this device.
 
     ``auto`` keeps every GPU run as it was (fused kernels, CUDA graphs) and compiles a CPU run of
     the reference backend when it is long enough and a C++ compiler is there to build it.
     """
+    from hrm_fast.roofline import step_flops
+
+    t = cfg.train
     if t.compile == "true":
         if device.type == "cpu" and cxx_compiler() is None:
             raise UserError(
@@ -114,8 +118,10 @@ def resolve_compile(t, device: torch.device, backend: str) -> tuple[bool, str]:
         return False, "--compile false"
     if device.type != "cpu" or backend != "reference":
         return False, f"auto: not on {device.type}"
-    if t.steps < CPU_COMPILE_MIN_STEPS:
-        return False, f"auto: {t.steps} steps < {CPU_COMPILE_MIN_STEPS}"
+    work = t.steps * step_flops(cfg)["total"]
+    why = f"{t.steps} steps x {step_flops(cfg)['total'] / 1e12:.3g} TFLOP"
+    if work < CPU_COMPILE_MIN_FLOPS:
+        return False, f"auto: {why} < {CPU_COMPILE_MIN_FLOPS / 1e12:.0f} TFLOP, short run"
     if cxx_compiler() is None:
         return False, "auto: no C++ compiler on PATH"
-    return True, f"auto: {t.steps} steps on cpu"
+    return True, f"auto: {why} on cpu"

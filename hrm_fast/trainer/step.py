@@ -182,7 +182,7 @@ class Trainer:
         # The held-out score's state (best, evaluations since): saved in the checkpoint.
         self.held_out: dict | None = None
 
-        self.compiled, self.compile_reason = resolve_compile(t, self.device, self.backend)
+        self.compiled, self.compile_reason = resolve_compile(cfg, self.device, self.backend)
         fl = self._forward_loss
         if self.compiled:
             check_compile_cache()

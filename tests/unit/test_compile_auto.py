@@ -6,14 +6,21 @@ import pytest
 import torch
 
 from hrm_fast import device as device_mod
-from hrm_fast.config import TrainConfig
 from hrm_fast.errors import UserError
+from hrm_fast.presets import from_name
+from hrm_fast.roofline import step_flops
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def _train(compile_: str, steps: int) -> TrainConfig:
-    return TrainConfig(compile=compile_, steps=steps)
+def _train(compile_: str, steps: int, preset: str = "seed"):
+    cfg = from_name(preset)
+    cfg.train.compile, cfg.train.steps = compile_, steps
+    return cfg
+
+
+def _steps_for(work: float, cfg=None) -> float:
+    return work / step_flops(cfg or from_name("seed"))["total"]
 
 
 @pytest.fixture
@@ -27,9 +34,15 @@ def no_compiler(monkeypatch):
 
 
 def test_auto_compiles_long_cpu_runs_only(compiler):
-    n = device_mod.CPU_COMPILE_MIN_STEPS
+    n = int(_steps_for(device_mod.CPU_COMPILE_MIN_FLOPS)) + 1
     assert device_mod.resolve_compile(_train("auto", n), CPU, "reference")[0] is True
-    assert device_mod.resolve_compile(_train("auto", n - 1), CPU, "reference")[0] is False
+    assert device_mod.resolve_compile(_train("auto", n - 2), CPU, "reference")[0] is False
+    # The work decides, not the step count: sudoku-cpu's 1200 small steps stay eager
+    # (compiling them was measured to cost more than it saved), maze-cpu's 600 compile.
+    assert device_mod.resolve_compile(from_name("sudoku-cpu"), CPU, "reference")[0] is False
+    assert device_mod.resolve_compile(from_name("maze-cpu"), CPU, "reference")[0] is True
+    for short in ("smoke", "trm-smoke", "collapse", "debug", "board-debug"):
+        assert device_mod.resolve_compile(from_name(short), CPU, "reference")[0] is False
     # GPU runs keep their default (fused kernels, CUDA graphs): auto never compiles them.
     assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "fused")[0] is False
     assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "reference")[0] is False
@@ -59,7 +72,8 @@ def test_failed_auto_compile_falls_back_to_the_same_eager_steps(debug_cfg, compi
     and exploration numbers as a run that never tried (the RNG is rewound)."""
     from hrm_fast.trainer.step import Trainer
 
-    debug_cfg.train.device, debug_cfg.train.steps = "cpu", device_mod.CPU_COMPILE_MIN_STEPS
+    debug_cfg.train.device = "cpu"
+    debug_cfg.train.steps = int(_steps_for(device_mod.CPU_COMPILE_MIN_FLOPS, debug_cfg)) + 1
     debug_cfg.train.compile = "false"
     eager = Trainer(debug_cfg)
     for _ in range(2):
