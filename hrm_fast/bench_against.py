@@ -100,7 +100,8 @@ def summary(times: list[float], batch: int, finish: dict, info: dict, warm: list
 
 
 def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str, steps: int,
-        warmup: int, threads: int, quiet: bool = False) -> dict:  # fmt: skip
+        warmup: int, threads: int, quiet: bool = False,
+        official_compile: bool = False) -> dict:  # fmt: skip
     """Both sides built one after the other, warmed up, then stepped in turn."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     workers: list[Worker] = []
@@ -118,6 +119,7 @@ def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str,
             say(f"building the official {CHECKOUTS[kind][0]} side ({root}) ...")
             spec = {**base, "side": "official", "kind": kind, "checkout": str(root),
                     "batch_file": batch_file, "dtype": ours_info["dtype"],
+                    "compile": official_compile,
                     "seq_len": ours_info["seq_len"],
                     "num_puzzle_ids": ours_info["num_puzzle_ids"]}  # fmt: skip
             official = Worker("official", spec, Path(tmp) / "official.log")
@@ -190,7 +192,8 @@ def format_table(r: dict) -> str:
         f"  hrm-fast: backend {oi['backend']}, dtype {oi['dtype']}, compile {oi['compile']}, "
         f"{oi['optimizer']}, {oi['ce']} CE, ema {oi['ema']}, {oi['threads']} threads, "
         f"{oi['parameters']:,} parameters",
-        f"  official: attention {ti['attention']}, dtype {ti['dtype']}, {ti['optimizer']}, "
+        f"  official: attention {ti['attention']}, dtype {ti['dtype']}, "
+        f"compile {'on' if ti.get('compile') else 'off'}, {ti['optimizer']}, "
         f"{ti['ce']}, ema {ti['ema']}, {ti['threads']} threads, {ti['parameters']:,} parameters",
         f"  on {gpu + ' / ' if gpu else ''}{cpu}, torch {env.get('torch', '?')}, "
         f"hrm-fast {env.get('git_commit') or '?'}",
@@ -266,7 +269,7 @@ def main(args) -> int:
     if (BENCH_DIR / "conftest.py").is_file():
         prepare_dir(BENCH_DIR / "results", "")
     result = run(kind, root, preset, batch, args.dtype, device_name, steps, warmup,
-                 args.threads or 0)  # fmt: skip
+                 args.threads or 0, official_compile=bool(args.official_compile))  # fmt: skip
     text = format_table(result)
     result["table"] = text
     path = save(result, device_name, kind, extra)

@@ -211,6 +211,10 @@ class OfficialSide:
             model = model_cls(dict(self.config))
             self.head = loss_head_cls(model, loss_type=LOSS_TYPE)
         self.head.train()
+        self.compiled = bool(spec.get("compile"))
+        # pretrain.py compiles the loss head (dynamic=False) unless DISABLE_COMPILE is set; the
+        # optimisers keep the uncompiled module's parameters, which are the same tensors.
+        self.forward = torch.compile(self.head, dynamic=False) if self.compiled else self.head
         self.optimizers = []
         if m.puzzle_emb_ndim > 0:
             self.optimizers.append(sign_sgd_cls(
@@ -243,13 +247,13 @@ class OfficialSide:
             "dtype": str(getattr(torch, self.config["forward_dtype"])),
             "optimizer": "adamw" + (" (fused)" if self.device.type == "cuda" else ""),
             "ce": LOSS_TYPE, "ema": self.ema is not None, "batch_size": self.batch_size,
-            "parameters": params, "config": self.config,
+            "parameters": params, "config": self.config, "compile": self.compiled,
         }  # fmt: skip
 
     def step(self) -> None:
         import torch
 
-        self.carry, loss, metrics, _, _ = self.head(
+        self.carry, loss, metrics, _, _ = self.forward(
             carry=self.carry, batch=self.batch, return_keys=[]
         )
         ((1 / self.batch_size) * loss).backward()

@@ -126,3 +126,21 @@ def test_official_side_that_raises_is_one_line(tmp_path, capsys):
     assert run_cli(argv) == 1
     line = one_line(capsys, "hrm-fast: official side failed: ")
     assert line.endswith("RuntimeError: official forward broke second line")
+
+
+def test_official_side_compiled_as_its_pretrain_does(tmp_path, capsys):
+    """--official-compile true: the official loss head runs under torch.compile (pretrain.py's
+    default), trains to a finite loss, and the table says so; hrm-fast's side (smoke: a short
+    run) stays eager under --compile auto and says why."""
+    checkout = write_fake_hrm(tmp_path / "official")
+    r, printed = _bench(
+        capsys, checkout, "smoke", tmp_path / "a.json", "--official-compile", "true"
+    )
+    assert r["official_side"]["info"]["compile"] is True and r["official_side"]["loss_finite"]
+    assert r["hrm_fast"]["info"]["compile"].startswith("off (auto: ")
+    assert "compile on, adamw" in printed
+
+
+def test_official_compile_is_a_flag_of_against(capsys):
+    assert run_cli(["bench", "--official-compile", "true"]) == 2
+    assert "--official-compile: a flag of bench --against PATH" in one_line(capsys)
