@@ -139,6 +139,57 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- against the last run
+
+# A row this much slower than the same row of the last run on this host is flagged. Time on a
+# shared CPU moves with load (docs/performance.md), so its bar is higher than memory's; only
+# own-process peaks are compared, since a cumulative peak depends on what ran before it.
+SLOWER, BIGGER = 1.25, 1.10
+
+
+def previous_results(device: str, quick: bool) -> tuple[Path, list[dict]] | None:
+    """The newest saved suite table of this host and device at the same ``--quick``."""
+    results = bench_dir() / "results"
+    for path in sorted(results.glob(f"*-{device}-{host_id()}.json"), reverse=True):
+        try:
+            meta = json.loads(path.read_text()).get("hrm_fast") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # a torn or foreign file is no baseline
+        if meta.get("device") == device and meta.get("quick") == quick and meta.get("table"):
+            return path, meta["table"]
+    return None
+
+
+def regressions(rows: list[dict], previous: list[dict]) -> list[str]:
+    """One line per row slower (time) or bigger (own-process peak memory) than last time."""
+    before = {r.get("benchmark"): r for r in previous}
+    out = []
+    for r in rows:
+        p = before.get(r["benchmark"])
+        if p is None:
+            continue
+        now, then = r.get("mean_s"), p.get("mean_s")
+        if now and then and now / then > SLOWER:
+            out.append(f"{r['benchmark']}: {now / then:.2f}x slower "
+                       f"({_fmt_time(then)} -> {_fmt_time(now)})")  # fmt: skip
+        own = "own process" in str(r.get("peak_mem_label"))
+        mem, mem_then = r.get("peak_mem_bytes"), p.get("peak_mem_bytes")
+        if own and mem and mem_then and mem / mem_then > BIGGER:
+            out.append(f"{r['benchmark']}: peak memory {mem / mem_then:.2f}x "
+                       f"({_fmt_bytes(mem_then)} -> {_fmt_bytes(mem)})")  # fmt: skip
+    return out
+
+
+def format_regressions(found: list[str], baseline: Path | None) -> str:
+    if baseline is None:
+        return "no earlier run of this bench on this host to compare with"
+    if not found:
+        return (f"against {baseline.name}: no row {SLOWER}x slower or (own-process memory) "
+                f"{BIGGER}x bigger")  # fmt: skip
+    lines = [f"against {baseline.name}, slower than {SLOWER}x or bigger than {BIGGER}x:"]
+    return "\n".join(lines + [f"  {x}" for x in found])
+
+
 def run_suite(device: str, quick: bool, json_out: Path) -> int:
     # --benchmark-quiet: pytest-benchmark's own tables are left out; we print one table.
     cmd = [sys.executable, "-m", "pytest", str(bench_dir()), f"--device={device}",
@@ -254,10 +305,17 @@ def main(args) -> int:
             raise UserError(f"bench suite failed (pytest exit {code}) and wrote no results")
         data = json.loads(raw.read_text())
     rows = rows_from_json(data)
-    data["hrm_fast"] = {"device": device, "quick": quick, "pytest_exit": code, "table": rows}
+    last = previous_results(device, quick)  # before this run's own file is written
+    found = regressions(rows, last[1]) if last else []
+    data["hrm_fast"] = {
+        "device": device, "quick": quick, "pytest_exit": code, "table": rows,
+        "regressions": found, "baseline": last[0].name if last else None,
+    }  # fmt: skip
     path = save_results(data, device, extra)
     print()
     print(format_table(rows))
+    print()
+    print(format_regressions(found, last[0] if last else None))
     print()
     from hrm_fast.presets import from_name
     from hrm_fast.roofline import format_ceilings
