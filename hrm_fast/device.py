@@ -98,15 +98,13 @@ def cxx_compiler() -> str | None:
     return next((found for n in names if (found := shutil.which(n))), None)
 
 
-def resolve_compile(cfg, device: torch.device, backend: str) -> tuple[bool, str]:
-    """(compile the step?, why) for a RunConfig's ``--compile`` on this device.
+def resolve_compile(t, device: torch.device, backend: str, step_flops: float) -> tuple[bool, str]:
+    """(compile the step?, why) for a train section's ``--compile`` on this device.
 
     ``auto`` keeps every GPU run as it was (fused kernels, CUDA graphs) and compiles a CPU run of
-    the reference backend when it is long enough and a C++ compiler is there to build it.
+    the reference backend when its work (``step_flops`` per step, from hrm_fast.roofline, x
+    steps) is large enough and a C++ compiler is there to build it.
     """
-    from hrm_fast.roofline import step_flops
-
-    t = cfg.train
     if t.compile == "true":
         if device.type == "cpu" and cxx_compiler() is None:
             raise UserError(
@@ -118,8 +116,8 @@ def resolve_compile(cfg, device: torch.device, backend: str) -> tuple[bool, str]
         return False, "--compile false"
     if device.type != "cpu" or backend != "reference":
         return False, f"auto: not on {device.type}"
-    work = t.steps * step_flops(cfg)["total"]
-    why = f"{t.steps} steps x {step_flops(cfg)['total'] / 1e12:.3g} TFLOP"
+    work = t.steps * step_flops
+    why = f"{t.steps} steps x {step_flops / 1e12:.3g} TFLOP"
     if work < CPU_COMPILE_MIN_FLOPS:
         return False, f"auto: {why} < {CPU_COMPILE_MIN_FLOPS / 1e12:.0f} TFLOP, short run"
     if cxx_compiler() is None:

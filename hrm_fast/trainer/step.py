@@ -28,6 +28,7 @@ from hrm_fast.files import prepare_dir
 from hrm_fast.layers import Carry
 from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
+from hrm_fast.roofline import step_flops
 from hrm_fast.selfcheck import resolve_checked_runtime
 
 
@@ -182,7 +183,9 @@ class Trainer:
         # The held-out score's state (best, evaluations since): saved in the checkpoint.
         self.held_out: dict | None = None
 
-        self.compiled, self.compile_reason = resolve_compile(cfg, self.device, self.backend)
+        self.compiled, self.compile_reason = resolve_compile(
+            t, self.device, self.backend, step_flops(cfg)["total"]
+        )
         fl = self._forward_loss
         if self.compiled:
             check_compile_cache()

@@ -19,6 +19,10 @@ def _train(compile_: str, steps: int, preset: str = "seed"):
     return cfg
 
 
+def _resolve(cfg, device=CPU, backend="reference"):
+    return device_mod.resolve_compile(cfg.train, device, backend, step_flops(cfg)["total"])
+
+
 def _steps_for(work: float, cfg=None) -> float:
     return work / step_flops(cfg or from_name("seed"))["total"]
 
@@ -35,27 +39,27 @@ def no_compiler(monkeypatch):
 
 def test_auto_compiles_long_cpu_runs_only(compiler):
     n = int(_steps_for(device_mod.CPU_COMPILE_MIN_FLOPS)) + 1
-    assert device_mod.resolve_compile(_train("auto", n), CPU, "reference")[0] is True
-    assert device_mod.resolve_compile(_train("auto", n - 2), CPU, "reference")[0] is False
+    assert _resolve(_train("auto", n), CPU, "reference")[0] is True
+    assert _resolve(_train("auto", n - 2), CPU, "reference")[0] is False
     # The work decides, not the step count: sudoku-cpu's 1200 small steps stay eager
     # (compiling them was measured to cost more than it saved), maze-cpu's 600 compile.
-    assert device_mod.resolve_compile(from_name("sudoku-cpu"), CPU, "reference")[0] is False
-    assert device_mod.resolve_compile(from_name("maze-cpu"), CPU, "reference")[0] is True
+    assert _resolve(from_name("sudoku-cpu"), CPU, "reference")[0] is False
+    assert _resolve(from_name("maze-cpu"), CPU, "reference")[0] is True
     for short in ("smoke", "trm-smoke", "collapse", "debug", "board-debug"):
-        assert device_mod.resolve_compile(from_name(short), CPU, "reference")[0] is False
+        assert _resolve(from_name(short), CPU, "reference")[0] is False
     # GPU runs keep their default (fused kernels, CUDA graphs): auto never compiles them.
-    assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "fused")[0] is False
-    assert device_mod.resolve_compile(_train("auto", 10**6), CUDA, "reference")[0] is False
-    assert device_mod.resolve_compile(_train("false", 10**6), CPU, "reference")[0] is False
-    assert device_mod.resolve_compile(_train("true", 1), CPU, "reference")[0] is True
+    assert _resolve(_train("auto", 10**6), CUDA, "fused")[0] is False
+    assert _resolve(_train("auto", 10**6), CUDA, "reference")[0] is False
+    assert _resolve(_train("false", 10**6), CPU, "reference")[0] is False
+    assert _resolve(_train("true", 1), CPU, "reference")[0] is True
 
 
 def test_no_compiler(no_compiler):
-    compiled, why = device_mod.resolve_compile(_train("auto", 10**6), CPU, "reference")
+    compiled, why = _resolve(_train("auto", 10**6), CPU, "reference")
     assert not compiled and "no C++ compiler" in why
     with pytest.raises(UserError, match="--compile true: .*no compiler"):
-        device_mod.resolve_compile(_train("true", 10), CPU, "reference")
-    assert device_mod.resolve_compile(_train("true", 10), CUDA, "fused")[0] is True
+        _resolve(_train("true", 10), CPU, "reference")
+    assert _resolve(_train("true", 10), CUDA, "fused")[0] is True
 
 
 def test_config_written_before_auto_still_loads():
