@@ -281,6 +281,7 @@ def _adapt(base: Base, opts, cfg: RunConfig, tasks, out_dir, resume, quiet, dp) 
         budget = None if opts.time_budget is None else opts.time_budget * 60.0
         options = LoopOptions.from_config(cfg.train, quiet)
         options.time_budget_s = budget
+        options.open_ended = opts.steps is None  # the budget alone ends it
         return run_loop(trainer, writer, options, log, watch)
     finally:
         writer.close()

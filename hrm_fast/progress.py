@@ -11,7 +11,7 @@ class Progress:
     """Redrawn in place on a terminal, logged as lines otherwise."""
 
     def __init__(
-        self, total: int, start: int, quiet: bool = False, unit: str = "it", deadline=None
+        self, total: int | None, start: int, quiet: bool = False, unit: str = "it", deadline=None
     ):
         self.total, self.start, self.quiet, self.unit = total, start, quiet, unit
         self.deadline = deadline  # perf_counter time work stops at (a time budget), or None
@@ -22,10 +22,12 @@ class Progress:
     def update(self, done: int, extra: str = "") -> str:
         dt = time.perf_counter() - self.t0
         rate = (done - self.start) / dt if dt > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        left = float("inf") if self.total is None else self.total - done  # None: open-ended
+        eta = left / rate if rate > 0 else float("inf")
         if self.deadline is not None:
             eta = max(0.0, min(eta, self.deadline - time.perf_counter()))
-        line = f"{done}/{self.total} | {rate:.2f} {self.unit}/s | ETA {fmt_time(eta)}"
+        done_text = f"{done}" if self.total is None else f"{done}/{self.total}"
+        line = f"{done_text} | {rate:.2f} {self.unit}/s | ETA {fmt_time(eta)}"
         if extra:
             line += " | " + extra
         if not self.quiet:

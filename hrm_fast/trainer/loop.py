@@ -80,6 +80,8 @@ class LoopOptions:
     # Seconds of stepping from the loop's start; when they run out it stops with a checkpoint,
     # as on a stop signal. None: no limit.
     time_budget_s: float | None = None
+    # No step count was asked for (the time budget ends the run): progress shows steps done.
+    open_ended: bool = False
 
     @classmethod
     def from_config(cls, t: TrainConfig, quiet: bool = False) -> LoopOptions:
@@ -234,7 +236,8 @@ def run_loop(
     deadline = None
     if options.time_budget_s is not None:
         deadline = time.perf_counter() + options.time_budget_s
-    progress = Progress(options.steps, trainer.step_count, options.quiet, deadline=deadline)
+    total = None if options.open_ended else options.steps
+    progress = Progress(total, trainer.step_count, options.quiet, deadline=deadline)
     code = EXIT_OK
     stop = out_of_time = False
     tick = (time.perf_counter(), trainer.step_count)  # it/s leaves out checkpoints and probes

@@ -48,3 +48,15 @@ def test_progress_close_ends_a_redrawn_line_once(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("\r3/10 |") and "loss 1.0" in err
     assert err.endswith("\n") and err.count("\n") == 1
+
+
+def test_open_ended_progress_counts_steps_and_its_eta_is_the_budget(monkeypatch):
+    """adapt --time-budget without --steps: no made-up total, the ETA is the time left."""
+    import time
+
+    progress = Progress(None, 0, quiet=True, deadline=time.perf_counter() + 120)
+    monkeypatch.setattr(progress, "t0", progress.t0 - 2.0)  # 2 s in
+    line = progress.update(4)
+    assert line.startswith("4 | ")
+    assert line.split("ETA ")[1] in ("1:58", "1:59", "2:00"), line  # what is left of 2 minutes
+    assert Progress(None, 0, quiet=True).update(1).endswith("ETA --:--")  # no budget, no total
