@@ -143,8 +143,9 @@ def format_table(rows: list[dict]) -> str:
 
 # A row this much slower than the same row of the last run on this host is flagged. Time on a
 # shared CPU moves with load (docs/performance.md), so its bar is higher than memory's; only
-# own-process peaks are compared, since a cumulative peak depends on what ran before it.
-SLOWER, BIGGER = 1.25, 1.10
+# own-process peaks are compared, since a cumulative peak depends on what ran before it. Rows
+# under a millisecond (``--quick``'s kernels) move by more than the bar from run to run.
+SLOWER, BIGGER, MIN_TIMED_S = 1.25, 1.10, 1e-3
 
 
 def previous_results(device: str, quick: bool) -> tuple[Path, list[dict]] | None:
@@ -169,7 +170,7 @@ def regressions(rows: list[dict], previous: list[dict]) -> list[str]:
         if p is None:
             continue
         now, then = r.get("mean_s"), p.get("mean_s")
-        if now and then and now / then > SLOWER:
+        if now and then and min(now, then) >= MIN_TIMED_S and now / then > SLOWER:
             out.append(f"{r['benchmark']}: {now / then:.2f}x slower "
                        f"({_fmt_time(then)} -> {_fmt_time(now)})")  # fmt: skip
         own = "own process" in str(r.get("peak_mem_label"))
