@@ -105,3 +105,12 @@ def test_failed_auto_compile_falls_back_to_the_same_eager_steps(debug_cfg, compi
     assert got.keys() == want.keys()
     for k in want:  # bit-identical; act_steps is NaN on both when nothing halted yet
         assert got[k] == want[k] or (got[k] != got[k] and want[k] != want[k]), k
+
+
+def test_the_start_line_says_what_auto_chose(debug_cfg, tmp_path, capsys):
+    from hrm_fast.trainer.loop import train
+
+    debug_cfg.train.device = "cpu"
+    assert train(debug_cfg, tmp_path / "run") == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if "backend=reference" in x)
+    assert "compile=off (auto: 6 steps x " in line and "< 50 TFLOP, short run)" in line
