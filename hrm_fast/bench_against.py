@@ -101,7 +101,7 @@ def summary(times: list[float], batch: int, finish: dict, info: dict, warm: list
 
 def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str, steps: int,
         warmup: int, threads: int, quiet: bool = False,
-        official_compile: bool = False) -> dict:  # fmt: skip
+        official_compile: bool = False, compile_: str = "auto") -> dict:  # fmt: skip
     """Both sides built one after the other, warmed up, then stepped in turn."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     workers: list[Worker] = []
@@ -110,7 +110,8 @@ def run(kind: str, root: Path, preset: str, batch: int, dtype: str, device: str,
         batch_file = str(Path(tmp) / "batch.pt")
         try:
             say(f"building hrm-fast's side ({preset}, batch {batch}, {device}) ...")
-            spec = {**base, "side": "ours", "against": True, "batch_file": batch_file}
+            spec = {**base, "side": "ours", "against": True, "batch_file": batch_file,
+                    "compile": compile_}  # fmt: skip
             ours = Worker("hrm-fast", spec, Path(tmp) / "ours.log")
             workers.append(ours)
             ours_info = ours.ready()
@@ -269,7 +270,8 @@ def main(args) -> int:
     if (BENCH_DIR / "conftest.py").is_file():
         prepare_dir(BENCH_DIR / "results", "")
     result = run(kind, root, preset, batch, args.dtype, device_name, steps, warmup,
-                 args.threads or 0, official_compile=bool(args.official_compile))  # fmt: skip
+                 args.threads or 0, official_compile=bool(args.official_compile),
+                 compile_=args.compile)  # fmt: skip
     text = format_table(result)
     result["table"] = text
     path = save(result, device_name, kind, extra)

@@ -92,10 +92,11 @@ class OursSide:
         cfg = from_name(spec["preset"])
         t = cfg.train
         t.device, t.dtype = spec["device"], spec["dtype"]
+        t.compile = spec.get("compile") or t.compile  # the official side's own flag is separate
         t.batch_size = spec["batch_size"] or t.batch_size
         if spec.get("against"):
             t.optimizer, cfg.loss.ce = "adamw", "stablemax"
-        cfg.validate({"batch_size", "dtype", "optimizer", "ce"})
+        cfg.validate({"batch_size", "dtype", "optimizer", "ce", "compile"})
         self.cfg = cfg
         self.trainer = Trainer(cfg)
         self.device = self.trainer.device

@@ -325,6 +325,7 @@ def cmd_bench(args) -> int:
              ("--steps", args.steps), ("--warmup", args.warmup), ("--threads", args.threads))
              if v is not None] + (["--dtype"] if args.dtype != "auto" else [])  # fmt: skip
     given += ["--official-compile"] if args.official_compile else []
+    given += ["--compile"] if args.compile != "auto" else []
     if given:
         raise UserError(f"{given[0]}: a flag of bench --against PATH")
     if args.device not in (None, "cpu", "cuda"):
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="warm-up steps per side (default 2 on a CPU, 10 on a GPU)")  # fmt: skip
     ag.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for both sides (default: torch's)")  # fmt: skip
+    ag.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                    help="hrm-fast's --compile (auto: as train decides; the presets' long runs "
+                         "compile on a CPU)")  # fmt: skip
     ag.add_argument("--official-compile", type=_bool, default=False, metavar="true|false",
                     help="torch.compile the official model, as its pretrain.py does unless "
                          "DISABLE_COMPILE is set (default: false, eager)")  # fmt: skip

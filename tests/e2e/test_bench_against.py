@@ -144,3 +144,12 @@ def test_official_side_compiled_as_its_pretrain_does(tmp_path, capsys):
 def test_official_compile_is_a_flag_of_against(capsys):
     assert run_cli(["bench", "--official-compile", "true"]) == 2
     assert "--official-compile: a flag of bench --against PATH" in one_line(capsys)
+    assert run_cli(["bench", "--compile", "false"]) == 2
+    assert "--compile: a flag of bench --against PATH" in one_line(capsys)
+
+
+def test_our_compile_flag_reaches_our_side(tmp_path, capsys):
+    checkout = write_fake_trm(tmp_path / "official")
+    r, _ = _bench(capsys, checkout, "trm-smoke", tmp_path / "a.json", "--compile", "false")
+    assert r["hrm_fast"]["info"]["compile"] == "off (--compile false)"
+    assert r["official_side"]["info"]["compile"] is False
