@@ -146,9 +146,10 @@ class Ops:
 def _attention_reference(qkv, cos, sin):
     b, s, h3, d = qkv.shape
     h = h3 // 3
-    q, k, v = qkv[:, :, :h], qkv[:, :, h : 2 * h], qkv[:, :, 2 * h :]
+    qk, v = qkv[:, :, : 2 * h], qkv[:, :, 2 * h :]
     if cos is not None:  # None: no position encoding (TRM's pos_encodings="none")
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qk = apply_rope(qk, cos, sin)  # q and k in one pass
+    q, k = qk[:, :, :h], qk[:, :, h:]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
