@@ -25,7 +25,7 @@ from hrm_fast.evaluate import evaluate
 from hrm_fast.presets import from_name
 from hrm_fast.trainer.loop import train
 from hrm_fast.trainer.step import Trainer
-from tests.support.training import logged_losses
+from tests.support.training import logged_losses, straight_and_resumed
 
 BOARD_PRESETS = ("sudoku-extreme", "maze-hard", "hrm-sudoku-extreme", "hrm-maze-hard",
                  "sudoku-cpu", "maze-cpu", "board-debug")  # fmt: skip
@@ -52,13 +52,7 @@ def test_board_run_trains_and_records_its_data(board_cfg, tmp_path):
 
 
 def test_board_resume_equals_straight_run(board_cfg, tmp_path):
-    straight = tmp_path / "straight"
-    assert train(board_cfg, straight, quiet=True) == 0
-    split = tmp_path / "split"
-    board_cfg.train.steps = 3
-    assert train(board_cfg, split, quiet=True) == 0
-    board_cfg.train.steps = 6
-    assert train(board_cfg, split, resume=True, quiet=True) == 0
+    straight, split = straight_and_resumed(board_cfg, tmp_path, 6, 3)
     assert logged_losses(straight) == logged_losses(split)
     a, b = ckpt.load(straight)["model"], ckpt.load(split)["model"]
     assert a.keys() == b.keys()

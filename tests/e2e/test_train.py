@@ -23,6 +23,7 @@ from tests.support.training import (
     assert_fused_step_matches_reference,
     logged_losses,
     step_metrics,
+    straight_and_resumed,
 )
 
 
@@ -242,16 +243,8 @@ def test_lr_schedule():
 
 
 def test_resume_equals_straight_run(debug_cfg, tmp_path):
-    debug_cfg.train.steps = 6
     debug_cfg.train.checkpoint_every = 3
-    straight = tmp_path / "straight"
-    assert train(debug_cfg, straight, quiet=True) == 0
-
-    split = tmp_path / "split"
-    debug_cfg.train.steps = 3
-    assert train(debug_cfg, split, quiet=True) == 0
-    debug_cfg.train.steps = 6
-    assert train(debug_cfg, split, resume=True, quiet=True) == 0
+    straight, split = straight_and_resumed(debug_cfg, tmp_path, 6, 3)
 
     assert logged_losses(straight) == logged_losses(split)
     a = ckpt.load(straight)["model"]

@@ -27,6 +27,21 @@ def logged_losses(run_dir):
     return [(r["step"], r["loss"]) for r in recs if r["event"] == "train"]
 
 
+def straight_and_resumed(cfg, tmp_path, steps: int, split_at: int):
+    """Train ``steps`` steps in one run, and in a second run stopped after ``split_at`` and
+    resumed to ``steps``; returns both run directories (for bit-exact resume checks)."""
+    from hrm_fast.trainer.loop import train
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cfg.train.steps = steps
+    assert train(cfg, straight, quiet=True) == 0
+    cfg.train.steps = split_at
+    assert train(cfg, split, quiet=True) == 0
+    cfg.train.steps = steps
+    assert train(cfg, split, resume=True, quiet=True) == 0
+    return straight, split
+
+
 def assert_fused_step_matches_reference(cfg, steps, loss_keys):
     """Train ``steps`` fp32 steps on the reference and on the fused backend (the Triton
     kernels, interpreted on CPU tensors unless TRITON_INTERPRET=0): losses agree to 1e-4

@@ -28,6 +28,7 @@ from tests.support.training import (
     assert_fused_step_matches_reference,
     logged_losses,
     step_metrics,
+    straight_and_resumed,
 )
 
 SEQ = 25  # a 5x5 canvas
@@ -283,15 +284,9 @@ def test_trm_mlp_t_fused_step_through_triton_matches_reference(trm_cfg):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
 def test_trm_resume_equals_straight_run(trm_cfg, tmp_path, optimizer):
-    trm_cfg.train.steps, trm_cfg.train.checkpoint_every = 4, 2
+    trm_cfg.train.checkpoint_every = 2
     trm_cfg.train.optimizer = optimizer
-    straight = tmp_path / "straight"
-    assert train(trm_cfg, straight, quiet=True) == 0
-    split = tmp_path / "split"
-    trm_cfg.train.steps = 2
-    assert train(trm_cfg, split, quiet=True) == 0
-    trm_cfg.train.steps = 4
-    assert train(trm_cfg, split, resume=True, quiet=True) == 0
+    straight, split = straight_and_resumed(trm_cfg, tmp_path, 4, 2)
     assert logged_losses(straight) == logged_losses(split)
     a, b = ckpt.load(straight), ckpt.load(split)
     states = (a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
