@@ -29,6 +29,7 @@ from hrm_fast.layers import Carry
 from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
 from hrm_fast.roofline import step_flops
+from hrm_fast.host_memory import keep_freed_memory
 from hrm_fast.selfcheck import resolve_checked_runtime
 
 
@@ -99,6 +100,8 @@ class Trainer:
             self.runtime.backend,
             self.runtime.dtype,
         )
+        # CPU steps re-allocate the same activations: keep them mapped (no page faults a step).
+        self.host_memory = keep_freed_memory() if self.device.type == "cpu" else "default"
         torch.manual_seed(cfg.train.seed)
         # The data's kind (ARC, Sudoku, maze) decides the vocabulary, sequence and puzzle ids;
         # adapt passes its own (a new block of puzzle ids for unseen tasks).
