@@ -27,8 +27,8 @@ _state: str | None = None
 def _glibc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl and macOS have no such symbol
-        libc.mallopt
+        # glibc only: musl and macOS have no gnu_get_libc_version (AttributeError).
+        libc.gnu_get_libc_version, libc.mallopt  # noqa: B018
     except (OSError, AttributeError):
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -25,11 +25,11 @@ from hrm_fast.distributed import DataParallel, rank_seed
 from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import prepare_dir
+from hrm_fast.host_memory import keep_freed_memory
 from hrm_fast.layers import Carry
 from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
 from hrm_fast.roofline import step_flops
-from hrm_fast.host_memory import keep_freed_memory
 from hrm_fast.selfcheck import resolve_checked_runtime
 
 
