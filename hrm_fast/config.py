@@ -128,7 +128,7 @@ class TrainConfig:
     # The fused backend's attention: "kernel" (Triton) or "sdpa" (PyTorch's; the self-check's
     # fallback when only the attention kernel fails on this GPU).
     attention: str = "kernel"
-    dtype: str = "auto"  # forward dtype: "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16"
+    dtype: str = "auto"  # "auto": bf16 where the hardware computes it (device.default_dtype)
     # The start-up self-check's one line (written by the trainer: a record, not a setting).
     selfcheck: str = ""
     # torch.compile of the forward and loss: "auto" compiles on a CPU when the run is long enough

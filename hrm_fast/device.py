@@ -38,13 +38,24 @@ def mps_supports_bf16() -> bool:
     return torch.backends.mps.is_macos_or_newer(14, 0)
 
 
+def cpu_computes_bf16() -> bool:
+    """x86 CPUs with bf16 dot products in hardware (AVX512-BF16 or AMX): their bf16 matmuls run
+    about 4x their fp32 ones (docs/performance.md). Without them bf16 is emulated, so fp32."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return False
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """Activation dtype for ``--dtype auto``: bf16 on GPUs that have it, fp32 elsewhere."""
+    """Activation dtype for ``--dtype auto``: bf16 where the hardware computes it (GPUs, CPUs
+    with AVX512-BF16 or AMX, MPS from macOS 14), fp32 elsewhere."""
     if device.type == "cuda":
         return torch.bfloat16
     if device.type == "mps":
         return torch.bfloat16 if mps_supports_bf16() else torch.float32
-    return torch.float32
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
 
 
 def check_device_options(device: torch.device, backend: str, dtype: torch.dtype, graphs: bool):

@@ -228,7 +228,7 @@ def network_params(cfg: RunConfig) -> int:
 
 
 def act_bytes(cfg: RunConfig) -> int:
-    """Bytes per element of activations: bf16 on CUDA (``dtype auto``), else as configured."""
+    """Bytes per element of activations (``dtype auto``: bf16, as on GPUs and bf16 CPUs)."""
     return {"fp32": 4, "bf16": 2, "fp16": 2, "auto": 2}.get(cfg.train.dtype, 2)
 
 

@@ -25,7 +25,8 @@ def results_dir(tmp_path, monkeypatch):
 
 def _bench(capsys, checkout, preset, out, *extra):
     argv = ["bench", "--against", str(checkout), "--preset", preset, "--device", "cpu",
-            "--steps", "2", "--warmup", "1", "--json", str(out), *extra]  # fmt: skip
+            "--steps", "2", "--warmup", "1", "--json", str(out), "--dtype", "fp32",
+            *extra]  # fmt: skip
     code = run_cli(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err

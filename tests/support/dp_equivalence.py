@@ -27,6 +27,7 @@ def config(tasks: str):
     cfg = from_name("debug")
     cfg.data.source = tasks
     cfg.train.batch_size = 4
+    cfg.train.dtype = "fp32"  # the test holds ranks to fp32 rounding (auto is bf16 on bf16 CPUs)
     cfg.train.log_every = 1
     cfg.model.halt_exploration_prob = 0.0  # exploration draws [b] numbers: a per-rank stream
     return cfg

@@ -42,6 +42,23 @@ def test_mps_dtype_follows_the_os(monkeypatch, macos14, expected):
     _machine(monkeypatch, cuda=False, mps=True, macos14=macos14)
     assert D.default_dtype(torch.device("mps")) == expected
     assert D.default_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected",
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)],
+)
+def test_cpu_dtype_is_bf16_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert D.default_dtype(torch.device("cpu")) == expected
+    cfg = from_name("smoke")
+    cfg.train.device = "cpu"
+    assert resolve_runtime(cfg)[2] == expected
+
+
+def test_cpu_dtype_without_the_probes_is_fp32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert D.default_dtype(torch.device("cpu")) == torch.float32
 
 
