@@ -38,7 +38,7 @@ def _glibc():
 
 def keep_freed_memory() -> str:
     """Set glibc to keep freed blocks (once per process); returns what the process now does,
-    for the run's start line and the bench record."""
+    for ``bench --against``'s record."""
     global _state
     if _state is None:
         libc = _glibc()

@@ -64,6 +64,9 @@ def test_against_fake_checkout(tmp_path, capsys, results_dir, write, preset):
         assert ours["info"]["ema"] and theirs["info"]["ema"]
         assert theirs["info"]["attention"] == "its own (no flash-attn import)"
     assert "ratio official / hrm-fast" in printed and "step 2/2" in printed
+    # hrm-fast's process keeps freed memory (glibc here); the official one runs malloc as it is.
+    assert f"host memory: {ours['info']['host_memory']}" in r["table"]
+    assert "host memory: the process's malloc as it is" in r["table"]
     assert f"{r['ratio']:.2f}x" in r["table"]
     saved = list(results_dir.glob("*-cpu-against-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["ratio"] == r["ratio"]
