@@ -7,8 +7,10 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from hrm_fast import benchmark
+from hrm_fast.device import default_dtype
 from tests.support.cli import one_line, run_cli
 from tests.support.fake_checkouts import HRM_MODEL, write_fake_hrm, write_fake_trm
 
@@ -25,8 +27,7 @@ def results_dir(tmp_path, monkeypatch):
 
 def _bench(capsys, checkout, preset, out, *extra):
     argv = ["bench", "--against", str(checkout), "--preset", preset, "--device", "cpu",
-            "--steps", "2", "--warmup", "1", "--json", str(out), "--dtype", "fp32",
-            *extra]  # fmt: skip
+            "--steps", "2", "--warmup", "1", "--json", str(out), *extra]  # fmt: skip
     code = run_cli(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -48,13 +49,15 @@ def test_against_fake_checkout(tmp_path, capsys, results_dir, write, preset):
         assert side["peak_mem_bytes"] > 2**20 and "ru_maxrss" in side["peak_mem_label"]
         assert side["loss_finite"]
     assert r["ratio"] == pytest.approx(theirs["median_step_s"] / ours["median_step_s"])
-    # The configs echoed: both sides at the preset's model, batch 2 (the CPU default), fp32.
+    # The configs echoed: both sides at the preset's model, batch 2 (the CPU default), and the
+    # dtype --dtype auto resolves to here (bf16 on bf16 CPUs, else fp32) on both sides.
     assert (r["preset"], r["batch_size"], r["device"]) == (preset, 2, "cpu")
     assert ours["info"]["batch_size"] == theirs["info"]["batch_size"] == 2
-    assert ours["info"]["dtype"] == theirs["info"]["dtype"] == "torch.float32"
+    dtype = default_dtype(torch.device("cpu"))
+    assert ours["info"]["dtype"] == theirs["info"]["dtype"] == str(dtype)
     assert (ours["info"]["optimizer"], ours["info"]["ce"]) == ("adamw", "stablemax")
     assert theirs["info"]["config"]["hidden_size"] == ours["info"]["model"]["hidden_size"] == 64
-    assert theirs["info"]["config"]["forward_dtype"] == "float32"
+    assert theirs["info"]["config"]["forward_dtype"] == str(dtype)[len("torch.") :]
     # The ports are the official models: the same network, counted on both sides.
     assert ours["info"]["parameters"] == theirs["info"]["parameters"]
     assert r["environment"]["torch"] and r["environment"]["device"] == "cpu"

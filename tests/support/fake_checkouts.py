@@ -64,7 +64,7 @@ from torch import nn
 
 def stablemax_cross_entropy(logits, labels, ignore_index=-100):
     x = logits.to(torch.float64)
-    s = torch.where(x < 0, 1 / (1 - x), x + 1)
+    s = torch.where(x < 0, 1 / (1 - x + 1e-30), x + 1)  # the epsilon keeps x = 1's grad finite
     logp = torch.log(s / s.sum(-1, keepdim=True))
     valid = labels != ignore_index
     picked = logp.gather(-1, torch.where(valid, labels, 0).long().unsqueeze(-1)).squeeze(-1)
