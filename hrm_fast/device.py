@@ -41,9 +41,8 @@ def mps_supports_bf16() -> bool:
 def cpu_computes_bf16() -> bool:
     """x86 CPUs with bf16 dot products in hardware (AVX512-BF16 or AMX): their bf16 matmuls run
     about 4x their fp32 ones (docs/performance.md). Without them bf16 is emulated, so fp32."""
-    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes
         return False
 
