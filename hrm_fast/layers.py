@@ -122,6 +122,9 @@ class Ops:
 
     ``attention="sdpa"`` keeps the other fused kernels but runs attention through PyTorch's SDPA:
     the fallback when the start-up self-check (hrm_fast.selfcheck) fails for attention alone.
+    On the reference backend ``"kernel"`` runs CPU attention through hrm-fast's C++ kernel where
+    it builds and supports the dtype and head dim (hrm_fast.kernels.cpu_attention; same
+    numerics as SDPA, several times faster), and SDPA elsewhere; ``"sdpa"`` always runs SDPA.
     """
 
     def __init__(self, backend: str, attention: str = "kernel"):
@@ -141,6 +144,36 @@ class Ops:
         else:
             self.attention, self.add_rms_norm = _attention_reference, _add_rms_norm_reference
             self.swiglu, self.add3 = _swiglu_reference, _add3_reference
+            if attention == "kernel":
+                from hrm_fast.kernels import cpu_attention
+
+                # Built (or found in its cache) here, outside any compiled region; the forward
+                # only tests membership in this constant set.
+                self.cpu_kernel = cpu_attention.supported()
+                self.attention = self._attention_cpu_kernel
+        self.cpu_attention = self._cpu_attention_status(attention)
+
+    cpu_kernel: frozenset = frozenset()
+
+    def _cpu_attention_status(self, attention: str) -> str:
+        if self.backend == "fused":
+            return "sdpa" if attention == "sdpa" else "n/a (fused backend)"
+        if attention == "sdpa":
+            return "sdpa (--attention sdpa)"
+        from hrm_fast.kernels import cpu_attention
+
+        return cpu_attention.status()
+
+    def _attention_cpu_kernel(self, qkv, cos, sin):
+        h, d = qkv.shape[2] // 3, qkv.shape[3]
+        if qkv.device.type != "cpu" or (qkv.dtype, d) not in self.cpu_kernel:
+            return _attention_reference(qkv, cos, sin)
+        from hrm_fast.kernels.cpu_attention import attention
+
+        qk, v = qkv[:, :, : 2 * h], qkv[:, :, 2 * h :]
+        if cos is not None:
+            qk = apply_rope(qk, cos, sin)
+        return attention(qk[:, :, :h], qk[:, :, h:], v)
 
 
 def _attention_reference(qkv, cos, sin):

@@ -407,6 +407,8 @@ def log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
         f" + {counts['puzzle_embedding'] / 1e6:.2f}M"
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"
     )
+    if trainer.device.type == "cpu":
+        log.note(f"attention: {trainer.cpu_attention}")
     if cfg.train.epochs > 0:
         log.note(
             f"{cfg.train.epochs} epochs x {trainer.dataset.num_train_pairs} trainable "

@@ -133,6 +133,10 @@ class Trainer:
             attention=self.runtime.attention,
         ).to(self.device)
         self.model.train()
+        # What CPU attention runs (hrm-fast's C++ kernel, or SDPA and why): the run log says it.
+        self.cpu_attention = next(
+            (m.ops.cpu_attention for m in self.model.modules() if hasattr(m, "ops")), "none"
+        )
         if self.backend == "fused":
             from hrm_fast.loss import arc_loss_fused as loss_fn
         else:
