@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hrm_fast.checkpoint import default_out, refuse_non_finite
-from hrm_fast.device import resolve_device
+from hrm_fast.device import default_dtype, resolve_device
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
 from hrm_fast.memory import check_inference_fits, num_puzzle_ids
@@ -247,7 +247,8 @@ def held_out_scores(
 
 def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
     """(model, RunConfig, payload, backend) of a checkpoint: the training backend and dtype on
-    CUDA (fused kernels after the self-check, bf16), the fp32 reference on CPU. The check's
+    CUDA (fused kernels after the self-check, bf16), the reference elsewhere, in the run's dtype
+    on a CPU (``auto``: bf16 where the CPU computes it) and fp32 on MPS. The check's
     line goes to stderr; ``backend`` names a fallback ("reference", "fused, SDPA attention")."""
     from hrm_fast import checkpoint as ckpt
     from hrm_fast.config import RunConfig
@@ -255,7 +256,13 @@ def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
 
     path = ckpt.resolve(checkpoint)
     if device.type != "cuda":
-        model, cfg, payload = ckpt.model_from_checkpoint(path, device=device)
+        # The run's own dtype (auto: bf16 on CPUs that compute it), so eval scores a checkpoint
+        # with the numerics its held-out scores were logged with during training.
+        payload = ckpt.load(path, map_location="cpu")
+        run_dtype = RunConfig.from_dict(payload["config"]).train.dtype
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(run_dtype)
+        dtype = dtype or (default_dtype(device) if device.type == "cpu" else torch.float32)
+        model, cfg, payload = ckpt.model_from_checkpoint(payload, device=device, dtype=dtype)
         return model, cfg, payload, "reference"
     payload = ckpt.load(path, map_location="cpu")
     cfg = RunConfig.from_dict(payload["config"])

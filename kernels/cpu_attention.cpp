@@ -1,21 +1,27 @@
-// Non-causal attention forward on x86 CPUs with AVX-512 (bf16 inputs also need AVX512-BF16).
+// Non-causal attention, forward and backward, on x86 CPUs with AVX-512 (bf16 also needs
+// AVX512-BF16).
 //
-// Numerics are those of PyTorch's CPU flash kernel: scores in fp32 (bf16 products summed in
-// fp32), softmax in fp32, probabilities rounded to the input dtype before they multiply V with
-// fp32 sums, output divided by the fp32 row sum and rounded once. Also writes the log-sum-exp
-// of the scaled scores, which PyTorch's flash backward takes.
+// Numerics are those of PyTorch's CPU flash kernels: scores in fp32 (products of the input
+// dtype summed in fp32), softmax in fp32, probabilities (and in the backward the score
+// gradients) rounded to the input dtype before they enter a product, fp32 sums, every output
+// rounded once. The forward also writes the log-sum-exp of the scaled scores, which the
+// backward takes (as PyTorch's flash backward does).
 //
-// Work split: every (batch, head) packs K and V once into the layout the inner loops read
-// (zero padded to a multiple of 32 keys), then blocks of 8 query rows run independently:
-// the 8 rows' scores against all keys stay in a per-thread buffer (8 x keys fp32), so the
-// softmax takes two passes over cached memory instead of an online rescale.
+// Work split. Forward: every (batch, head) packs K and V once into the layouts the inner loops
+// read (zero padded to a multiple of 32 keys, padding masked out), then blocks of 8 query rows
+// run independently on the OpenMP threads: the 8 rows' scores against all keys stay in a
+// per-thread buffer, so the softmax is two passes over cached memory, not an online rescale.
+// Backward: one (batch, head) per thread; each 8-row block recomputes its probabilities from
+// the log-sum-exp, writes its dq rows, and adds its rank-8 terms to fp32 dk and dv sums that
+// stay in the thread's cache.
 //
 // Built by kernels/cpu_attention.py with the system C++ compiler (the one torch.compile's CPU
-// backend needs as well); threads come from the OpenMP runtime torch has loaded.
+// backend needs as well), linked against the OpenMP runtime torch has loaded.
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -46,46 +52,72 @@ inline __mmask16 key_mask(int j, int n) {
   return (__mmask16)((1u << (n - j)) - 1);
 }
 
-// Query rows a block of the output reads: 8, or fewer where 16 fp32 accumulators cover D.
-constexpr int pv_rows(int D) { return D / 16 <= 2 ? 8 : (D / 16 <= 4 ? 4 : 2); }
+// Rows a block of "rows x keys @ keys x D" products works on at once: 16 fp32 accumulators.
+constexpr int mul_rows(int D) { return D / 16 <= 2 ? 8 : (D / 16 <= 4 ? 4 : 2); }
 
 struct Strides {  // in elements, over (batch, position, head); the head dim is contiguous
   int64_t b, s, h;
 };
 
-// ------------------------------------------------------------------------------- bf16
-
-// K as [keys/16][D/2][16 keys][2]: one 512-bit load holds a pair of dims for 16 keys.
-// V as [keys/2][D/16][16 dims][2]: one load holds 16 dims of a pair of keys.
-template <int D>
-void pack_bf16(const uint16_t* k, const uint16_t* v, int64_t sk, int64_t sv, int n, int npad,
-               uint16_t* kp, uint16_t* vp) {
-  for (int j = 0; j < npad; ++j) {
-    const uint16_t* kr = k + (int64_t)j * sk;
-    const uint16_t* vr = v + (int64_t)j * sv;
-    const int blk = j / 16, lane = j % 16, m = j / 2, odd = j % 2;
-    for (int p = 0; p < D / 2; ++p) {
-      uint16_t* dst = kp + (((int64_t)blk * (D / 2) + p) * 16 + lane) * 2;
-      dst[0] = j < n ? kr[2 * p] : 0;
-      dst[1] = j < n ? kr[2 * p + 1] : 0;
-    }
-    for (int d = 0; d < D; ++d)
-      vp[(((int64_t)m * (D / 16) + d / 16) * 16 + d % 16) * 2 + odd] = j < n ? vr[d] : 0;
-  }
+inline int64_t offset(const Strides& st, int b, int s, int h) {
+  return b * st.b + s * st.s + h * st.h;
 }
 
+inline uint16_t to_bf16(float x) {  // round to nearest even, as _mm512_cvtneps_pbh
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+inline float from_bf16(uint16_t x) {
+  const uint32_t u = (uint32_t)x << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// =============================================================================== bf16
+
+// "Key" layout, [keys/16][D/2][16 keys][2]: one load holds a pair of dims for 16 keys.
 template <int D>
-void block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t* kp, const uint16_t* vp,
-                int n, int npad, float scale, float* s, uint16_t* p, uint16_t* out, int64_t so,
-                float* lse) {
-  constexpr int DP = D / 2, C = D / 16, RP = pv_rows(D);
-  uint32_t qq[R][DP];  // pairs of bf16 query dims, broadcast as one 32-bit lane
+void pack_keys_bf16(const uint16_t* x, int64_t sx, int n, int npad, uint16_t* out) {
+  for (int j = 0; j < npad; ++j)
+    for (int i = 0; i < D / 2; ++i) {
+      uint16_t* dst = out + (((int64_t)(j / 16) * (D / 2) + i) * 16 + j % 16) * 2;
+      dst[0] = j < n ? x[j * sx + 2 * i] : 0;
+      dst[1] = j < n ? x[j * sx + 2 * i + 1] : 0;
+    }
+}
+
+// "Value" layout, [rows/2][D/16][16 dims][2]: one load holds 16 dims of a pair of rows.
+template <int D>
+void pack_values_bf16(const uint16_t* x, int64_t sx, int n, int npad, uint16_t* out) {
+  for (int j = 0; j < npad; ++j)
+    for (int d = 0; d < D; ++d)
+      out[(((int64_t)(j / 2) * (D / 16) + d / 16) * 16 + d % 16) * 2 + j % 2] =
+          j < n ? x[j * sx + d] : 0;
+}
+
+// R rows as pairs of bf16 dims (one 32-bit broadcast each); rows past `rows` are zero.
+template <int D>
+void load_pairs(const uint16_t* x, int64_t sx, int rows, uint32_t out[R][D / 2]) {
   for (int r = 0; r < R; ++r)
-    for (int i = 0; i < DP; ++i) qq[r][i] = r < rows ? ((const uint32_t*)(q + r * sq))[i] : 0u;
+    for (int i = 0; i < D / 2; ++i) {
+      uint32_t v = 0;
+      if (r < rows) memcpy(&v, x + r * sx + 2 * i, 4);
+      out[r][i] = v;
+    }
+}
+
+// s[r][j] = scale * a[r] . key[j] for all npad keys (padding -inf); returns each row's max.
+template <int D>
+void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int npad, float scale,
+                   float* s, float* rowmax) {
+  constexpr int DP = D / 2;
   const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
   __m512 vmax[R];
   for (int r = 0; r < R; ++r) vmax[r] = ninf;
-  for (int j = 0; j < npad; j += 32) {  // scores: 8 rows x 32 keys in 16 accumulators
+  for (int j = 0; j < npad; j += 32) {  // 8 rows x 32 keys in 16 accumulators
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     const uint16_t* k0 = kp + (int64_t)(j / 16) * DP * 32;
@@ -93,9 +125,9 @@ void block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t* kp, con
       const __m512bh b0 = (__m512bh)_mm512_loadu_si512(k0 + i * 32);
       const __m512bh b1 = (__m512bh)_mm512_loadu_si512(k0 + DP * 32 + i * 32);
       for (int r = 0; r < R; ++r) {
-        const __m512bh a = (__m512bh)_mm512_set1_epi32((int)qq[r][i]);
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+        const __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r][i]);
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
       }
     }
     const __mmask16 m0 = key_mask(j, n), m1 = key_mask(j + 16, n);
@@ -107,67 +139,163 @@ void block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t* kp, con
       vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
     }
   }
+  for (int r = 0; r < R; ++r) rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+// acc[r][.] = p[r0 + r] . values for RP rows of bf16 p ([R][npad]) and "value" layout v.
+template <int D>
+void mul_rows_bf16(const uint16_t* p, int npad, const uint16_t* v, int r0,
+                   __m512 acc[mul_rows(D)][D / 16]) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  for (int r = 0; r < RP; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int m = 0; m < npad / 2; ++m) {
+    __m512bh b[C];
+    for (int c = 0; c < C; ++c) b[c] = (__m512bh)_mm512_loadu_si512(v + ((int64_t)m * C + c) * 32);
+    for (int r = 0; r < RP; ++r) {
+      int32_t pair;
+      memcpy(&pair, p + (int64_t)(r0 + r) * npad + 2 * m, 4);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, b[c]);
+    }
+  }
+}
+
+inline void store_bf16(uint16_t* dst, __m512 x) {
+  _mm256_storeu_si256((__m256i*)dst, (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+template <int D>
+void forward_block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t* kp,
+                        const uint16_t* vp, int n, int npad, float scale, float* s, uint16_t* p,
+                        uint16_t* out, int64_t so, float* lse) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  uint32_t a[R][D / 2];
+  load_pairs<D>(q, sq, rows, a);
   float rowmax[R], rowsum[R];
+  dot_rows_bf16<D>(a, kp, n, npad, scale, s, rowmax);
   for (int r = 0; r < R; ++r) {  // exp, fp32 row sum, probabilities rounded to bf16
-    rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
     const __m512 mx = _mm512_set1_ps(rowmax[r]);
     __m512 sum = _mm512_setzero_ps();
-    const float* sr = s + (int64_t)r * npad;
-    uint16_t* pr = p + (int64_t)r * npad;
     for (int j = 0; j < npad; j += 32) {
-      const __m512 e0 = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx)));
-      const __m512 e1 = _mm512_maskz_mov_ps(key_mask(j + 16, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j + 16), mx)));
+      const float* sr = s + (int64_t)r * npad + j;
+      const __m512 e0 = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr), mx)));
+      const __m512 e1 = _mm512_maskz_mov_ps(key_mask(j + 16, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + 16), mx)));
       sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
-      _mm512_storeu_si512(pr + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+      _mm512_storeu_si512(p + (int64_t)r * npad + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
     }
     rowsum[r] = _mm512_reduce_add_ps(sum);
   }
-  for (int r0 = 0; r0 < R; r0 += RP) {  // probabilities x V: RP rows x D dims
+  for (int r0 = 0; r0 < R; r0 += RP) {
     __m512 acc[RP][C];
-    for (int r = 0; r < RP; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int m = 0; m < npad / 2; ++m) {
-      __m512bh b[C];
-      for (int c = 0; c < C; ++c) b[c] = (__m512bh)_mm512_loadu_si512(vp + ((int64_t)m * C + c) * 32);
-      for (int r = 0; r < RP; ++r) {
-        const __m512bh a = (__m512bh)_mm512_set1_epi32(((const int32_t*)(p + (int64_t)(r0 + r) * npad))[m]);
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
-      }
-    }
+    mul_rows_bf16<D>(p, npad, vp, r0, acc);
     for (int r = 0; r < RP && r0 + r < rows; ++r) {
       const int row = r0 + r;
       const __m512 sum = _mm512_set1_ps(rowsum[row]);
-      for (int c = 0; c < C; ++c)
-        _mm256_storeu_si256((__m256i*)(out + row * so + c * 16),
-                            (__m256i)_mm512_cvtneps_pbh(_mm512_div_ps(acc[r][c], sum)));
+      for (int c = 0; c < C; ++c) store_bf16(out + row * so + c * 16, _mm512_div_ps(acc[r][c], sum));
       lse[row] = rowmax[row] + logf(rowsum[row]);
     }
   }
 }
 
-// ------------------------------------------------------------------------------- fp32
-
-// K as [keys/16][D][16 keys]; V as [keys][D] (both zero padded).
+// R rows of x as [R/2][D/16][16 dims][2] row pairs, for the rank-8 updates of dk and dv.
 template <int D>
-void pack_fp32(const float* k, const float* v, int64_t sk, int64_t sv, int n, int npad, float* kp,
-               float* vp) {
-  for (int j = 0; j < npad; ++j) {
-    const float* kr = k + (int64_t)j * sk;
-    const float* vr = v + (int64_t)j * sv;
-    for (int d = 0; d < D; ++d) {
-      kp[((int64_t)(j / 16) * D + d) * 16 + j % 16] = j < n ? kr[d] : 0.0f;
-      vp[(int64_t)j * D + d] = j < n ? vr[d] : 0.0f;
+void pair_rows_bf16(const uint16_t* x, int64_t sx, int rows, uint16_t* out) {
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < D; ++d)
+      out[(((r / 2) * (D / 16) + d / 16) * 16 + d % 16) * 2 + r % 2] = r < rows ? x[r * sx + d] : 0;
+}
+
+template <int D>
+void backward_block_bf16(const uint16_t* q, const uint16_t* o, const uint16_t* dout,
+                         int64_t sq, int64_t so, int64_t sdo, int rows, const float* lse,
+                         const uint16_t* kp, const uint16_t* vk, const uint16_t* kv, int n,
+                         int npad, float scale, float* s, float* dp, uint16_t* pb, uint16_t* dsb,
+                         float* dk, float* dv, uint16_t* dq, int64_t sdq) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  uint32_t qa[R][D / 2], da[R][D / 2];
+  load_pairs<D>(q, sq, rows, qa);
+  load_pairs<D>(dout, sdo, rows, da);
+  float unused[R], delta[R];
+  for (int r = 0; r < R; ++r) {  // delta = rowsum(dout * out), fp32
+    float acc = 0.0f;
+    if (r < rows)
+      for (int d = 0; d < D; ++d) acc += from_bf16(dout[r * sdo + d]) * from_bf16(o[r * so + d]);
+    delta[r] = acc;
+  }
+  dot_rows_bf16<D>(qa, kp, n, npad, scale, s, unused);  // scaled scores
+  dot_rows_bf16<D>(da, vk, n, npad, 1.0f, dp, unused);  // dP = dout . v
+  for (int r = 0; r < R; ++r) {  // P = exp(s - lse); dS = P * (dP - delta); both to bf16
+    const __m512 l = _mm512_set1_ps(r < rows ? lse[r] : INFINITY);
+    const __m512 dl = _mm512_set1_ps(delta[r]);
+    for (int j = 0; j < npad; j += 32) {
+      const int64_t at = (int64_t)r * npad + j;
+      const __m512 p0 = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), l)));
+      const __m512 p1 = _mm512_maskz_mov_ps(key_mask(j + 16, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at + 16), l)));
+      // dP is -inf on padding keys (dot_rows masks them): zero there, not 0 * -inf.
+      const __m512 d0 = _mm512_maskz_mul_ps(key_mask(j, n), p0, _mm512_sub_ps(_mm512_loadu_ps(dp + at), dl));
+      const __m512 d1 = _mm512_maskz_mul_ps(key_mask(j + 16, n), p1, _mm512_sub_ps(_mm512_loadu_ps(dp + at + 16), dl));
+      _mm512_storeu_si512(pb + at, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+      _mm512_storeu_si512(dsb + at, (__m512i)_mm512_cvtne2ps_pbh(d1, d0));
+    }
+  }
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int r0 = 0; r0 < R; r0 += RP) {  // dq = scale * dS . k
+    __m512 acc[RP][C];
+    mul_rows_bf16<D>(dsb, npad, kv, r0, acc);
+    for (int r = 0; r < RP && r0 + r < rows; ++r)
+      for (int c = 0; c < C; ++c)
+        store_bf16(dq + (r0 + r) * sdq + c * 16, _mm512_mul_ps(acc[r][c], vscale));
+  }
+  uint16_t qp[R * D], dop[R * D];  // rank-8 updates: dv += P^T dout, dk += dS^T q
+  pair_rows_bf16<D>(q, sq, rows, qp);
+  pair_rows_bf16<D>(dout, sdo, rows, dop);
+  for (int j = 0; j < n; ++j) {
+    __m512bh pa[R / 2], sa[R / 2];
+    for (int i = 0; i < R / 2; ++i) {
+      const uint32_t p2 = pb[(2 * i) * npad + j] | (uint32_t)pb[(2 * i + 1) * npad + j] << 16;
+      const uint32_t s2 = dsb[(2 * i) * npad + j] | (uint32_t)dsb[(2 * i + 1) * npad + j] << 16;
+      pa[i] = (__m512bh)_mm512_set1_epi32((int)p2);
+      sa[i] = (__m512bh)_mm512_set1_epi32((int)s2);
+    }
+    for (int c = 0; c < C; ++c) {
+      __m512 av = _mm512_loadu_ps(dv + (int64_t)j * D + c * 16);
+      __m512 ak = _mm512_loadu_ps(dk + (int64_t)j * D + c * 16);
+      for (int i = 0; i < R / 2; ++i) {
+        av = _mm512_dpbf16_ps(av, pa[i], (__m512bh)_mm512_loadu_si512(dop + (i * C + c) * 32));
+        ak = _mm512_dpbf16_ps(ak, sa[i], (__m512bh)_mm512_loadu_si512(qp + (i * C + c) * 32));
+      }
+      _mm512_storeu_ps(dv + (int64_t)j * D + c * 16, av);
+      _mm512_storeu_ps(dk + (int64_t)j * D + c * 16, ak);
     }
   }
 }
 
+// =============================================================================== fp32
+
+// "Key" layout [keys/16][D][16 keys]; values stay rows [keys][D] (both zero padded).
 template <int D>
-void block_fp32(const float* q, int64_t sq, int rows, const float* kp, const float* vp, int n,
-                int npad, float scale, float* s, float* p, float* out, int64_t so, float* lse) {
-  constexpr int C = D / 16, RP = pv_rows(D);
-  float qq[R][D];
+void pack_keys_f32(const float* x, int64_t sx, int n, int npad, float* out) {
+  for (int j = 0; j < npad; ++j)
+    for (int d = 0; d < D; ++d)
+      out[((int64_t)(j / 16) * D + d) * 16 + j % 16] = j < n ? x[j * sx + d] : 0.0f;
+}
+
+template <int D>
+void pack_values_f32(const float* x, int64_t sx, int n, int npad, float* out) {
+  for (int j = 0; j < npad; ++j)
+    for (int d = 0; d < D; ++d) out[(int64_t)j * D + d] = j < n ? x[j * sx + d] : 0.0f;
+}
+
+template <int D>
+void load_rows(const float* x, int64_t sx, int rows, float out[R][D]) {
   for (int r = 0; r < R; ++r)
-    for (int d = 0; d < D; ++d) qq[r][d] = r < rows ? q[r * sq + d] : 0.0f;
+    for (int d = 0; d < D; ++d) out[r][d] = r < rows ? x[r * sx + d] : 0.0f;
+}
+
+template <int D>
+void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float scale, float* s,
+                  float* rowmax) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
   __m512 vmax[R];
   for (int r = 0; r < R; ++r) vmax[r] = ninf;
@@ -178,9 +306,9 @@ void block_fp32(const float* q, int64_t sq, int rows, const float* kp, const flo
     for (int d = 0; d < D; ++d) {
       const __m512 b0 = _mm512_loadu_ps(k0 + d * 16), b1 = _mm512_loadu_ps(k0 + (D + d) * 16);
       for (int r = 0; r < R; ++r) {
-        const __m512 a = _mm512_set1_ps(qq[r][d]);
-        acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        const __m512 x = _mm512_set1_ps(a[r][d]);
+        acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
       }
     }
     const __mmask16 m0 = key_mask(j, n), m1 = key_mask(j + 16, n);
@@ -192,115 +320,269 @@ void block_fp32(const float* q, int64_t sq, int rows, const float* kp, const flo
       vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
     }
   }
+  for (int r = 0; r < R; ++r) rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+template <int D>
+void mul_rows_f32(const float* p, int npad, int n, const float* v, int r0,
+                  __m512 acc[mul_rows(D)][D / 16]) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  for (int r = 0; r < RP; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int j = 0; j < n; ++j) {
+    __m512 b[C];
+    for (int c = 0; c < C; ++c) b[c] = _mm512_loadu_ps(v + (int64_t)j * D + c * 16);
+    for (int r = 0; r < RP; ++r) {
+      const __m512 x = _mm512_set1_ps(p[(int64_t)(r0 + r) * npad + j]);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(x, b[c], acc[r][c]);
+    }
+  }
+}
+
+template <int D>
+void forward_block_f32(const float* q, int64_t sq, int rows, const float* kp, const float* vp,
+                       int n, int npad, float scale, float* s, float* p, float* out, int64_t so,
+                       float* lse) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  float a[R][D];
+  load_rows<D>(q, sq, rows, a);
   float rowmax[R], rowsum[R];
+  dot_rows_f32<D>(a, kp, n, npad, scale, s, rowmax);
   for (int r = 0; r < R; ++r) {
-    rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
     const __m512 mx = _mm512_set1_ps(rowmax[r]);
     __m512 sum = _mm512_setzero_ps();
-    const float* sr = s + (int64_t)r * npad;
-    float* pr = p + (int64_t)r * npad;
     for (int j = 0; j < npad; j += 16) {
-      const __m512 e = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), mx)));
+      const int64_t at = (int64_t)r * npad + j;
+      const __m512 e = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), mx)));
       sum = _mm512_add_ps(sum, e);
-      _mm512_storeu_ps(pr + j, e);
+      _mm512_storeu_ps(p + at, e);
     }
     rowsum[r] = _mm512_reduce_add_ps(sum);
   }
   for (int r0 = 0; r0 < R; r0 += RP) {
     __m512 acc[RP][C];
-    for (int r = 0; r < RP; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (int j = 0; j < n; ++j) {
-      __m512 b[C];
-      for (int c = 0; c < C; ++c) b[c] = _mm512_loadu_ps(vp + (int64_t)j * D + c * 16);
-      for (int r = 0; r < RP; ++r) {
-        const __m512 a = _mm512_set1_ps(p[(int64_t)(r0 + r) * npad + j]);
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
-      }
-    }
+    mul_rows_f32<D>(p, npad, n, vp, r0, acc);
     for (int r = 0; r < RP && r0 + r < rows; ++r) {
       const int row = r0 + r;
       const __m512 sum = _mm512_set1_ps(rowsum[row]);
-      for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + row * so + c * 16, _mm512_div_ps(acc[r][c], sum));
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(out + row * so + c * 16, _mm512_div_ps(acc[r][c], sum));
       lse[row] = rowmax[row] + logf(rowsum[row]);
     }
   }
 }
 
-// ------------------------------------------------------------------------------- driver
+template <int D>
+void backward_block_f32(const float* q, const float* o, const float* dout, int64_t sq,
+                        int64_t so, int64_t sdo, int rows, const float* lse, const float* kp,
+                        const float* vk, const float* kv, int n, int npad, float scale, float* s,
+                        float* dp, float* pf, float* dsf, float* dk, float* dv, float* dq,
+                        int64_t sdq) {
+  constexpr int C = D / 16, RP = mul_rows(D);
+  float qa[R][D], da[R][D];
+  load_rows<D>(q, sq, rows, qa);
+  load_rows<D>(dout, sdo, rows, da);
+  float unused[R], delta[R];
+  for (int r = 0; r < R; ++r) {
+    float acc = 0.0f;
+    if (r < rows)
+      for (int d = 0; d < D; ++d) acc += dout[r * sdo + d] * o[r * so + d];
+    delta[r] = acc;
+  }
+  dot_rows_f32<D>(qa, kp, n, npad, scale, s, unused);
+  dot_rows_f32<D>(da, vk, n, npad, 1.0f, dp, unused);
+  for (int r = 0; r < R; ++r) {
+    const __m512 l = _mm512_set1_ps(r < rows ? lse[r] : INFINITY);
+    const __m512 dl = _mm512_set1_ps(delta[r]);
+    for (int j = 0; j < npad; j += 16) {
+      const int64_t at = (int64_t)r * npad + j;
+      const __m512 p = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), l)));
+      _mm512_storeu_ps(pf + at, p);
+      _mm512_storeu_ps(dsf + at, _mm512_maskz_mul_ps(key_mask(j, n), p, _mm512_sub_ps(_mm512_loadu_ps(dp + at), dl)));
+    }
+  }
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int r0 = 0; r0 < R; r0 += RP) {
+    __m512 acc[RP][C];
+    mul_rows_f32<D>(dsf, npad, n, kv, r0, acc);
+    for (int r = 0; r < RP && r0 + r < rows; ++r)
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(dq + (r0 + r) * sdq + c * 16, _mm512_mul_ps(acc[r][c], vscale));
+  }
+  for (int j = 0; j < n; ++j) {
+    for (int c = 0; c < C; ++c) {
+      __m512 av = _mm512_loadu_ps(dv + (int64_t)j * D + c * 16);
+      __m512 ak = _mm512_loadu_ps(dk + (int64_t)j * D + c * 16);
+      for (int r = 0; r < R; ++r) {
+        av = _mm512_fmadd_ps(_mm512_set1_ps(pf[r * npad + j]), _mm512_loadu_ps(&da[r][c * 16]), av);
+        ak = _mm512_fmadd_ps(_mm512_set1_ps(dsf[r * npad + j]), _mm512_loadu_ps(&qa[r][c * 16]), ak);
+      }
+      _mm512_storeu_ps(dv + (int64_t)j * D + c * 16, av);
+      _mm512_storeu_ps(dk + (int64_t)j * D + c * 16, ak);
+    }
+  }
+}
 
-template <typename T, typename P, int D, typename Pack, typename Block>
-void attention(const T* q, const T* k, const T* v, T* out, float* lse, int B, int H, int n,
-               const Strides* st, float scale, T* kpack, T* vpack, Pack pack, Block block) {
+// =============================================================================== drivers
+
+struct Bf16 {
+  using T = uint16_t;
+  template <int D> static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) { pack_keys_bf16<D>(x, sx, n, npad, out); }
+  template <int D> static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) { pack_values_bf16<D>(x, sx, n, npad, out); }
+  static T round(float x) { return to_bf16(x); }
+};
+
+struct F32 {
+  using T = float;
+  template <int D> static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) { pack_keys_f32<D>(x, sx, n, npad, out); }
+  template <int D> static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) { pack_values_f32<D>(x, sx, n, npad, out); }
+  static T round(float x) { return x; }
+};
+
+template <typename K, int D>
+void forward(const void* q_, const void* k_, const void* v_, void* out_, float* lse, int B, int H,
+             int n, const Strides* st) {
+  using T = typename K::T;
+  const T *q = (const T*)q_, *k = (const T*)k_, *v = (const T*)v_;
+  T* out = (T*)out_;
   const int npad = (n + 31) / 32 * 32;
-  const int64_t kv = (int64_t)npad * D;
+  const int64_t kvsize = (int64_t)npad * D;
+  const float scale = (float)(1.0 / sqrt((double)D));  // as SDPA: the double, rounded once
+  T* kp = (T*)aligned_alloc(64, sizeof(T) * B * H * kvsize);
+  T* vp = (T*)aligned_alloc(64, sizeof(T) * B * H * kvsize);
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * H; ++bh) {
     const int b = bh / H, h = bh % H;
-    pack(k + b * st[1].b + h * st[1].h, v + b * st[2].b + h * st[2].h, st[1].s, st[2].s, n, npad,
-         kpack + bh * kv, vpack + bh * kv);
+    K::template pack_keys<D>(k + offset(st[1], b, 0, h), st[1].s, n, npad, kp + bh * kvsize);
+    K::template pack_values<D>(v + offset(st[2], b, 0, h), st[2].s, n, npad, vp + bh * kvsize);
   }
   const int blocks = (n + R - 1) / R;
 #pragma omp parallel
   {
     float* s = (float*)aligned_alloc(64, sizeof(float) * R * npad);
-    P* p = (P*)aligned_alloc(64, sizeof(P) * R * npad);
+    T* p = (T*)aligned_alloc(64, sizeof(T) * R * npad + 64);
 #pragma omp for schedule(static)
     for (int t = 0; t < B * H * blocks; ++t) {
       const int bh = t / blocks, i0 = (t % blocks) * R, b = bh / H, h = bh % H;
-      block(q + b * st[0].b + i0 * st[0].s + h * st[0].h, st[0].s, n - i0 < R ? n - i0 : R,
-            kpack + bh * kv, vpack + bh * kv, n, npad, scale, s, p,
-            out + b * st[3].b + i0 * st[3].s + h * st[3].h, st[3].s, lse + (int64_t)bh * n + i0);
+      const int rows = n - i0 < R ? n - i0 : R;
+      const T* qr = q + offset(st[0], b, i0, h);
+      T* orow = out + offset(st[3], b, i0, h);
+      float* l = lse + (int64_t)bh * n + i0;
+      if constexpr (sizeof(T) == 2)
+        forward_block_bf16<D>(qr, st[0].s, rows, kp + bh * kvsize, vp + bh * kvsize, n, npad,
+                              scale, s, p, orow, st[3].s, l);
+      else
+        forward_block_f32<D>(qr, st[0].s, rows, kp + bh * kvsize, vp + bh * kvsize, n, npad,
+                             scale, s, p, orow, st[3].s, l);
     }
     free(s);
     free(p);
   }
+  free(kp);
+  free(vp);
 }
 
-template <int D>
-void run_bf16(const void* q, const void* k, const void* v, void* out, float* lse, int B, int H,
-              int n, const Strides* st, float scale, void* kp, void* vp) {
-  attention<uint16_t, uint16_t, D>((const uint16_t*)q, (const uint16_t*)k, (const uint16_t*)v,
-                                   (uint16_t*)out, lse, B, H, n, st, scale, (uint16_t*)kp,
-                                   (uint16_t*)vp, pack_bf16<D>, block_bf16<D>);
-}
-
-template <int D>
-void run_fp32(const void* q, const void* k, const void* v, void* out, float* lse, int B, int H,
-              int n, const Strides* st, float scale, void* kp, void* vp) {
-  attention<float, float, D>((const float*)q, (const float*)k, (const float*)v, (float*)out, lse,
-                             B, H, n, st, scale, (float*)kp, (float*)vp, pack_fp32<D>,
-                             block_fp32<D>);
+// st: q, k, v, out, dout, dq, dk, dv.
+template <typename K, int D>
+void backward(const void* q_, const void* k_, const void* v_, const void* o_, const void* do_,
+              const float* lse, void* dq_, void* dk_, void* dv_, int B, int H, int n,
+              const Strides* st) {
+  using T = typename K::T;
+  const T *q = (const T*)q_, *k = (const T*)k_, *v = (const T*)v_, *o = (const T*)o_,
+          *dout = (const T*)do_;
+  T *dq = (T*)dq_, *dk = (T*)dk_, *dv = (T*)dv_;
+  const int npad = (n + 31) / 32 * 32;
+  const int64_t kvsize = (int64_t)npad * D;
+  const float scale = (float)(1.0 / sqrt((double)D));  // as SDPA: the double, rounded once
+#pragma omp parallel
+  {
+    T* kp = (T*)aligned_alloc(64, sizeof(T) * kvsize);  // k, "key" layout: the scores
+    T* vk = (T*)aligned_alloc(64, sizeof(T) * kvsize);  // v, "key" layout: dP
+    T* kv = (T*)aligned_alloc(64, sizeof(T) * kvsize);  // k, "value" layout: dq
+    float* dks = (float*)aligned_alloc(64, sizeof(float) * kvsize);
+    float* dvs = (float*)aligned_alloc(64, sizeof(float) * kvsize);
+    float* s = (float*)aligned_alloc(64, sizeof(float) * R * npad);
+    float* dp = (float*)aligned_alloc(64, sizeof(float) * R * npad);
+    T* pb = (T*)aligned_alloc(64, sizeof(T) * R * npad + 64);
+    T* dsb = (T*)aligned_alloc(64, sizeof(T) * R * npad + 64);
+#pragma omp for schedule(static)
+    for (int bh = 0; bh < B * H; ++bh) {
+      const int b = bh / H, h = bh % H;
+      K::template pack_keys<D>(k + offset(st[1], b, 0, h), st[1].s, n, npad, kp);
+      K::template pack_keys<D>(v + offset(st[2], b, 0, h), st[2].s, n, npad, vk);
+      K::template pack_values<D>(k + offset(st[1], b, 0, h), st[1].s, n, npad, kv);
+      memset(dks, 0, sizeof(float) * kvsize);
+      memset(dvs, 0, sizeof(float) * kvsize);
+      for (int i0 = 0; i0 < n; i0 += R) {
+        const int rows = n - i0 < R ? n - i0 : R;
+        const float* l = lse + (int64_t)bh * n + i0;
+        if constexpr (sizeof(T) == 2)
+          backward_block_bf16<D>(q + offset(st[0], b, i0, h), o + offset(st[3], b, i0, h),
+                                 dout + offset(st[4], b, i0, h), st[0].s, st[3].s, st[4].s,
+                                 rows, l, kp, vk, kv, n, npad, scale, s, dp, pb, dsb, dks, dvs,
+                                 dq + offset(st[5], b, i0, h), st[5].s);
+        else
+          backward_block_f32<D>(q + offset(st[0], b, i0, h), o + offset(st[3], b, i0, h),
+                                dout + offset(st[4], b, i0, h), st[0].s, st[3].s, st[4].s, rows,
+                                l, kp, vk, kv, n, npad, scale, s, dp, pb, dsb, dks, dvs,
+                                dq + offset(st[5], b, i0, h), st[5].s);
+      }
+      for (int j = 0; j < n; ++j)
+        for (int d = 0; d < D; ++d) {
+          dk[offset(st[6], b, j, h) + d] = K::round(scale * dks[(int64_t)j * D + d]);
+          dv[offset(st[7], b, j, h) + d] = K::round(dvs[(int64_t)j * D + d]);
+        }
+    }
+    free(kp); free(vk); free(kv); free(dks); free(dvs); free(s); free(dp); free(pb); free(dsb);
+  }
 }
 
 }  // namespace
 
+#define HRM_FAST_HEAD_DIMS(X) X(16) X(32) X(48) X(64) X(96) X(128)
+
 // q, k, v, out: [B, n, H, D] with strides[4][3] (elements; q, k, v, out) over (b, s, h) and a
-// contiguous head dim; lse: [B, H, n] fp32, contiguous; kpack, vpack: B*H*npad*D elements each
-// (npad = n rounded up to 32). bf16: 1, fp32: 0. Returns 0, or 1 for an unsupported head dim.
+// contiguous head dim; lse: [B, H, n] fp32, contiguous. bf16: 1, fp32: 0.
+// Returns 0, or 1 for a head dim that is not compiled in.
 extern "C" int hrm_fast_cpu_attention(int bf16, const void* q, const void* k, const void* v,
                                       void* out, float* lse, int B, int H, int n, int D,
-                                      const int64_t* strides, float scale, void* kpack,
-                                      void* vpack) {
+                                      const int64_t* strides) {
   const Strides* st = (const Strides*)strides;
-#define HRM_FAST_HEAD_DIM(d)                                                    \
-  case d:                                                                       \
-    (bf16 ? run_bf16<d> : run_fp32<d>)(q, k, v, out, lse, B, H, n, st, scale, kpack, vpack); \
+#define CASE(d)                                                                       \
+  case d:                                                                             \
+    (bf16 ? forward<Bf16, d> : forward<F32, d>)(q, k, v, out, lse, B, H, n, st); \
     return 0;
   switch (D) {
-    HRM_FAST_HEAD_DIM(16)
-    HRM_FAST_HEAD_DIM(32)
-    HRM_FAST_HEAD_DIM(48)
-    HRM_FAST_HEAD_DIM(64)
-    HRM_FAST_HEAD_DIM(96)
-    HRM_FAST_HEAD_DIM(128)
+    HRM_FAST_HEAD_DIMS(CASE)
     default:
       return 1;
   }
-#undef HRM_FAST_HEAD_DIM
+#undef CASE
 }
 
-// The head dims compiled above, for the loader to check before it calls.
+// dq, dk, dv from q, k, v, out, dout and the forward's lse; strides[8][3] over q, k, v, out,
+// dout, dq, dk, dv.
+extern "C" int hrm_fast_cpu_attention_backward(int bf16, const void* q, const void* k,
+                                               const void* v, const void* out, const void* dout,
+                                               void* dq, void* dk, void* dv, const float* lse,
+                                               int B, int H, int n, int D,
+                                               const int64_t* strides) {
+  const Strides* st = (const Strides*)strides;
+#define CASE(d)                                                                                 \
+  case d:                                                                                       \
+    (bf16 ? backward<Bf16, d> : backward<F32, d>)(q, k, v, out, dout, lse, dq, dk, dv, B, H, n, \
+                                                  st);                                          \
+    return 0;
+  switch (D) {
+    HRM_FAST_HEAD_DIMS(CASE)
+    default:
+      return 1;
+  }
+#undef CASE
+}
+
 extern "C" int hrm_fast_cpu_attention_supports(int D) {
-  return D == 16 || D == 32 || D == 48 || D == 64 || D == 96 || D == 128;
+#define CASE(d) || D == d
+  return false HRM_FAST_HEAD_DIMS(CASE);
+#undef CASE
 }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -125,10 +124,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return None, f"sdpa (the CPU kernel did not build: {e})"
-    fn = lib.hrm_fast_cpu_attention
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 5, *[ctypes.c_int] * 4, ctypes.c_void_p,
-                   ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    lib.hrm_fast_cpu_attention.restype = i32
+    lib.hrm_fast_cpu_attention.argtypes = [i32, *[ptr] * 5, *[i32] * 4, ptr]
+    lib.hrm_fast_cpu_attention_backward.restype = i32
+    lib.hrm_fast_cpu_attention_backward.argtypes = [i32, *[ptr] * 9, *[i32] * 4, ptr]
     lib.hrm_fast_cpu_attention_supports.restype = ctypes.c_int
     bf16 = "fp32 and bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32 (no AVX512-BF16)"
     return lib, f"hrm-fast CPU kernel ({bf16}; {path})"
@@ -159,28 +159,35 @@ def _strides(t: torch.Tensor) -> list[int]:
     return [t.stride(0), t.stride(1), t.stride(2)]  # (batch, position, head)
 
 
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _call(name: str, tensors: list[torch.Tensor], q: torch.Tensor) -> None:
+    b, s, h, d = q.shape
+    ptrs = [t.data_ptr() for t in tensors if t.dim() == 4] + [
+        t.data_ptr() for t in tensors if t.dim() == 3
+    ]
+    strides = torch.tensor([_strides(t) for t in tensors if t.dim() == 4], dtype=torch.int64)
+    rc = getattr(_load()[0], name)(
+        int(q.dtype == torch.bfloat16), *ptrs, b, h, s, d, strides.data_ptr()
+    )
+    if rc != 0:
+        raise ValueError(f"cpu_attention: head dim {d} is not compiled in")
+
+
 @torch.library.custom_op("hrm_fast::cpu_attention", mutates_args=())
 def cpu_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal attention, scale 1/sqrt(D). q, k, v: [B, S, H, D] (any strides).
     Returns out [B, S, H, D] (contiguous) and the log-sum-exp [B, H, S] (fp32)."""
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = _strided(q), _strided(k), _strided(v)
     b, s, h, d = q.shape
     out = torch.empty(b, s, h, d, dtype=q.dtype)
     lse = torch.empty(b, h, s, dtype=torch.float32)
-    npad = -(s // -32) * 32
-    kpack = torch.empty(b * h * npad * d, dtype=q.dtype)
-    vpack = torch.empty_like(kpack)
-    strides = torch.tensor([_strides(t) for t in (q, k, v, out)], dtype=torch.int64)
-    lib = _load()[0]
-    rc = lib.hrm_fast_cpu_attention(
-        int(q.dtype == torch.bfloat16), q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-        lse.data_ptr(), b, h, s, d, strides.data_ptr(), 1.0 / math.sqrt(d), kpack.data_ptr(),
-        vpack.data_ptr(),
-    )  # fmt: skip
-    if rc != 0:
-        raise ValueError(f"cpu_attention: head dim {d} is not compiled in")
+    # The C signature orders the [B, S, H, D] tensors first, then the log-sum-exp.
+    _call("hrm_fast_cpu_attention", [q, k, v, out, lse], q)
     return out, lse
 
 
@@ -190,17 +197,30 @@ def _(q, k, v):
     return q.new_empty(b, s, h, d), q.new_empty(b, h, s, dtype=torch.float32)
 
 
+@torch.library.custom_op("hrm_fast::cpu_attention_backward", mutates_args=())
+def cpu_attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """dq, dk, dv ([B, S, H, D], contiguous) of ``cpu_attention`` from its out and lse."""
+    grad_out, q, k, v, out = (_strided(t) for t in (grad_out, q, k, v, out))
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype) for _ in range(3))
+    _call("hrm_fast_cpu_attention_backward", [q, k, v, out, grad_out, dq, dk, dv, lse], q)
+    return dq, dk, dv
+
+
+@cpu_attention_backward.register_fake
+def _(grad_out, q, k, v, out, lse):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output)
 
 
 def _backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        grad_out.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        out.transpose(1, 2), lse, 0.0, False,
-    )  # fmt: skip
-    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+    return torch.ops.hrm_fast.cpu_attention_backward(grad_out, q, k, v, out, lse)
 
 
 cpu_attention.register_autograd(_backward, setup_context=_setup_context)
