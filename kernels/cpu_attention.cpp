@@ -27,6 +27,9 @@ namespace {
 
 constexpr int R = 8;  // query rows per block
 
+// The micro-kernels return accumulators through arrays: inlined, they stay in registers.
+#define INLINE inline __attribute__((always_inline))
+
 // exp on [-87, 0]: Cody-Waite reduction by ln 2, degree-7 Taylor polynomial (about 1 ulp).
 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
@@ -100,7 +103,7 @@ void pack_values_bf16(const uint16_t* x, int64_t sx, int n, int npad, uint16_t* 
 
 // R rows as pairs of bf16 dims (one 32-bit broadcast each); rows past `rows` are zero.
 template <int D>
-void load_pairs(const uint16_t* x, int64_t sx, int rows, uint32_t out[R][D / 2]) {
+INLINE void load_pairs(const uint16_t* x, int64_t sx, int rows, uint32_t out[R][D / 2]) {
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < D / 2; ++i) {
       uint32_t v = 0;
@@ -111,7 +114,7 @@ void load_pairs(const uint16_t* x, int64_t sx, int rows, uint32_t out[R][D / 2])
 
 // s[r][j] = scale * a[r] . key[j] for all npad keys (padding -inf); returns each row's max.
 template <int D>
-void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int npad, float scale,
+INLINE void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int npad, float scale,
                    float* s, float* rowmax) {
   constexpr int DP = D / 2;
   const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
@@ -144,7 +147,7 @@ void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int np
 
 // acc[r][.] = p[r0 + r] . values for RP rows of bf16 p ([R][npad]) and "value" layout v.
 template <int D>
-void mul_rows_bf16(const uint16_t* p, int npad, const uint16_t* v, int r0,
+INLINE void mul_rows_bf16(const uint16_t* p, int npad, const uint16_t* v, int r0,
                    __m512 acc[mul_rows(D)][D / 16]) {
   constexpr int C = D / 16, RP = mul_rows(D);
   for (int r = 0; r < RP; ++r)
@@ -288,13 +291,13 @@ void pack_values_f32(const float* x, int64_t sx, int n, int npad, float* out) {
 }
 
 template <int D>
-void load_rows(const float* x, int64_t sx, int rows, float out[R][D]) {
+INLINE void load_rows(const float* x, int64_t sx, int rows, float out[R][D]) {
   for (int r = 0; r < R; ++r)
     for (int d = 0; d < D; ++d) out[r][d] = r < rows ? x[r * sx + d] : 0.0f;
 }
 
 template <int D>
-void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float scale, float* s,
+INLINE void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float scale, float* s,
                   float* rowmax) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
   __m512 vmax[R];
@@ -324,7 +327,7 @@ void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float s
 }
 
 template <int D>
-void mul_rows_f32(const float* p, int npad, int n, const float* v, int r0,
+INLINE void mul_rows_f32(const float* p, int npad, int n, const float* v, int r0,
                   __m512 acc[mul_rows(D)][D / 16]) {
   constexpr int C = D / 16, RP = mul_rows(D);
   for (int r = 0; r < RP; ++r)

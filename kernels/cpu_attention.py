@@ -3,8 +3,8 @@
 PyTorch's CPU flash kernel ran bf16 attention no faster than fp32 on the CPU we measured
 (docs/performance.md), well below the rate of its matmuls at head dims 16-64. This kernel keeps
 its numerics (fp32 scores and softmax, probabilities rounded to the input dtype, fp32 sums)
-with AVX512-BF16 dot products for bf16 and AVX-512 FMAs for fp32. Its forward also returns the
-log-sum-exp, so the backward is PyTorch's own flash backward.
+with AVX512-BF16 dot products for bf16 and AVX-512 FMAs for fp32, forward and backward (the
+forward returns the log-sum-exp the backward recomputes the probabilities from).
 
 The library is built on first use (a few seconds) with the C++ compiler that torch.compile's
 CPU backend needs too, cached under ``$HRM_FAST_CACHE_DIR/cpu_attention`` (default
