@@ -193,7 +193,7 @@ def format_table(r: dict) -> str:
         f"  hrm-fast: backend {oi['backend']}, dtype {oi['dtype']}, compile {oi['compile']}, "
         f"{oi['optimizer']}, {oi['ce']} CE, ema {oi['ema']}, {oi['threads']} threads, "
         f"{oi['parameters']:,} parameters, host memory: {oi.get('host_memory', 'default')}, "
-        f"attention {oi.get('attention', '?')}",
+        f"attention {oi.get('attention', '?')}, matmul {oi.get('matmul', '?')}",
         f"  official: attention {ti['attention']}, dtype {ti['dtype']}, "
         f"compile {'on' if ti.get('compile') else 'off'}, {ti['optimizer']}, "
         f"{ti['ce']}, ema {ti['ema']}, {ti['threads']} threads, {ti['parameters']:,} parameters, "

@@ -113,6 +113,7 @@ class OursSide:
             "side": "hrm-fast", "device": str(self.device), "backend": tr.backend,
             "dtype": str(tr.dtype), "compile": self.compile_text(), "cuda_graphs": t.cuda_graphs,
             "host_memory": tr.host_memory, "attention": tr.cpu_attention,
+            "matmul": tr.cpu_matmul,
             "optimizer": t.optimizer, "ce": self.cfg.loss.ce, "ema": t.ema,
             "grad_clip": t.grad_clip, "batch_size": tr.batch_size, "seq_len": self.cfg.seq_len,
             "num_puzzle_ids": tr.dataset.num_puzzle_ids,

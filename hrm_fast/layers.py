@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrm_fast.config import ModelConfig
+from hrm_fast.kernels import cpu_linear
 from hrm_fast.kernels.rope import apply_rope
 
 # --------------------------------------------------------------------------- layers
@@ -44,7 +45,10 @@ def trunc_normal_init_(
 
 
 class CastedLinear(nn.Module):
-    """fp32 master weights, cast to the activation dtype at use (HRM's mixed precision)."""
+    """fp32 master weights, cast to the activation dtype at use (HRM's mixed precision).
+    ``onednn`` (set by ``use_onednn_linear``): fp32 CPU products go through oneDNN."""
+
+    onednn = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -54,8 +58,26 @@ class CastedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fp32_cpu = x.dtype == torch.float32 and x.device.type == "cpu"
+        if self.onednn and self.bias is None and fp32_cpu:
+            return cpu_linear.linear(x, self.weight)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def use_onednn_linear(model: nn.Module, device: torch.device, dtype: torch.dtype) -> str:
+    """Sends the model's fp32 CPU linear layers through oneDNN where that is the faster path
+    (hrm_fast.kernels.cpu_linear); returns what the run's matmuls use, in words."""
+    if device.type != "cpu":
+        return "n/a (not a CPU)"
+    if dtype != torch.float32:
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+        return f"{name}: torch's own"
+    use, why = cpu_linear.status()
+    for m in model.modules():
+        if isinstance(m, CastedLinear):
+            m.onednn = use
+    return why
 
 
 class CastedEmbedding(nn.Module):

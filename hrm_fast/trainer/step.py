@@ -26,7 +26,7 @@ from hrm_fast.ema import EMA
 from hrm_fast.errors import UserError
 from hrm_fast.files import prepare_dir
 from hrm_fast.host_memory import keep_freed_memory
-from hrm_fast.layers import Carry
+from hrm_fast.layers import Carry, use_onednn_linear
 from hrm_fast.memory import check_training_fits
 from hrm_fast.optim import AdamATan2, SparseSignSGD, lr_at
 from hrm_fast.roofline import step_flops
@@ -133,10 +133,12 @@ class Trainer:
             attention=self.runtime.attention,
         ).to(self.device)
         self.model.train()
-        # What CPU attention runs (hrm-fast's C++ kernel, or SDPA and why): the run log says it.
+        # What CPU attention runs (hrm-fast's C++ kernel, or SDPA and why) and which library
+        # the fp32 CPU matmuls use: the run log says both.
         self.cpu_attention = next(
             (m.ops.cpu_attention for m in self.model.modules() if hasattr(m, "ops")), "none"
         )
+        self.cpu_matmul = use_onednn_linear(self.model, self.device, self.dtype)
         if self.backend == "fused":
             from hrm_fast.loss import arc_loss_fused as loss_fn
         else:
