@@ -27,6 +27,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import (
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512dq",
@@ -224,6 +229,22 @@ def _backward(ctx, grad_out, _grad_lse):
 
 
 cpu_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _heads_second(shape) -> tuple[int, int, int, int]:
+    b, s, h, d = shape
+    return b, h, s, d
+
+
+# FLOPs as PyTorch counts its SDPA (torch.utils.flop_counter: MFU, the roofline tests).
+@register_flop_formula(torch.ops.hrm_fast.cpu_attention)
+def _forward_flops(q, k, v, *args, **kwargs) -> int:
+    return sdpa_flop_count(*map(_heads_second, (q, k, v)))
+
+
+@register_flop_formula(torch.ops.hrm_fast.cpu_attention_backward)
+def _backward_flops(grad_out, q, k, v, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(*map(_heads_second, (grad_out, q, k, v)))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

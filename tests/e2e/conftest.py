@@ -16,6 +16,9 @@ def trained_run(tmp_path_factory):
     cfg.data.source = str(write_nonsquare_tasks(root / "tasks", 3, seed=5))
     cfg.data.canvas = 8
     cfg.train.steps = 2
+    # fp32 on every CPU, so eval (in the run's dtype) predicts the same grids everywhere: the
+    # attempt checks need a model whose top votes are not empty grids.
+    cfg.train.dtype = "fp32"
     # This test is about evaluation: an untrained model must not be stopped by the probe.
     cfg.train.probe_min_differ = 0.0
     cfg.train.probe_min_tv = 0.0
