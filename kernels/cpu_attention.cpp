@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 namespace {
 
 constexpr int R = 8;  // query rows per block
@@ -55,8 +57,32 @@ inline __mmask16 key_mask(int j, int n) {
   return (__mmask16)((1u << (n - j)) - 1);
 }
 
+// exp(s[j..j+16) - shift) on real keys, 0 on padding.
+INLINE __m512 probs(const float* s, __m512 shift, int j, int n) {
+  return _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift)));
+}
+
+// p * (dp[j..j+16) - delta) on real keys, 0 on padding (where dP is -inf: not 0 * -inf).
+INLINE __m512 score_grads(__m512 p, const float* dp, __m512 delta, int j, int n) {
+  return _mm512_maskz_mul_ps(key_mask(j, n), p, _mm512_sub_ps(_mm512_loadu_ps(dp + j), delta));
+}
+
 // Rows a block of "rows x keys @ keys x D" products works on at once: 16 fp32 accumulators.
 constexpr int mul_rows(int D) { return D / 16 <= 2 ? 8 : (D / 16 <= 4 ? 4 : 2); }
+
+// Scaled scores of 8 rows x the 32 keys at j into s (padding keys -inf), and the running max.
+INLINE void store_scores(const __m512 acc[R][2], int j, int n, int npad, float scale, float* s,
+                         __m512 vmax[R]) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
+  const __mmask16 m0 = key_mask(j, n), m1 = key_mask(j + 16, n);
+  for (int r = 0; r < R; ++r) {
+    const __m512 s0 = _mm512_mask_mul_ps(ninf, m0, acc[r][0], vscale);
+    const __m512 s1 = _mm512_mask_mul_ps(ninf, m1, acc[r][1], vscale);
+    _mm512_storeu_ps(s + (int64_t)r * npad + j, s0);
+    _mm512_storeu_ps(s + (int64_t)r * npad + j + 16, s1);
+    vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
+  }
+}
 
 struct Strides {  // in elements, over (batch, position, head); the head dim is contiguous
   int64_t b, s, h;
@@ -114,12 +140,12 @@ INLINE void load_pairs(const uint16_t* x, int64_t sx, int rows, uint32_t out[R][
 
 // s[r][j] = scale * a[r] . key[j] for all npad keys (padding -inf); returns each row's max.
 template <int D>
-INLINE void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int npad, float scale,
+INLINE void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n, int npad,
+                          float scale,
                    float* s, float* rowmax) {
   constexpr int DP = D / 2;
-  const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
   __m512 vmax[R];
-  for (int r = 0; r < R; ++r) vmax[r] = ninf;
+  for (int r = 0; r < R; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
   for (int j = 0; j < npad; j += 32) {  // 8 rows x 32 keys in 16 accumulators
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -133,14 +159,7 @@ INLINE void dot_rows_bf16(const uint32_t a[R][D / 2], const uint16_t* kp, int n,
         acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
       }
     }
-    const __mmask16 m0 = key_mask(j, n), m1 = key_mask(j + 16, n);
-    for (int r = 0; r < R; ++r) {
-      const __m512 s0 = _mm512_mask_mul_ps(ninf, m0, acc[r][0], vscale);
-      const __m512 s1 = _mm512_mask_mul_ps(ninf, m1, acc[r][1], vscale);
-      _mm512_storeu_ps(s + (int64_t)r * npad + j, s0);
-      _mm512_storeu_ps(s + (int64_t)r * npad + j + 16, s1);
-      vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
-    }
+    store_scores(acc, j, n, npad, scale, s, vmax);
   }
   for (int r = 0; r < R; ++r) rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
 }
@@ -181,9 +200,8 @@ void forward_block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t*
     const __m512 mx = _mm512_set1_ps(rowmax[r]);
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < npad; j += 32) {
-      const float* sr = s + (int64_t)r * npad + j;
-      const __m512 e0 = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr), mx)));
-      const __m512 e1 = _mm512_maskz_mov_ps(key_mask(j + 16, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(sr + 16), mx)));
+      const float* sr = s + (int64_t)r * npad;
+      const __m512 e0 = probs(sr, mx, j, n), e1 = probs(sr, mx, j + 16, n);
       sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
       _mm512_storeu_si512(p + (int64_t)r * npad + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
     }
@@ -195,7 +213,8 @@ void forward_block_bf16(const uint16_t* q, int64_t sq, int rows, const uint16_t*
     for (int r = 0; r < RP && r0 + r < rows; ++r) {
       const int row = r0 + r;
       const __m512 sum = _mm512_set1_ps(rowsum[row]);
-      for (int c = 0; c < C; ++c) store_bf16(out + row * so + c * 16, _mm512_div_ps(acc[r][c], sum));
+      for (int c = 0; c < C; ++c)
+        store_bf16(out + row * so + c * 16, _mm512_div_ps(acc[r][c], sum));
       lse[row] = rowmax[row] + logf(rowsum[row]);
     }
   }
@@ -233,11 +252,9 @@ void backward_block_bf16(const uint16_t* q, const uint16_t* o, const uint16_t* d
     const __m512 dl = _mm512_set1_ps(delta[r]);
     for (int j = 0; j < npad; j += 32) {
       const int64_t at = (int64_t)r * npad + j;
-      const __m512 p0 = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), l)));
-      const __m512 p1 = _mm512_maskz_mov_ps(key_mask(j + 16, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at + 16), l)));
-      // dP is -inf on padding keys (dot_rows masks them): zero there, not 0 * -inf.
-      const __m512 d0 = _mm512_maskz_mul_ps(key_mask(j, n), p0, _mm512_sub_ps(_mm512_loadu_ps(dp + at), dl));
-      const __m512 d1 = _mm512_maskz_mul_ps(key_mask(j + 16, n), p1, _mm512_sub_ps(_mm512_loadu_ps(dp + at + 16), dl));
+      const float *sr = s + (int64_t)r * npad, *dpr = dp + (int64_t)r * npad;
+      const __m512 p0 = probs(sr, l, j, n), p1 = probs(sr, l, j + 16, n);
+      const __m512 d0 = score_grads(p0, dpr, dl, j, n), d1 = score_grads(p1, dpr, dl, j + 16, n);
       _mm512_storeu_si512(pb + at, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
       _mm512_storeu_si512(dsb + at, (__m512i)_mm512_cvtne2ps_pbh(d1, d0));
     }
@@ -297,11 +314,11 @@ INLINE void load_rows(const float* x, int64_t sx, int rows, float out[R][D]) {
 }
 
 template <int D>
-INLINE void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float scale, float* s,
+INLINE void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, float scale,
+                         float* s,
                   float* rowmax) {
-  const __m512 ninf = _mm512_set1_ps(-INFINITY), vscale = _mm512_set1_ps(scale);
   __m512 vmax[R];
-  for (int r = 0; r < R; ++r) vmax[r] = ninf;
+  for (int r = 0; r < R; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
   for (int j = 0; j < npad; j += 32) {
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -314,14 +331,7 @@ INLINE void dot_rows_f32(const float a[R][D], const float* kp, int n, int npad, 
         acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
       }
     }
-    const __mmask16 m0 = key_mask(j, n), m1 = key_mask(j + 16, n);
-    for (int r = 0; r < R; ++r) {
-      const __m512 s0 = _mm512_mask_mul_ps(ninf, m0, acc[r][0], vscale);
-      const __m512 s1 = _mm512_mask_mul_ps(ninf, m1, acc[r][1], vscale);
-      _mm512_storeu_ps(s + (int64_t)r * npad + j, s0);
-      _mm512_storeu_ps(s + (int64_t)r * npad + j + 16, s1);
-      vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
-    }
+    store_scores(acc, j, n, npad, scale, s, vmax);
   }
   for (int r = 0; r < R; ++r) rowmax[r] = _mm512_reduce_max_ps(vmax[r]);
 }
@@ -356,7 +366,7 @@ void forward_block_f32(const float* q, int64_t sq, int rows, const float* kp, co
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < npad; j += 16) {
       const int64_t at = (int64_t)r * npad + j;
-      const __m512 e = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), mx)));
+      const __m512 e = probs(s + (int64_t)r * npad, mx, j, n);
       sum = _mm512_add_ps(sum, e);
       _mm512_storeu_ps(p + at, e);
     }
@@ -399,9 +409,9 @@ void backward_block_f32(const float* q, const float* o, const float* dout, int64
     const __m512 dl = _mm512_set1_ps(delta[r]);
     for (int j = 0; j < npad; j += 16) {
       const int64_t at = (int64_t)r * npad + j;
-      const __m512 p = _mm512_maskz_mov_ps(key_mask(j, n), exp512(_mm512_sub_ps(_mm512_loadu_ps(s + at), l)));
+      const __m512 p = probs(s + (int64_t)r * npad, l, j, n);
       _mm512_storeu_ps(pf + at, p);
-      _mm512_storeu_ps(dsf + at, _mm512_maskz_mul_ps(key_mask(j, n), p, _mm512_sub_ps(_mm512_loadu_ps(dp + at), dl)));
+      _mm512_storeu_ps(dsf + at, score_grads(p, dp + (int64_t)r * npad, dl, j, n));
     }
   }
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -417,8 +427,9 @@ void backward_block_f32(const float* q, const float* o, const float* dout, int64
       __m512 av = _mm512_loadu_ps(dv + (int64_t)j * D + c * 16);
       __m512 ak = _mm512_loadu_ps(dk + (int64_t)j * D + c * 16);
       for (int r = 0; r < R; ++r) {
-        av = _mm512_fmadd_ps(_mm512_set1_ps(pf[r * npad + j]), _mm512_loadu_ps(&da[r][c * 16]), av);
-        ak = _mm512_fmadd_ps(_mm512_set1_ps(dsf[r * npad + j]), _mm512_loadu_ps(&qa[r][c * 16]), ak);
+        const __m512 p = _mm512_set1_ps(pf[r * npad + j]), ds = _mm512_set1_ps(dsf[r * npad + j]);
+        av = _mm512_fmadd_ps(p, _mm512_loadu_ps(&da[r][c * 16]), av);
+        ak = _mm512_fmadd_ps(ds, _mm512_loadu_ps(&qa[r][c * 16]), ak);
       }
       _mm512_storeu_ps(dv + (int64_t)j * D + c * 16, av);
       _mm512_storeu_ps(dk + (int64_t)j * D + c * 16, ak);
@@ -430,15 +441,27 @@ void backward_block_f32(const float* q, const float* o, const float* dout, int64
 
 struct Bf16 {
   using T = uint16_t;
-  template <int D> static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) { pack_keys_bf16<D>(x, sx, n, npad, out); }
-  template <int D> static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) { pack_values_bf16<D>(x, sx, n, npad, out); }
+  template <int D>
+  static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) {
+    pack_keys_bf16<D>(x, sx, n, npad, out);
+  }
+  template <int D>
+  static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) {
+    pack_values_bf16<D>(x, sx, n, npad, out);
+  }
   static T round(float x) { return to_bf16(x); }
 };
 
 struct F32 {
   using T = float;
-  template <int D> static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) { pack_keys_f32<D>(x, sx, n, npad, out); }
-  template <int D> static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) { pack_values_f32<D>(x, sx, n, npad, out); }
+  template <int D>
+  static void pack_keys(const T* x, int64_t sx, int n, int npad, T* out) {
+    pack_keys_f32<D>(x, sx, n, npad, out);
+  }
+  template <int D>
+  static void pack_values(const T* x, int64_t sx, int n, int npad, T* out) {
+    pack_values_f32<D>(x, sx, n, npad, out);
+  }
   static T round(float x) { return x; }
 };
 
@@ -544,6 +567,25 @@ void backward(const void* q_, const void* k_, const void* v_, const void* o_, co
 
 #define HRM_FAST_HEAD_DIMS(X) X(16) X(32) X(48) X(64) X(96) X(128)
 
+namespace {
+
+// Calls f(std::integral_constant<int, D>) for a compiled head dim; 1 for any other.
+template <class F>
+int with_head_dim(int D, F&& f) {
+  switch (D) {
+#define CASE(d)                          \
+  case d:                                \
+    f(std::integral_constant<int, d>{}); \
+    return 0;
+    HRM_FAST_HEAD_DIMS(CASE)
+#undef CASE
+    default:
+      return 1;
+  }
+}
+
+}  // namespace
+
 // q, k, v, out: [B, n, H, D] with strides[4][3] (elements; q, k, v, out) over (b, s, h) and a
 // contiguous head dim; lse: [B, H, n] fp32, contiguous. bf16: 1, fp32: 0.
 // Returns 0, or 1 for a head dim that is not compiled in.
@@ -551,16 +593,10 @@ extern "C" int hrm_fast_cpu_attention(int bf16, const void* q, const void* k, co
                                       void* out, float* lse, int B, int H, int n, int D,
                                       const int64_t* strides) {
   const Strides* st = (const Strides*)strides;
-#define CASE(d)                                                                       \
-  case d:                                                                             \
-    (bf16 ? forward<Bf16, d> : forward<F32, d>)(q, k, v, out, lse, B, H, n, st); \
-    return 0;
-  switch (D) {
-    HRM_FAST_HEAD_DIMS(CASE)
-    default:
-      return 1;
-  }
-#undef CASE
+  return with_head_dim(D, [&](auto d) {
+    constexpr int DD = decltype(d)::value;
+    (bf16 ? forward<Bf16, DD> : forward<F32, DD>)(q, k, v, out, lse, B, H, n, st);
+  });
 }
 
 // dq, dk, dv from q, k, v, out, dout and the forward's lse; strides[8][3] over q, k, v, out,
@@ -571,21 +607,13 @@ extern "C" int hrm_fast_cpu_attention_backward(int bf16, const void* q, const vo
                                                int B, int H, int n, int D,
                                                const int64_t* strides) {
   const Strides* st = (const Strides*)strides;
-#define CASE(d)                                                                                 \
-  case d:                                                                                       \
-    (bf16 ? backward<Bf16, d> : backward<F32, d>)(q, k, v, out, dout, lse, dq, dk, dv, B, H, n, \
-                                                  st);                                          \
-    return 0;
-  switch (D) {
-    HRM_FAST_HEAD_DIMS(CASE)
-    default:
-      return 1;
-  }
-#undef CASE
+  return with_head_dim(D, [&](auto d) {
+    constexpr int DD = decltype(d)::value;
+    (bf16 ? backward<Bf16, DD> : backward<F32, DD>)(q, k, v, out, dout, lse, dq, dk, dv, B, H,
+                                                    n, st);
+  });
 }
 
 extern "C" int hrm_fast_cpu_attention_supports(int D) {
-#define CASE(d) || D == d
-  return false HRM_FAST_HEAD_DIMS(CASE);
-#undef CASE
+  return with_head_dim(D, [](auto) {}) == 0;
 }

@@ -408,7 +408,7 @@ def log_start(cfg: RunConfig, trainer: Trainer, log: Log) -> None:
         f" puzzle-embedding table | {trainer.dataset.num_puzzle_ids} puzzle ids{ranks}"
     )
     if trainer.device.type == "cpu":
-        log.note(f"attention: {trainer.cpu_attention} | fp32 matmul: {trainer.cpu_matmul}")
+        log.note(f"attention: {trainer.cpu_attention} | matmul: {trainer.cpu_matmul}")
     if cfg.train.epochs > 0:
         log.note(
             f"{cfg.train.epochs} epochs x {trainer.dataset.num_train_pairs} trainable "
