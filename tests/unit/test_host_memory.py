@@ -25,7 +25,11 @@ def faults():
 if sys.argv[1] == "keep":
     print(keep_freed_memory())
     faults()  # the first steps map their pages once
-print(faults())
+    # The fewest of three rounds: the kernel itself (page compaction, migration) can fault a
+    # mapped page in now and then, and once a CI run saw 36 MiB of such faults in one round.
+    print(min(faults() for _ in range(3)))
+else:  # the first round: later ones see glibc's raised adaptive threshold
+    print(faults())
 """
 PAGES_PER_STEP = 16 * 2**20 // 4096
 
