@@ -71,6 +71,16 @@ def check_device_options(device: torch.device, backend: str, dtype: torch.dtype,
             raise UserError("--dtype bf16: MPS has bfloat16 from macOS 14; use --dtype fp32")
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``--dtype`` (auto, fp32, bf16, fp16) as a torch dtype on this device."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name == "auto":
+        return default_dtype(device)
+    if name not in dtypes:
+        raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {name!r}")
+    return dtypes[name]
+
+
 def resolve_runtime(cfg) -> tuple[torch.device, str, torch.dtype]:
     """(device, backend, dtype) for a RunConfig's train section; UserError for what cannot run."""
     t = cfg.train
@@ -80,13 +90,7 @@ def resolve_runtime(cfg) -> tuple[torch.device, str, torch.dtype]:
         backend = "fused" if device.type == "cuda" else "reference"
     if backend not in ("reference", "fused"):
         raise UserError(f"--backend: expected auto, reference or fused, got {backend!r}")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if t.dtype == "auto":
-        dtype = default_dtype(device)
-    elif t.dtype in dtypes:
-        dtype = dtypes[t.dtype]
-    else:
-        raise UserError(f"--dtype: expected auto, fp32, bf16 or fp16, got {t.dtype!r}")
+    dtype = resolve_dtype(t.dtype, device)
     check_device_options(device, backend, dtype, t.cuda_graphs)
     if t.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hrm_fast.checkpoint import default_out, refuse_non_finite
-from hrm_fast.device import default_dtype, resolve_device
+from hrm_fast.device import resolve_device, resolve_dtype
 from hrm_fast.errors import UserError, WriteFailed
 from hrm_fast.files import os_reason, prepare_dir, write_output
 from hrm_fast.memory import check_inference_fits, num_puzzle_ids
@@ -260,8 +260,7 @@ def load_for_inference(checkpoint, device, quiet: bool = False, dp=None):
         # with the numerics its held-out scores were logged with during training.
         payload = ckpt.load(path, map_location="cpu")
         run_dtype = RunConfig.from_dict(payload["config"]).train.dtype
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(run_dtype)
-        dtype = dtype or (default_dtype(device) if device.type == "cpu" else torch.float32)
+        dtype = resolve_dtype(run_dtype, device) if device.type == "cpu" else torch.float32
         model, cfg, payload = ckpt.model_from_checkpoint(payload, device=device, dtype=dtype)
         return model, cfg, payload, "reference"
     payload = ckpt.load(path, map_location="cpu")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrm_fast.config import ModelConfig
-from hrm_fast.kernels import cpu_linear
+from hrm_fast.kernels import cpu_attention, cpu_linear
 from hrm_fast.kernels.rope import apply_rope
 
 # --------------------------------------------------------------------------- layers
@@ -167,8 +167,6 @@ class Ops:
             self.attention, self.add_rms_norm = _attention_reference, _add_rms_norm_reference
             self.swiglu, self.add3 = _swiglu_reference, _add3_reference
             if attention == "kernel":
-                from hrm_fast.kernels import cpu_attention
-
                 # Built (or found in its cache) here, outside any compiled region; the forward
                 # only tests membership in this constant set.
                 self.cpu_kernel = cpu_attention.supported()
@@ -182,31 +180,25 @@ class Ops:
             return "sdpa" if attention == "sdpa" else "n/a (fused backend)"
         if attention == "sdpa":
             return "sdpa (--attention sdpa)"
-        from hrm_fast.kernels import cpu_attention
-
         return cpu_attention.status()
 
     def _attention_cpu_kernel(self, qkv, cos, sin):
-        h, d = qkv.shape[2] // 3, qkv.shape[3]
-        if qkv.device.type != "cpu" or (qkv.dtype, d) not in self.cpu_kernel:
+        if qkv.device.type != "cpu" or (qkv.dtype, qkv.shape[3]) not in self.cpu_kernel:
             return _attention_reference(qkv, cos, sin)
-        from hrm_fast.kernels.cpu_attention import attention
-
-        qk, v = qkv[:, :, : 2 * h], qkv[:, :, 2 * h :]
-        if cos is not None:
-            qk = apply_rope(qk, cos, sin)
-        return attention(qk[:, :, :h], qk[:, :, h:], v)
+        return cpu_attention.attention(*_rotated_qkv(qkv, cos, sin))
 
 
-def _attention_reference(qkv, cos, sin):
-    b, s, h3, d = qkv.shape
-    h = h3 // 3
+def _rotated_qkv(qkv, cos, sin):
+    """q, k (RoPE applied) and v as [B, S, H, D] views of the [B, S, 3H, D] projection."""
+    h = qkv.shape[2] // 3
     qk, v = qkv[:, :, : 2 * h], qkv[:, :, 2 * h :]
     if cos is not None:  # None: no position encoding (TRM's pos_encodings="none")
         qk = apply_rope(qk, cos, sin)  # q and k in one pass
-    q, k = qk[:, :, :h], qk[:, :, h:]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    return qk[:, :, :h], qk[:, :, h:], v
+
+
+def _attention_reference(qkv, cos, sin):
+    return cpu_attention.attention_ref(*_rotated_qkv(qkv, cos, sin))
 
 
 def _add_rms_norm_reference(x, r, eps):

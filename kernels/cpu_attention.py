@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hrm_fast.kernels._common import cache_root
 from torch.utils.flop_counter import (
     register_flop_formula,
     sdpa_backward_flop_count,
@@ -37,16 +38,6 @@ SOURCE = Path(__file__).with_name("cpu_attention.cpp")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512dq",
          "-mavx512vl", "-mavx512bf16", "-mfma")  # fmt: skip
 BUILD_TIMEOUT_S = 300
-
-
-def _cache_dir() -> Path:
-    """``$HRM_FAST_CACHE_DIR/cpu_attention``, else ``~/.cache/hrm-fast/cpu_attention`` (XDG),
-    as the self-check's cache."""
-    root = os.environ.get("HRM_FAST_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "cpu_attention"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "hrm-fast" / "cpu_attention"
 
 
 def _openmp_runtime() -> str | None:
@@ -80,7 +71,7 @@ def _build(cxx: str, runtime: str) -> Path:
             ]
         )  # fmt: skip
     ).hexdigest()[:16]
-    target = _cache_dir() / f"{key}.so"
+    target = cache_root() / "cpu_attention" / f"{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,23 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from hrm_fast.config import RunConfig
+from hrm_fast.kernels._common import cache_root
 from hrm_fast.selfcheck import checks
 from hrm_fast.selfcheck.families import CHECK_BATCH
 
 
 def cache_dir() -> Path:
     """``$HRM_FAST_CACHE_DIR/selfcheck``, else ``~/.cache/hrm-fast/selfcheck`` (XDG)."""
-    root = os.environ.get("HRM_FAST_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "selfcheck"
-    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(xdg).expanduser() / "hrm-fast" / "selfcheck"
+    return cache_root() / "selfcheck"
 
 
 def device_identity(device: torch.device) -> dict:
